@@ -1,0 +1,167 @@
+"""Sphinx configuration for the trio_realtime documentation.
+
+Build (offline, warnings are errors)::
+
+    python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+Cross-references into the Python and Trio docs (intersphinx) need the network, so they are on
+only when ``TRIO_REALTIME_INTERSPHINX=1`` is set (or on Read the Docs). Offline, such
+references render as plain code, and the build still passes with ``-W``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+import sphinxcontrib_trio
+
+import trio_realtime
+
+if TYPE_CHECKING:
+    from sphinx.application import Sphinx
+    from sphinx.environment import BuildEnvironment
+
+# -- Project ----------------------------------------------------------------------------------
+
+project = "trio_realtime"
+author = "The trio_realtime developers"
+copyright = "The trio_realtime developers"
+release = trio_realtime.__version__
+version = ".".join(release.split(".")[:2])
+
+# -- General ----------------------------------------------------------------------------------
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.intersphinx",
+    "sphinxcontrib_trio",
+]
+
+exclude_patterns = ["_build"]
+nitpicky = False
+pygments_style = "default"
+python_use_unqualified_type_names = True
+
+# -- autodoc and napoleon ---------------------------------------------------------------------
+
+# sphinxcontrib-trio marks async functions ("await"), async context managers ("async with")
+# and so on by replacing autodoc's class-based documenters. Sphinx 9 has a new autodoc
+# implementation that it does not hook into yet, so keep the class-based one.
+autodoc_use_legacy_class_based = True
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_preserve_defaults = False
+
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+# -- intersphinx ------------------------------------------------------------------------------
+
+_INVENTORIES = {
+    "python": ("https://docs.python.org/3", None),
+    "trio": ("https://trio.readthedocs.io/en/stable", None),
+}
+if os.environ.get("TRIO_REALTIME_INTERSPHINX") == "1" or os.environ.get("READTHEDOCS"):
+    intersphinx_mapping = _INVENTORIES
+else:
+    # Offline (the default): fetching inventories would fail and, with -W, fail the build.
+    intersphinx_mapping = {}
+
+# -- HTML -------------------------------------------------------------------------------------
+
+html_theme = "alabaster"
+html_title = f"trio_realtime {release}"
+html_theme_options = {
+    "description": "A Trio-native event bus, broker and client.",
+    "fixed_sidebar": True,
+}
+
+# -- Keeping the reference honest -------------------------------------------------------------
+
+
+# Classes users never construct: show ``class trio_realtime.Bus``, not its private __init__.
+_NO_SIGNATURE = {"trio_realtime.Bus", "trio_realtime.EventChannel"}
+# ``trio_realtime._channel.Overflow`` -> ``trio_realtime.Overflow`` (napoleon spells attribute
+# types out in full, with the private module).
+_PRIVATE_PATH = re.compile(r"\btrio_realtime\._\w+\.(\w+)")
+
+
+def _tidy_signature(
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: Any,
+    options: Any,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str | None, str | None] | None:
+    """Make signatures read as they are used."""
+    if name in _NO_SIGNATURE:
+        return "", ""
+    if "async-with" in sphinxcontrib_trio.sniff_options(obj):
+        # ``async with open_bus() as bus`` says what you get; ``-> AsyncIterator[Bus]`` misleads.
+        return signature, ""
+    if signature is not None and "= NOTHING" in signature:
+        # attrs fields with a factory default (``Event.id``, ``Event.time``, ...).
+        return signature.replace("= NOTHING", "= ..."), return_annotation
+    return None
+
+
+def _public_paths(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    """Spell types by their public name: ``trio_realtime.X``, not ``trio_realtime._mod.X``."""
+    public = set(trio_realtime.__all__)
+
+    def repl(match: re.Match[str]) -> str:
+        return f"trio_realtime.{match[1]}" if match[1] in public else match[0]
+
+    lines[:] = [_PRIVATE_PATH.sub(repl, line) for line in lines]
+
+
+def _drop_builtin_docstring(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    """Constants (``DEFAULT_BUFFER_SIZE = 1024``) have no docstring of their own: autodata
+    would show ``int``'s. The text comes from ``reference.rst``, the value from the code."""
+    doc = type(obj).__doc__
+    if what == "data" and doc and lines and lines[0].strip() == doc.strip().splitlines()[0]:
+        lines[:] = []
+
+
+def _check_public_names(app: Sphinx, env: BuildEnvironment) -> None:
+    """Warn if a name in ``trio_realtime.__all__`` is not documented, or vice versa."""
+    from sphinx.util import logging
+
+    logger = logging.getLogger("trio_realtime.docs")
+    documented = {
+        name.removeprefix("trio_realtime.")
+        for name in env.get_domain("py").objects  # type: ignore[attr-defined]
+        if name.startswith("trio_realtime.") and name.count(".") == 1
+    }
+    public = set(trio_realtime.__all__)
+    for name in sorted(public - documented):
+        logger.warning(
+            "trio_realtime.%s is in __all__ but not documented: add it to docs/reference.rst",
+            name,
+            type="trio_realtime",
+            subtype="undocumented",
+        )
+    for name in sorted(documented - public):
+        logger.warning(
+            "trio_realtime.%s is documented but not in trio_realtime.__all__",
+            name,
+            type="trio_realtime",
+            subtype="not_public",
+        )
+
+
+def setup(app: Sphinx) -> None:
+    app.connect("autodoc-process-signature", _tidy_signature)
+    app.connect("autodoc-process-docstring", _public_paths, priority=600)  # after napoleon
+    app.connect("autodoc-process-docstring", _drop_builtin_docstring)
+    app.connect("env-check-consistency", _check_public_names)

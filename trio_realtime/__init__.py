@@ -1,0 +1,67 @@
+"""trio_realtime: a Trio-native, structured-concurrency event bus, broker and client."""
+
+from __future__ import annotations
+
+from ._bus import Bus as Bus
+from ._bus import BusStatistics as BusStatistics
+from ._bus import open_bus as open_bus
+from ._channel import DEFAULT_BUFFER_SIZE as DEFAULT_BUFFER_SIZE
+from ._channel import DEFAULT_REQUEST_TIMEOUT as DEFAULT_REQUEST_TIMEOUT
+from ._channel import EventChannel as EventChannel
+from ._channel import Handler as Handler
+from ._channel import Overflow as Overflow
+from ._channel import Subscription as Subscription
+from ._channel import SubscriptionStatistics as SubscriptionStatistics
+from ._errors import ConnectionClosed as ConnectionClosed
+from ._errors import HandshakeError as HandshakeError
+from ._errors import InvalidTopic as InvalidTopic
+from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import NoResponders as NoResponders
+from ._errors import PermissionDenied as PermissionDenied
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RealtimeError as RealtimeError
+from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._errors import RequestFailed as RequestFailed
+from ._errors import SlowConsumer as SlowConsumer
+from ._errors import StoreError as StoreError
+from ._event import Event as Event
+from ._event import event_type as event_type
+from ._event import new_event_id as new_event_id
+from ._topics import PatternIndex as PatternIndex
+from ._topics import topic_matches as topic_matches
+from ._topics import validate_pattern as validate_pattern
+from ._topics import validate_topic as validate_topic
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "Bus",
+    "BusStatistics",
+    "ConnectionClosed",
+    "Event",
+    "EventChannel",
+    "Handler",
+    "HandshakeError",
+    "InvalidTopic",
+    "LocalProtocolError",
+    "NoResponders",
+    "Overflow",
+    "PatternIndex",
+    "PermissionDenied",
+    "ProtocolError",
+    "RealtimeError",
+    "RemoteProtocolError",
+    "RequestFailed",
+    "SlowConsumer",
+    "StoreError",
+    "Subscription",
+    "SubscriptionStatistics",
+    "event_type",
+    "new_event_id",
+    "open_bus",
+    "topic_matches",
+    "validate_pattern",
+    "validate_topic",
+]

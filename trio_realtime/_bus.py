@@ -1,0 +1,778 @@
+"""The in-process bus: the single router of trio_realtime.
+
+Everything that receives events is a *sink* in the bus's :class:`PatternIndex`: a local
+:class:`Subscription`, a broker session's remote subscription, an actor. ``publish`` validates,
+stores (for persisted topics), retains, then offers the event to each matching sink under its
+overflow policy. There is no second routing table anywhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import attrs
+import trio
+
+from ._channel import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_REQUEST_TIMEOUT,
+    Handler,
+    Overflow,
+    OverflowLike,
+    Subscription,
+)
+from ._errors import NoResponders, RequestFailed
+from ._event import Event, check_json, new_event_id, registered_type
+from ._topics import PatternIndex, validate_pattern, validate_topic
+from ._util import open_service_nursery
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["Bus", "BusStatistics", "open_bus"]
+
+logger = logging.getLogger("trio_realtime.bus")
+
+#: A publisher that never has to wait yields to the scheduler once per this many publishes.
+PUBLISH_BATCH: Final = 64
+#: Requests a ``serve`` block answers at the same time, by default.
+DEFAULT_MAX_CONCURRENCY: Final = 64
+#: Most events the bus hands the store in one append (group commit).
+MAX_COMMIT_BATCH: Final = 1024
+#: Persisted publishes that may wait for the store before publishers have to wait too.
+MAX_PENDING_COMMITS: Final = 16384
+#: Events read from the store per page while replaying a subscription's history.
+REPLAY_PAGE: Final = 1000
+#: Live events a replaying subscription holds back before it re-reads the store instead.
+MAX_HELD_DURING_REPLAY: Final = 10000
+#: The header a responder sets on a reply when its handler failed.
+ERROR_HEADER: Final = "error"
+
+
+class Sink(Protocol):
+    """What the bus routes events to (a :class:`Subscription`, a broker session's subscription)."""
+
+    @property
+    def pattern(self) -> str: ...
+
+    @property
+    def group(self) -> str | None: ...
+
+    def _offer(self, event: Event, *, force: bool = False) -> int: ...
+
+    async def _wait_room(self) -> None: ...
+
+    def _has_room(self) -> bool: ...
+
+    def _end(self) -> None: ...
+
+
+@attrs.frozen(kw_only=True)
+class BusStatistics:
+    """Counters of a bus since it opened.
+
+    Attributes:
+        subscriptions: Subscriptions active now (local and, on a broker, remote).
+        published: Events published.
+        delivered: Events handed to a subscription (one publish to three subscribers counts 3).
+        dropped: Events subscriptions lost to overflow.
+        retained: Retained events held now.
+        stored: Events appended to the store.
+    """
+
+    subscriptions: int
+    published: int
+    delivered: int
+    dropped: int
+    retained: int
+    stored: int
+
+
+@attrs.define
+class _Route:
+    singles: list[Sink]
+    groups: list[list[Sink]]
+
+
+class _PendingCommit:
+    __slots__ = ("done", "error", "event", "result", "retain")
+
+    def __init__(self, event: Event, retain: bool) -> None:
+        self.event = event
+        self.retain = retain
+        self.done = trio.Event()
+        self.result: Event | None = None
+        self.error: BaseException | None = None
+
+    async def wait(self) -> Event:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def new_inbox() -> str:
+    """A fresh, unique ``_inbox.`` topic for replies."""
+    return f"_inbox.{new_event_id()}"
+
+
+def check_reply(topic: str, reply: Event) -> Event:
+    """*reply*, or :exc:`RequestFailed` if the responder reported that its handler failed."""
+    error = reply.headers.get(ERROR_HEADER)
+    if error is not None:
+        raise RequestFailed(topic, error)
+    return reply
+
+
+def pattern_and_type(pattern: str | type) -> tuple[str, type | None]:
+    """The pattern and payload type to subscribe to, from a pattern or a registered class."""
+    if isinstance(pattern, str):
+        return validate_pattern(pattern), None
+    registered = registered_type(pattern)
+    if registered is None:
+        raise TypeError(
+            f"subscribe() takes a pattern or a class registered with @event_type, not {pattern!r}"
+        )
+    return registered[1], pattern
+
+
+def check_headers(headers: object) -> None:
+    """Raise TypeError unless *headers* is a dict of str to str."""
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise TypeError(f"headers must map str to str, got {headers!r}")
+
+
+def make_event(
+    topic: str | object,
+    data: Any,
+    *,
+    headers: dict[str, str] | None,
+    source: str,
+    type: str | None,  # noqa: A002 - the envelope's field
+    reply_to: str | None = None,
+) -> Event:
+    """Build (and check) the event ``publish(topic, data, …)`` describes."""
+    if not isinstance(topic, str):
+        registered = registered_type(topic.__class__)
+        if registered is None:
+            raise TypeError(
+                f"publish() takes a topic, or an instance of a class registered with "
+                f"@event_type; {topic.__class__.__qualname__} is not registered"
+            )
+        if data is not None:
+            raise TypeError("publish(obj) takes no data: the object is the data")
+        topic, data = registered[1], topic
+    validate_topic(topic)
+    check_json(data)
+    if headers is not None:
+        check_headers(headers)
+    if type is None:
+        return Event(
+            topic=topic, data=data, source=source, headers=headers or {}, reply_to=reply_to
+        )
+    return Event(
+        topic=topic, data=data, source=source, type=type, headers=headers or {}, reply_to=reply_to
+    )
+
+
+class Bus:
+    """The in-process event router. Get one from :func:`open_bus`.
+
+    A bus implements :class:`~trio_realtime.EventChannel`. It is not thread-safe: use it from
+    the Trio thread it was opened in.
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        source: str,
+        store: Store | None,
+        persist: Sequence[str] | None,
+    ) -> None:
+        self._nursery = nursery
+        self.source: Final = source
+        self.store: Final = store
+        self._persist: PatternIndex[str] | None = None
+        if persist is not None:
+            self._persist = PatternIndex()
+            for pattern in persist:
+                self._persist.add(pattern, pattern)
+        self._persisted_cache: dict[str, bool] = {}
+        self._index: PatternIndex[Sink] = PatternIndex()
+        self._routes: dict[str, _Route] = {}
+        self._rotation: dict[str, int] = {}
+        self._retained: dict[str, Event] = {}
+        self._pending: list[_PendingCommit] = []
+        self._pending_lot = trio.lowlevel.ParkingLot()
+        self._pending_room = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._unyielded = 0
+        self._published = 0
+        self._delivered = 0
+        self._stored = 0
+        self._dropped_by_gone = 0
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str | object,
+        data: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        source: str | None = None,
+        type: str | None = None,  # noqa: A002 - the envelope's field is called type
+        retain: bool = False,
+        ack: bool = False,
+    ) -> Event:
+        """Publish *data* on *topic*, and return the event.
+
+        ``publish(obj)`` publishes an instance of a class registered with
+        :func:`~trio_realtime.event_type` on its registered topic.
+
+        Returns once the event is stored (for a persisted topic, with its ``seq``) and handed
+        to every matching subscription; with the ``block`` policy that may mean waiting for
+        a slow subscriber. *ack* is accepted for symmetry with the remote client: on the bus,
+        ``publish`` always returns only after storing and routing.
+
+        Args:
+            topic: Where to publish (no wildcards), or a typed payload instance.
+            data: A JSON-compatible value, or a typed payload instance.
+            headers: String metadata.
+            source: Who publishes (default: the bus's ``source``).
+            type: The event type (default: the topic, or the payload's registered name).
+            retain: Keep this event as the topic's retained value, delivered to every new
+                subscription that matches.
+            ack: Ignored in process (see above).
+
+        Raises:
+            InvalidTopic: if *topic* is not a valid topic.
+            TypeError: if *data* is not JSON-compatible (the message names the value).
+            trio.ClosedResourceError: if the bus is closed.
+            StoreError: if the store failed to store a persisted event.
+        """
+        del ack
+        event = make_event(topic, data, headers=headers, source=source or self.source, type=type)
+        return await self.publish_event(event, retain=retain)
+
+    async def publish_event(self, event: Event, *, retain: bool = False) -> Event:
+        """Publish a ready-made :class:`Event` as it is (its topic is trusted to be valid).
+
+        This is how a broker routes the events its clients publish. A stored event is
+        returned with its ``seq`` set.
+
+        Raises:
+            NoResponders: if ``event.reply_to`` is set and nothing subscribes to its topic.
+            trio.ClosedResourceError: if the bus is closed.
+            StoreError: if the store failed to store a persisted event.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("the bus is closed")
+        if event.reply_to is not None and not self._has_route(event.topic):
+            raise NoResponders(event.topic)
+        if self.store is not None and self._is_persisted(event.topic):
+            pending = await self._submit(event, retain)
+            return await pending.wait()
+        self._published += 1
+        if retain:
+            self._retained[event.topic] = event
+        await self._route(event)
+        return event
+
+    async def _submit(self, event: Event, retain: bool) -> _PendingCommit:
+        """Queue a persisted event for the committer, waiting only if the queue is full."""
+        while len(self._pending) >= MAX_PENDING_COMMITS:
+            await self._pending_room.park()
+            if self._closed:
+                raise trio.ClosedResourceError("the bus is closed")
+        pending = _PendingCommit(event, retain)
+        self._pending.append(pending)
+        if self._pending_lot:
+            self._pending_lot.unpark()
+        return pending
+
+    async def _route(self, event: Event) -> None:
+        """Offer *event* to every matching sink, waiting where a ``block`` sink is full."""
+        route = self._routes.get(event.topic)
+        if route is None:
+            route = self._compute_route(event.topic)
+        delivered = 0
+        blocked: list[Sink] | None = None
+        for sink in route.singles:
+            outcome = sink._offer(event)
+            if outcome > 0:
+                delivered += 1
+            elif outcome < 0:
+                if blocked is None:
+                    blocked = []
+                blocked.append(sink)
+        for members in route.groups:
+            sink = self._pick(members)
+            outcome = sink._offer(event)
+            if outcome > 0:
+                delivered += 1
+            elif outcome < 0:
+                if blocked is None:
+                    blocked = []
+                blocked.append(sink)
+        self._delivered += delivered
+        if blocked is None:
+            self._unyielded += 1
+            if self._unyielded >= PUBLISH_BATCH:
+                self._unyielded = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self._unyielded = 0
+        for sink in blocked:
+            while True:
+                await sink._wait_room()
+                outcome = sink._offer(event)
+                if outcome >= 0:
+                    self._delivered += outcome
+                    break
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _pick(self, members: list[Sink]) -> Sink:
+        """The queue-group member that gets the next event: round robin, preferring room."""
+        group = members[0].group
+        assert group is not None
+        start = self._rotation.get(group, 0)
+        n = len(members)
+        for i in range(n):
+            sink = members[(start + i) % n]
+            if sink._has_room():
+                self._rotation[group] = start + i + 1
+                return sink
+        self._rotation[group] = start + 1
+        return members[start % n]
+
+    def _compute_route(self, topic: str) -> _Route:
+        singles: list[Sink] = []
+        groups: dict[str, list[Sink]] = {}
+        for sink in self._index.match(topic):
+            if sink.group is None:
+                singles.append(sink)
+            else:
+                groups.setdefault(sink.group, []).append(sink)
+        route = _Route(singles, list(groups.values()))
+        if len(self._routes) >= 4096:
+            self._routes.clear()
+        self._routes[topic] = route
+        return route
+
+    def _has_route(self, topic: str) -> bool:
+        route = self._routes.get(topic)
+        if route is None:
+            route = self._compute_route(topic)
+        return bool(route.singles or route.groups)
+
+    def _is_persisted(self, topic: str) -> bool:
+        cached = self._persisted_cache.get(topic)
+        if cached is None:
+            if self._persist is None:
+                cached = not topic.startswith(("$", "_inbox."))
+            else:
+                cached = bool(self._persist.match(topic))
+            if len(self._persisted_cache) >= 4096:
+                self._persisted_cache.clear()
+            self._persisted_cache[topic] = cached
+        return cached
+
+    def is_persisted(self, topic: str) -> bool:
+        """Whether events published on *topic* are stored (False when there is no store)."""
+        return self.store is not None and self._is_persisted(validate_topic(topic))
+
+    async def _commit_loop(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Store pending persisted events in batches, then route them in ``seq`` order."""
+        store = self.store
+        assert store is not None
+        task_status.started()
+        while True:
+            if not self._pending:
+                await self._pending_lot.park()
+                continue
+            batch = self._pending[:MAX_COMMIT_BATCH]
+            del self._pending[:MAX_COMMIT_BATCH]
+            self._pending_room.unpark_all()
+            try:
+                stored = await store.append([p.event for p in batch])
+            except Exception as exc:
+                logger.exception("storing %d events failed", len(batch))
+                for p in batch:
+                    p.error = exc
+                    p.done.set()
+                continue
+            self._stored += len(stored)
+            for p, event in zip(batch, stored, strict=True):
+                self._published += 1
+                if p.retain:
+                    self._retained[event.topic] = event
+                await self._route(event)
+                p.result = event
+                p.done.set()
+
+    # -- retained values ------------------------------------------------------------------
+
+    def clear_retained(self, topic: str) -> bool:
+        """Forget the retained event of *topic*; return whether there was one."""
+        return self._retained.pop(validate_topic(topic), None) is not None
+
+    def retained(self, pattern: str = ">") -> list[Event]:
+        """The retained events whose topics match *pattern*, oldest first."""
+        probe: PatternIndex[str] = PatternIndex()
+        probe.add(pattern, pattern)
+        return [e for t, e in self._retained.items() if probe.match(t)]
+
+    # -- subscribing ----------------------------------------------------------------------
+
+    def add_sink(self, sink: Sink, *, retained: bool = True) -> None:
+        """Route matching events to *sink* from now on (with the retained ones first).
+
+        This is the primitive under :meth:`subscribe`; a broker uses it for the remote
+        subscriptions of its sessions. Remove the sink with :meth:`remove_sink`.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the bus is closed")
+        self._index.add(sink.pattern, sink)
+        self._routes.clear()
+        if retained and self._retained:
+            for event in self.retained(sink.pattern):
+                sink._offer(event, force=True)
+
+    def remove_sink(self, sink: Sink) -> None:
+        """Stop routing to *sink*; a no-op if it is not routed to."""
+        if self._index.remove(sink.pattern, sink):
+            self._routes.clear()
+            self._dropped_by_gone += getattr(sink, "missed", 0)
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        pattern: str | type,
+        *,
+        group: str | None = None,
+        max_buffer_size: float = DEFAULT_BUFFER_SIZE,
+        overflow: OverflowLike = Overflow.BLOCK,
+        since: int | datetime | None = None,
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe to *pattern* for the duration of an ``async with`` block.
+
+        Yields a :class:`Subscription`: iterate it, or call ``receive()``. Retained events
+        that match are delivered first, then live ones. Leaving the block removes the
+        subscription at once, whatever the reason.
+
+        Args:
+            pattern: A topic pattern (``*`` one token, ``>`` one or more at the end), or a
+                class registered with :func:`~trio_realtime.event_type`: then the events'
+                ``data`` arrives as instances of it, and a payload that does not fit is not
+                delivered (it is counted in the statistics' ``rejected`` and logged).
+            group: A queue group: each matching event goes to exactly one member of each
+                group, and to every subscription without a group.
+            max_buffer_size: Events buffered before *overflow* applies.
+            overflow: ``"block"`` (default), ``"drop_oldest"``, ``"drop_newest"`` or
+                ``"disconnect"`` (or an :class:`Overflow`); see :doc:`/backpressure`.
+            since: Replay stored events after this ``seq`` (or from this time) first, then
+                continue live with no gap and no duplicate. Needs a store; retained events
+                are not delivered then (the replay covers them).
+
+        Raises:
+            InvalidTopic: if *pattern* is not a valid pattern.
+            trio.ClosedResourceError: if the bus is closed.
+        """
+        await trio.lowlevel.checkpoint()
+        pattern, payload_type = pattern_and_type(pattern)
+        sub = Subscription(
+            pattern,
+            group=group,
+            max_buffer_size=max_buffer_size,
+            overflow=overflow,
+            payload_type=payload_type,
+            on_disconnect=self.remove_sink,
+        )
+        replay: trio.CancelScope | None = None
+        if since is not None:
+            if self.store is None:
+                raise ValueError("subscribe(since=…) needs a bus with a store")
+            replay = await self._nursery.start(self._replay, sub, since)
+        else:
+            self.add_sink(sub)
+        try:
+            yield sub
+        finally:
+            if replay is not None:
+                replay.cancel()
+            self.remove_sink(sub)
+            sub._close()
+
+    async def _replay(
+        self,
+        sub: Subscription,
+        since: int | datetime,
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope],
+    ) -> None:
+        """Feed *sub* the stored events after *since*, then switch it to live events."""
+        store = self.store
+        assert store is not None
+        holder = _Holder(sub)
+        self.add_sink(holder, retained=False)
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            after = since if isinstance(since, int) else None
+            when = since if isinstance(since, datetime) else None
+            try:
+                while True:
+                    page = await store.read(sub.pattern, after=after, since=when, limit=REPLAY_PAGE)
+                    for event in page:
+                        # Replay is lossless whatever the policy: wait for room.
+                        while not sub._has_room():
+                            await sub._wait_room()
+                            if sub._ended:
+                                return
+                        sub._offer(event)
+                        after = event.seq
+                    when = None if after is not None else when
+                    if len(page) == REPLAY_PAGE:
+                        continue
+                    # Caught up with the store at this instant: switch to live, no await
+                    # between the check and the swap.
+                    if holder.overflowed:
+                        holder.reset()
+                        continue
+                    for event in holder.held:
+                        if event.seq is None or after is None or event.seq > after:
+                            sub._offer(event, force=True)
+                    self.remove_sink(holder)
+                    self.add_sink(sub, retained=False)
+                    return
+            except Exception as exc:
+                logger.exception("replaying %r from the store failed", sub.pattern)
+                sub._fail(exc)
+            finally:
+                self.remove_sink(holder)
+        # Cancelled: the subscription's block exited; it is removed there.
+
+    @asynccontextmanager
+    async def serve(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        group: str | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    ) -> AsyncIterator[None]:
+        """Answer requests on *pattern* with *handler* for the duration of a block.
+
+        ``handler(event)`` (a function or a coroutine function) is called for each request;
+        its return value becomes the reply's data. If it raises, the requester's
+        :meth:`request` raises :exc:`~trio_realtime.RequestFailed` with its message, and
+        serving goes on. Up to *max_concurrency* requests are handled at once. Events without
+        ``reply_to`` are handled too; their result is discarded.
+        """
+        async with self.subscribe(pattern, group=group) as sub:
+            done = trio.Event()
+            scope = await self._nursery.start(
+                answer_requests, self, sub, handler, max_concurrency, done
+            )
+            try:
+                yield
+            finally:
+                scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await done.wait()
+
+    async def request(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> Event:
+        """Publish a request on *topic* and return the first reply.
+
+        Raises:
+            NoResponders: at once, if nothing subscribes to *topic*.
+            RequestFailed: if the responder's handler raised (with its message).
+            trio.TooSlowError: if no reply came within *timeout* seconds.
+        """
+        inbox = new_inbox()
+        async with self.subscribe(inbox, max_buffer_size=1, overflow=Overflow.DROP_NEWEST) as sub:
+            event = make_event(
+                topic, data, headers=headers, source=self.source, type=None, reply_to=inbox
+            )
+            await self.publish_event(event)
+            with trio.fail_after(timeout):
+                reply = await sub.receive()
+        return check_reply(topic, reply)
+
+    async def history(
+        self, pattern: str, *, since: int | datetime | None = None, limit: int = 100
+    ) -> list[Event]:
+        """Stored events matching *pattern* after *since* (a ``seq`` or a time), oldest first.
+
+        Raises:
+            ValueError: if the bus has no store.
+        """
+        validate_pattern(pattern)
+        if self.store is None:
+            raise ValueError("history() needs a bus with a store")
+        if isinstance(since, datetime):
+            return await self.store.read(pattern, since=since, limit=limit)
+        return await self.store.read(pattern, after=since, limit=limit)
+
+    # -- the rest -------------------------------------------------------------------------
+
+    def statistics(self) -> BusStatistics:
+        """A snapshot of the bus's counters."""
+        subs = self._all_sinks()
+        return BusStatistics(
+            subscriptions=len(subs),
+            published=self._published,
+            delivered=self._delivered,
+            dropped=self._dropped_by_gone + sum(getattr(s, "missed", 0) for s in subs),
+            retained=len(self._retained),
+            stored=self._stored,
+        )
+
+    def _all_sinks(self) -> list[Sink]:
+        return [s for s in self._index.match_all() if not isinstance(s, _Holder)]
+
+    def _close(self) -> None:
+        """End every subscription and refuse further publishes."""
+        self._closed = True
+        for sink in self._index.match_all():
+            sink._end()
+        for pending in self._pending:
+            pending.error = trio.ClosedResourceError("the bus closed before storing the event")
+            pending.done.set()
+        self._pending.clear()
+        self._pending_room.unpark_all()
+
+
+class _Holder:
+    """Stands in for a replaying subscription in the index, holding live events back."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.pattern = sub.pattern
+        self.group = sub.group
+        self.held: list[Event] = []
+        self.overflowed = False
+
+    def reset(self) -> None:
+        self.held.clear()
+        self.overflowed = False
+
+    def _offer(self, event: Event, *, force: bool = False) -> int:
+        if len(self.held) >= MAX_HELD_DURING_REPLAY:
+            self.held.clear()
+            self.overflowed = True
+        elif not self.overflowed:
+            self.held.append(event)
+        return 1
+
+    async def _wait_room(self) -> None:  # never full
+        await trio.lowlevel.checkpoint()
+
+    def _has_room(self) -> bool:
+        return True
+
+    def _end(self) -> None:
+        self.sub._end()
+
+
+async def answer_requests(
+    channel: Any,
+    sub: Subscription,
+    handler: Handler,
+    max_concurrency: int,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope],
+) -> None:
+    """Call *handler* for each event of *sub*, publishing replies through *channel*."""
+    semaphore = trio.Semaphore(max_concurrency)
+
+    async def answer(event: Event) -> None:
+        try:
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                message = str(exc) or type(exc).__name__
+                logger.warning("request handler for %r failed: %s", event.topic, message)
+                if event.reply_to is not None:
+                    await channel.publish(event.reply_to, headers={ERROR_HEADER: message})
+                return
+            if event.reply_to is not None:
+                try:
+                    await channel.publish(event.reply_to, result)
+                except TypeError as exc:
+                    await channel.publish(
+                        event.reply_to, headers={ERROR_HEADER: f"bad reply: {exc}"}
+                    )
+        except trio.ClosedResourceError:
+            pass  # the channel closed under us: nobody is left to reply to
+        finally:
+            semaphore.release()
+
+    try:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with trio.open_nursery() as nursery:
+                async for event in sub:
+                    await semaphore.acquire()
+                    nursery.start_soon(answer, event)
+    finally:
+        done.set()
+
+
+@asynccontextmanager
+async def open_bus(
+    *,
+    source: str = "trio-realtime",
+    store: Store | None = None,
+    persist: Sequence[str] | None = None,
+) -> AsyncIterator[Bus]:
+    """Open an in-process event bus for the duration of an ``async with`` block.
+
+    Leaving the block ends every subscription's iteration and every ``serve`` block's
+    handlers; no task outlives the bus.
+
+    Args:
+        source: The default ``source`` of the events it publishes.
+        store: Where persisted events are kept. The bus opens it on entry (if it is not open
+            yet) and closes it on exit.
+        persist: Patterns of the topics to store. By default, with a store, every topic
+            except ``$…`` and ``_inbox.…``.
+    """
+    if persist is not None:
+        for pattern in persist:
+            validate_pattern(pattern)
+    try:
+        if store is not None:
+            await store.open()
+        async with open_service_nursery() as nursery:
+            bus = Bus(nursery, source=source, store=store, persist=persist)
+            if store is not None:
+                await nursery.start(bus._commit_loop)
+            try:
+                yield bus
+            finally:
+                bus._close()
+    finally:
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await store.aclose()

@@ -1,0 +1,29 @@
+"""Small structured-concurrency helpers shared by the bus, the broker and the client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+__all__ = ["open_service_nursery"]
+
+
+@asynccontextmanager
+async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery for the background tasks of an object that lives for the block.
+
+    Leaving the block cancels the background tasks and waits for them. An exception raised by
+    the body propagates as itself, not wrapped in an :class:`ExceptionGroup` (a crash of a
+    background task still propagates as the nursery reports it).
+    """
+    body_exc: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            yield nursery
+        except BaseException as exc:
+            body_exc = exc
+        nursery.cancel_scope.cancel()
+    if body_exc is not None:
+        raise body_exc
