@@ -46,6 +46,8 @@ DEFAULT_MAX_CONCURRENCY: Final = 64
 MAX_COMMIT_BATCH: Final = 1024
 #: Persisted publishes that may wait for the store before publishers have to wait too.
 MAX_PENDING_COMMITS: Final = 16384
+#: How many of the latest stored event ids the bus remembers, to store a re-sent event once.
+DEDUPE_WINDOW: Final = 100_000
 #: Events read from the store per page while replaying a subscription's history.
 REPLAY_PAGE: Final = 1000
 #: Live events a replaying subscription holds back before it re-reads the store instead.
@@ -70,6 +72,11 @@ class Sink(Protocol):
     def _has_room(self) -> bool: ...
 
     def _end(self) -> None: ...
+
+    def _fail(self, exc: BaseException) -> None: ...
+
+    @property
+    def _ended(self) -> bool: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -99,7 +106,9 @@ class _Route:
     groups: list[list[Sink]]
 
 
-class _PendingCommit:
+class PendingCommit:
+    """A persisted publish on its way through the store; ``await wait()`` for the result."""
+
     __slots__ = ("done", "error", "event", "result", "retain")
 
     def __init__(self, event: Event, retain: bool) -> None:
@@ -110,6 +119,12 @@ class _PendingCommit:
         self.error: BaseException | None = None
 
     async def wait(self) -> Event:
+        """The stored event (with its ``seq``), once stored and routed.
+
+        Raises:
+            StoreError: if the store failed.
+            trio.ClosedResourceError: if the bus closed first.
+        """
         await self.done.wait()
         if self.error is not None:
             raise self.error
@@ -211,7 +226,9 @@ class Bus:
         self._routes: dict[str, _Route] = {}
         self._rotation: dict[str, int] = {}
         self._retained: dict[str, Event] = {}
-        self._pending: list[_PendingCommit] = []
+        self._pending: list[PendingCommit] = []
+        self._recent_ids: dict[str, Event] = {}
+        self._replays: dict[Sink, _ReplaySink] = {}
         self._pending_lot = trio.lowlevel.ParkingLot()
         self._pending_room = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -275,27 +292,53 @@ class Bus:
             trio.ClosedResourceError: if the bus is closed.
             StoreError: if the store failed to store a persisted event.
         """
+        result = await self.publish_pipelined(event, retain=retain)
+        if isinstance(result, Event):
+            return result
+        return await result.wait()
+
+    async def publish_pipelined(
+        self, event: Event, *, retain: bool = False
+    ) -> Event | PendingCommit:
+        """Publish *event* without waiting for the store.
+
+        An event that is not persisted is routed at once and returned. A persisted one is
+        queued for the committer (which stores events in batches and routes them in ``seq``
+        order), and a :class:`PendingCommit` is returned: ``await pending.wait()`` for the
+        stored event. Publishes from one task keep their order. This is how a broker session
+        keeps reading while earlier publishes are being stored.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise trio.ClosedResourceError("the bus is closed")
         if event.reply_to is not None and not self._has_route(event.topic):
             raise NoResponders(event.topic)
         if self.store is not None and self._is_persisted(event.topic):
-            pending = await self._submit(event, retain)
-            return await pending.wait()
+            return await self._submit(event, retain)
         self._published += 1
         if retain:
             self._retained[event.topic] = event
         await self._route(event)
         return event
 
-    async def _submit(self, event: Event, retain: bool) -> _PendingCommit:
-        """Queue a persisted event for the committer, waiting only if the queue is full."""
+    async def _submit(self, event: Event, retain: bool) -> PendingCommit:
+        """Queue a persisted event for the committer, waiting only if the queue is full.
+
+        An event whose id was stored recently (a client re-sending a publish it could not see
+        acknowledged) is not stored or routed again: its pending commit is already done, with
+        the stored event.
+        """
+        stored = self._recent_ids.get(event.id)
+        if stored is not None:
+            pending = PendingCommit(event, retain)
+            pending.result = stored
+            pending.done.set()
+            return pending
         while len(self._pending) >= MAX_PENDING_COMMITS:
             await self._pending_room.park()
             if self._closed:
                 raise trio.ClosedResourceError("the bus is closed")
-        pending = _PendingCommit(event, retain)
+        pending = PendingCommit(event, retain)
         self._pending.append(pending)
         if self._pending_lot:
             self._pending_lot.unpark()
@@ -404,22 +447,39 @@ class Bus:
             batch = self._pending[:MAX_COMMIT_BATCH]
             del self._pending[:MAX_COMMIT_BATCH]
             self._pending_room.unpark_all()
-            try:
-                stored = await store.append([p.event for p in batch])
-            except Exception as exc:
-                logger.exception("storing %d events failed", len(batch))
-                for p in batch:
-                    p.error = exc
-                    p.done.set()
-                continue
-            self._stored += len(stored)
-            for p, event in zip(batch, stored, strict=True):
-                self._published += 1
-                if p.retain:
-                    self._retained[event.topic] = event
-                await self._route(event)
-                p.result = event
+            outcomes = await self._append(store, batch)
+            for p, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Event):
+                    self._published += 1
+                    recent = self._recent_ids
+                    recent[outcome.id] = outcome
+                    if len(recent) > DEDUPE_WINDOW:
+                        del recent[next(iter(recent))]
+                    if p.retain:
+                        self._retained[outcome.topic] = outcome
+                    await self._route(outcome)
+                    p.result = outcome
+                else:
+                    p.error = outcome
                 p.done.set()
+
+    async def _append(
+        self, store: Store, batch: list[PendingCommit]
+    ) -> list[Event | BaseException]:
+        """Store *batch*; if the batch as a whole is refused, store its events one by one."""
+        try:
+            stored: list[Event | BaseException] = list(await store.append([p.event for p in batch]))
+        except (ValueError, TypeError) as exc:
+            if len(batch) == 1:
+                logger.warning("event %s was not stored: %s", batch[0].event.id, exc)
+                return [exc]
+            # One bad event (such as an id stored long ago) must not fail its neighbours.
+            return [(await self._append(store, [p]))[0] for p in batch]
+        except Exception as exc:
+            logger.exception("storing %d events failed", len(batch))
+            return [exc] * len(batch)
+        self._stored += len(stored)
+        return stored
 
     # -- retained values ------------------------------------------------------------------
 
@@ -451,6 +511,7 @@ class Bus:
 
     def remove_sink(self, sink: Sink) -> None:
         """Stop routing to *sink*; a no-op if it is not routed to."""
+        sink = self._replays.pop(sink, sink)
         if self._index.remove(sink.pattern, sink):
             self._routes.clear()
             self._dropped_by_gone += getattr(sink, "missed", 0)
@@ -499,12 +560,8 @@ class Bus:
             payload_type=payload_type,
             on_disconnect=self.remove_sink,
         )
-        replay: trio.CancelScope | None = None
-        if since is not None:
-            if self.store is None:
-                raise ValueError("subscribe(since=…) needs a bus with a store")
-            replay = await self._nursery.start(self._replay, sub, since)
-        else:
+        replay = await self.add_sink_since(sub, since) if since is not None else None
+        if replay is None:
             self.add_sink(sub)
         try:
             yield sub
@@ -514,18 +571,42 @@ class Bus:
             self.remove_sink(sub)
             sub._close()
 
+    async def add_sink_since(self, sink: Sink, since: int | datetime) -> trio.CancelScope:
+        """Replay stored events after *since* to *sink*, then route live events to it.
+
+        Replay runs in a task of the bus and is lossless whatever the sink's policy (it waits
+        for room); the switch to live events has no gap and no duplicate. Cancel the returned
+        scope to stop a replay early (then remove the sink with :meth:`remove_sink`).
+
+        Raises:
+            ValueError: if the bus has no store.
+        """
+        if self.store is None:
+            raise ValueError("subscribe(since=…) needs a bus with a store")
+        if self._closed:
+            raise trio.ClosedResourceError("the bus is closed")
+        scope: trio.CancelScope = await self._nursery.start(self._replay, sink, since)
+        return scope
+
     async def _replay(
         self,
-        sub: Subscription,
+        sub: Sink,
         since: int | datetime,
         *,
         task_status: trio.TaskStatus[trio.CancelScope],
     ) -> None:
-        """Feed *sub* the stored events after *since*, then switch it to live events."""
+        """Feed *sub* the stored events after *since*, then switch it to live events.
+
+        A :class:`_ReplaySink` stands in the index for *sub* from the start: while the store
+        is read it holds live events back; once caught up it forwards live events, dropping
+        the stored ones the replay already delivered (an event is stored before it is routed,
+        so the replay can read events the committer has not routed yet).
+        """
         store = self.store
         assert store is not None
-        holder = _Holder(sub)
-        self.add_sink(holder, retained=False)
+        stand_in = _ReplaySink(sub)
+        self._replays[sub] = stand_in
+        self.add_sink(stand_in, retained=False)
         with trio.CancelScope() as scope:
             task_status.started(scope)
             after = since if isinstance(since, int) else None
@@ -544,22 +625,16 @@ class Bus:
                     when = None if after is not None else when
                     if len(page) == REPLAY_PAGE:
                         continue
-                    # Caught up with the store at this instant: switch to live, no await
-                    # between the check and the swap.
-                    if holder.overflowed:
-                        holder.reset()
+                    # Caught up with the store at this instant: go live with no await between
+                    # this check and the switch.
+                    if stand_in.overflowed:
+                        stand_in.reset()
                         continue
-                    for event in holder.held:
-                        if event.seq is None or after is None or event.seq > after:
-                            sub._offer(event, force=True)
-                    self.remove_sink(holder)
-                    self.add_sink(sub, retained=False)
+                    stand_in.go_live(after)
                     return
             except Exception as exc:
                 logger.exception("replaying %r from the store failed", sub.pattern)
                 sub._fail(exc)
-            finally:
-                self.remove_sink(holder)
         # Cancelled: the subscription's block exited; it is removed there.
 
     @asynccontextmanager
@@ -646,7 +721,7 @@ class Bus:
         )
 
     def _all_sinks(self) -> list[Sink]:
-        return [s for s in self._index.match_all() if not isinstance(s, _Holder)]
+        return self._index.match_all()
 
     def _close(self) -> None:
         """End every subscription and refuse further publishes."""
@@ -660,21 +735,41 @@ class Bus:
         self._pending_room.unpark_all()
 
 
-class _Holder:
-    """Stands in for a replaying subscription in the index, holding live events back."""
+class _ReplaySink:
+    """Stands in the index for a subscription replaying from the store (see ``_replay``)."""
 
-    def __init__(self, sub: Subscription) -> None:
+    def __init__(self, sub: Sink) -> None:
         self.sub = sub
         self.pattern = sub.pattern
         self.group = sub.group
         self.held: list[Event] = []
         self.overflowed = False
+        self.live = False
+        self.after: int | None = None
+
+    @property
+    def missed(self) -> int:
+        return int(getattr(self.sub, "missed", 0))
 
     def reset(self) -> None:
         self.held.clear()
         self.overflowed = False
 
+    def go_live(self, after: int | None) -> None:
+        """Deliver what was held back (past *after*) and forward live events from now on."""
+        self.after = after
+        self.live = True
+        for event in self.held:
+            if event.seq is None or after is None or event.seq > after:
+                self.sub._offer(event, force=True)
+        self.held.clear()
+
     def _offer(self, event: Event, *, force: bool = False) -> int:
+        if self.live:
+            seq = event.seq
+            if seq is not None and self.after is not None and seq <= self.after:
+                return 0  # the replay delivered it already
+            return self.sub._offer(event, force=force)
         if len(self.held) >= MAX_HELD_DURING_REPLAY:
             self.held.clear()
             self.overflowed = True
@@ -682,14 +777,24 @@ class _Holder:
             self.held.append(event)
         return 1
 
-    async def _wait_room(self) -> None:  # never full
-        await trio.lowlevel.checkpoint()
+    async def _wait_room(self) -> None:
+        if self.live:
+            await self.sub._wait_room()
+        else:
+            await trio.lowlevel.checkpoint()
 
     def _has_room(self) -> bool:
-        return True
+        return self.sub._has_room() if self.live else True
 
     def _end(self) -> None:
         self.sub._end()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.sub._fail(exc)
+
+    @property
+    def _ended(self) -> bool:
+        return self.sub._ended
 
 
 async def answer_requests(
@@ -710,7 +815,7 @@ async def answer_requests(
                 result = handler(event)
                 if inspect.isawaitable(result):
                     result = await result
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported to the requester, then go on
                 message = str(exc) or type(exc).__name__
                 logger.warning("request handler for %r failed: %s", event.topic, message)
                 if event.reply_to is not None:

@@ -275,7 +275,7 @@ class Subscription:
             return event
         try:
             data: Any = converter.structure(converter.unstructure(event.data), cls)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any structuring failure means "does not fit"
             self._rejected += 1
             logger.warning(
                 "event %s on %r not delivered to subscription %r: its data does not fit %s: %s",
@@ -333,6 +333,10 @@ class Subscription:
         if self._waiting_readers:
             self._readers.unpark()
         return 1
+
+    def _add_missed(self, n: int) -> None:
+        """Count *n* events lost before they reached this subscription (a broker's ``gap``)."""
+        self._missed += n
 
     async def _wait_room(self) -> None:
         """Wait until the buffer has room (or the subscription ends)."""

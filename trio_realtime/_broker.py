@@ -1,0 +1,457 @@
+"""The broker: a bus exposed over WebSocket, plus what acts on every event.
+
+``Broker.serve`` listens for clients; each connection is a :class:`~trio_realtime._session.Session`
+in its own nursery. The broker also runs actors (``@broker.on``), publishes ``$sys.`` events
+about what it sees, and shuts down gracefully: cancelling ``serve`` closes every client with
+close code 1001 within ``shutdown_timeout``, then stops whatever is left.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import math
+import secrets
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
+
+import attrs
+import trio
+
+from ._bus import Bus, open_bus
+from ._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
+from ._event import Event
+from ._listener import listen
+from ._session import Session
+from ._topics import validate_pattern
+from .protocol import CLOSE_GOING_AWAY
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["Broker", "BrokerServer", "BrokerStatistics", "serve_broker"]
+
+logger = logging.getLogger("trio_realtime.broker")
+
+#: Seconds between heartbeats, by default: a client silent for two of them is closed.
+DEFAULT_HEARTBEAT: Final = 30.0
+#: Largest message a client may send, by default (bigger ones close it with 1009).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024
+#: Events queued for one client before the slow-consumer policy applies, by default.
+DEFAULT_SESSION_BUFFER: Final = 10_000
+
+Actor = Callable[[Event], Awaitable[Any] | Any]
+
+
+@attrs.frozen(kw_only=True)
+class BrokerServer:
+    """Where a serving broker listens (what ``await nursery.start(broker.serve, …)`` returns).
+
+    Attributes:
+        host: The host it was asked to listen on.
+        port: The port it listens on (the real one, when asked for port 0).
+        url: ``ws://host:port`` (``wss://`` with TLS), for clients.
+    """
+
+    host: str
+    port: int
+    url: str
+
+
+@attrs.frozen(kw_only=True)
+class BrokerStatistics:
+    """What the broker has seen (the same figures it publishes on ``$sys.stats``).
+
+    Attributes:
+        connections: Clients connected now.
+        connections_total: Clients that connected since the broker started.
+        subscriptions: Subscriptions on the bus now (remote and in process).
+        events_in: Events clients published.
+        events_out: Events sent to clients.
+        published: Events published on the bus (from clients and in process).
+        dropped: Events lost to overflow (slow remote clients and local subscriptions).
+        stored: Events stored.
+        actor_errors: Exceptions raised by actors.
+        errors: Bad input and failures by error code (``bad_frame``, ``invalid_topic`` …).
+    """
+
+    connections: int
+    connections_total: int
+    subscriptions: int
+    events_in: int
+    events_out: int
+    published: int
+    dropped: int
+    stored: int
+    actor_errors: int
+    errors: dict[str, int]
+
+
+@attrs.define
+class _ActorSpec:
+    pattern: str
+    group: str | None
+    handler: Actor
+    max_buffer_size: float
+    overflow: OverflowLike
+
+
+class Broker:
+    """An event broker: a :class:`~trio_realtime.Bus` exposed over WebSocket.
+
+    ::
+
+        broker = Broker()
+
+        @broker.on("orders.>")
+        async def audit(event):
+            ...
+
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(broker.serve, "127.0.0.1", 8765)
+            print("clients connect to", server.url)
+
+    Args:
+        bus: An open bus to expose (it then keeps its own store). By default the broker opens
+            its own bus while it serves, with *store* and *persist*.
+        store: Where persisted events are kept (see :func:`~trio_realtime.open_bus`).
+        persist: Patterns of the topics to store (default: all but ``$…`` and ``_inbox.…``).
+        name: The broker's name, sent to clients in ``welcome``.
+        heartbeat: Seconds between heartbeats; a client silent for two is closed.
+        handshake_timeout: Seconds a new connection has to send ``hello``.
+        max_message_size: Largest message (bytes) a client may send; bigger closes it (1009).
+        session_buffer: Events queued for one client before *slow_consumer* applies.
+        slow_consumer: ``"drop_oldest"`` (the client loses the oldest queued events and gets a
+            ``gap`` frame with the count) or ``"disconnect"`` (it is closed with code 4001).
+        stats_interval: Seconds between ``$sys.stats`` events (None: never).
+        shutdown_timeout: Seconds to close clients gracefully when ``serve`` is cancelled.
+    """
+
+    def __init__(
+        self,
+        *,
+        bus: Bus | None = None,
+        store: Store | None = None,
+        persist: Sequence[str] | None = None,
+        name: str = "trio-realtime",
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        handshake_timeout: float = 10.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        session_buffer: int = DEFAULT_SESSION_BUFFER,
+        slow_consumer: Literal["drop_oldest", "disconnect"] = "drop_oldest",
+        stats_interval: float | None = 5.0,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        if bus is not None and (store is not None or persist is not None):
+            raise ValueError("pass store= and persist= to open_bus() when you pass a bus")
+        if slow_consumer not in ("drop_oldest", "disconnect"):
+            raise ValueError(
+                f"slow_consumer must be 'drop_oldest' or 'disconnect', not {slow_consumer!r}"
+            )
+        for value, what in ((heartbeat, "heartbeat"), (handshake_timeout, "handshake_timeout")):
+            if not value > 0:
+                raise ValueError(f"{what} must be positive, not {value!r}")
+        if session_buffer < 1:
+            raise ValueError(f"session_buffer must be at least 1, not {session_buffer!r}")
+        self._bus = bus
+        self._store = store
+        self._persist = persist
+        self.name: Final = name
+        self.heartbeat: Final = float(heartbeat)
+        self.handshake_timeout: Final = float(handshake_timeout)
+        self.max_message_size: Final = max_message_size
+        self.session_buffer: Final = session_buffer
+        self.slow_consumer: Final = slow_consumer
+        self.stats_interval: Final = stats_interval
+        self.shutdown_timeout: Final = float(shutdown_timeout)
+        self._actors: list[_ActorSpec] = []
+        self._sessions: dict[str, Session] = {}
+        self._no_sessions = trio.Event()
+        self._no_sessions.set()
+        self._session_ids = itertools.count(1)
+        self._session_prefix = secrets.token_hex(3)
+        self._connections_total = 0
+        self._events_in = 0
+        self._events_out = 0
+        self._actor_errors = 0
+        self._errors: Counter[str] = Counter()
+        self._serving = False
+        self._sys_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
+
+    @property
+    def bus(self) -> Bus:
+        """The broker's bus: publish and subscribe in process alongside remote clients.
+
+        Raises:
+            RuntimeError: if the broker opens its own bus and is not serving.
+        """
+        if self._bus is None:
+            raise RuntimeError("the broker's bus exists only while the broker serves")
+        return self._bus
+
+    def on(
+        self,
+        pattern: str,
+        *,
+        group: str | None = None,
+        max_buffer_size: float = DEFAULT_BUFFER_SIZE,
+        overflow: OverflowLike = Overflow.BLOCK,
+    ) -> Callable[[Actor], Actor]:
+        """Register an actor: a handler run for each event matching *pattern*, as a decorator.
+
+        The handler (a function or coroutine function taking the :class:`Event`) runs under
+        the broker's supervision while it serves, one event at a time in order. An exception
+        in it is logged and counted and never stops the broker or other actors. It can
+        publish through :attr:`bus`. With *group*, actors sharing a group share the events.
+
+        Raises:
+            InvalidTopic: if *pattern* is not a valid pattern.
+        """
+        validate_pattern(pattern)
+        if self._serving:
+            raise RuntimeError("register actors before the broker serves")
+
+        def register(handler: Actor) -> Actor:
+            self._actors.append(_ActorSpec(pattern, group, handler, max_buffer_size, overflow))
+            return handler
+
+        return register
+
+    # -- serving --------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[BrokerServer] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Serve clients on *host*:*port* until cancelled; a startable task.
+
+        ``server = await nursery.start(broker.serve, host, port)`` returns once the broker
+        listens, with its :class:`BrokerServer` (``server.port`` is the real port when *port*
+        is 0). Cancelling it closes every client with code 1001 within ``shutdown_timeout``.
+
+        Raises:
+            OSError: if it cannot listen on *host*:*port*.
+            RuntimeError: if the broker is already serving.
+        """
+        if self._serving:
+            raise RuntimeError("this broker is already serving")
+        self._serving = True
+        try:
+            if self._bus is not None:
+                await self._serve(self._bus, host, port, ssl_context, task_status)
+            async with open_bus(source=self.name, store=self._store, persist=self._persist) as bus:
+                self._bus = bus
+                try:
+                    await self._serve(bus, host, port, ssl_context, task_status)
+                finally:
+                    self._bus = None
+        finally:
+            self._serving = False
+
+    async def _serve(
+        self,
+        bus: Bus,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        task_status: trio.TaskStatus[BrokerServer],
+    ) -> NoReturn:
+        async with trio.open_nursery() as nursery:
+            # Sessions live in a shielded scope so that cancelling serve() does not kill
+            # them outright: first they are closed gracefully (1001), then the scope is
+            # cancelled.
+            sessions_scope = trio.CancelScope(shield=True)
+            listener_scope = trio.CancelScope()
+            server: BrokerServer = await nursery.start(
+                self._run_sessions, host, port, ssl_context, sessions_scope, listener_scope
+            )
+            self._sys_send, receive = trio.open_memory_channel[tuple[str, Any]](math.inf)
+            await nursery.start(self._run_sys_events, bus, receive)
+            for spec in self._actors:
+                await nursery.start(self._run_actor, bus, spec)
+            if self.stats_interval is not None:
+                nursery.start_soon(self._publish_stats, bus, self.stats_interval)
+            logger.info("broker %r listening on %s", self.name, server.url)
+            task_status.started(server)
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    listener_scope.cancel()
+                    with trio.move_on_after(self.shutdown_timeout):
+                        await self._close_sessions()
+                    sessions_scope.cancel()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_sessions(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        sessions_scope: trio.CancelScope,
+        listener_scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[BrokerServer],
+    ) -> None:
+        with sessions_scope:
+            async with trio.open_nursery() as sessions:
+                bound_port: int = await sessions.start(
+                    self._listen, host, port, ssl_context, sessions, listener_scope
+                )
+                scheme = "wss" if ssl_context is not None else "ws"
+                shown = f"[{host}]" if ":" in host else host
+                task_status.started(
+                    BrokerServer(host=host, port=bound_port, url=f"{scheme}://{shown}:{bound_port}")
+                )
+
+    async def _listen(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        sessions: trio.Nursery,
+        listener_scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[int],
+    ) -> None:
+        with listener_scope:
+            await listen(
+                self._handle_connection,
+                host,
+                port,
+                ssl_context=ssl_context,
+                handler_nursery=sessions,
+                max_message_size=self.max_message_size,
+                task_status=task_status,
+            )
+
+    async def _close_sessions(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for session in list(self._sessions.values()):
+                nursery.start_soon(session.close, CLOSE_GOING_AWAY, "broker shutting down")
+        await self._no_sessions.wait()
+
+    async def _handle_connection(self, transport: Any) -> None:
+        session_id = f"{self._session_prefix}-{next(self._session_ids)}"
+        try:
+            await Session(self, transport, session_id).run()
+        except Exception:
+            self._count_error("internal")
+            logger.exception("session %s failed", session_id)
+            with trio.CancelScope(shield=True), trio.move_on_after(self.shutdown_timeout):
+                await transport.aclose(1011, "internal error")
+
+    async def _session_started(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        self._no_sessions = trio.Event()
+        self._connections_total += 1
+        logger.info(
+            "client %r connected from %s as %s", session.client, session.address, session.id
+        )
+        self._publish_sys("$sys.connect", session)
+
+    async def _session_ended(self, session: Session) -> None:
+        self._sessions.pop(session.id, None)
+        if not self._sessions:
+            self._no_sessions.set()
+        logger.info("client %r (%s) disconnected", session.client, session.id)
+        self._publish_sys("$sys.disconnect", session)
+
+    def _publish_sys(self, topic: str, session: Session) -> None:
+        """Queue a ``$sys`` event about *session*; sessions never wait for its subscribers."""
+        data = {"client": session.client, "session": session.id, "address": session.address}
+        if self._sys_send is None:
+            return
+        try:
+            self._sys_send.send_nowait((topic, data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # shutting down: nobody is left to tell
+
+    async def _run_sys_events(
+        self,
+        bus: Bus,
+        receive: trio.MemoryReceiveChannel[tuple[str, Any]],
+        *,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        task_status.started()
+        async with receive:
+            async for topic, data in receive:
+                try:
+                    await bus.publish(topic, data)
+                except trio.ClosedResourceError:
+                    return
+
+    def _count_error(self, code: str) -> None:
+        self._errors[code] += 1
+
+    async def _run_actor(
+        self, bus: Bus, spec: _ActorSpec, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        name = getattr(spec.handler, "__qualname__", repr(spec.handler))
+        async with bus.subscribe(
+            spec.pattern,
+            group=spec.group,
+            max_buffer_size=spec.max_buffer_size,
+            overflow=spec.overflow,
+        ) as sub:
+            task_status.started()
+            async for event in sub:
+                try:
+                    result = spec.handler(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    self._actor_errors += 1
+                    logger.exception(
+                        "actor %s failed on event %s (%r)", name, event.id, event.topic
+                    )
+
+    async def _publish_stats(self, bus: Bus, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            try:
+                await bus.publish("$sys.stats", attrs.asdict(self.statistics()))
+            except trio.ClosedResourceError:
+                return
+
+    def statistics(self) -> BrokerStatistics:
+        """A snapshot of what the broker has seen."""
+        bus = self._bus.statistics() if self._bus is not None else None
+        return BrokerStatistics(
+            connections=len(self._sessions),
+            connections_total=self._connections_total,
+            subscriptions=bus.subscriptions if bus else 0,
+            events_in=self._events_in,
+            events_out=self._events_out,
+            published=bus.published if bus else 0,
+            dropped=bus.dropped if bus else 0,
+            stored=bus.stored if bus else 0,
+            actor_errors=self._actor_errors,
+            errors=dict(self._errors),
+        )
+
+
+async def serve_broker(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[BrokerServer] = trio.TASK_STATUS_IGNORED,
+    **broker_options: Any,
+) -> NoReturn:
+    """Run a :class:`Broker` built with *broker_options* on *host*:*port*; a startable task.
+
+    ``server = await nursery.start(serve_broker, "127.0.0.1", 0)`` is the shortcut for
+    ``await nursery.start(Broker(**broker_options).serve, "127.0.0.1", 0)``.
+    """
+    await Broker(**broker_options).serve(
+        host, port, ssl_context=ssl_context, task_status=task_status
+    )

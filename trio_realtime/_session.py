@@ -1,0 +1,485 @@
+"""One connected client on the broker's side: its nursery, its queue, its limits.
+
+A session runs three tasks in its own nursery: the reader (the session's main task: it reads
+messages, feeds the sans-IO :class:`~trio_realtime.protocol.ServerConnection` and acts on each
+frame), the writer (drains the outgoing queue, batching frames into one message when a backlog
+exists) and the heartbeat. Each remote subscription is a sink in the broker's bus; a slow
+client never stalls anyone else: its queue drops the oldest events (reported with ``gap``
+frames) or, if so configured, the client is disconnected with close code 4001.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from ._bus import PendingCommit
+from ._errors import (
+    ConnectionClosed,
+    InvalidTopic,
+    LocalProtocolError,
+    NoResponders,
+    RemoteProtocolError,
+    StoreError,
+)
+from ._event import Event, parse_time
+from ._topics import validate_pattern, validate_topic
+from ._util import open_service_nursery
+from .protocol import (
+    BAD_FRAME,
+    CLOSE_PROTOCOL,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
+    FORBIDDEN,
+    INTERNAL,
+    INVALID_TOPIC,
+    NO_RESPONDERS,
+    SLOW_CONSUMER,
+    TOO_LARGE,
+    Ack,
+    Error,
+    EventFrame,
+    Gap,
+    Hello,
+    History,
+    HistoryResult,
+    Ping,
+    Pong,
+    Publish,
+    ServerConnection,
+    ServerFrame,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+    close_code_for,
+    encode_event,
+)
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+    from ._listener import ServerTransport as WebSocketTransport
+
+__all__ = ["Session"]
+
+logger = logging.getLogger("trio_realtime.broker")
+
+#: Frames the writer puts in one message at most.
+MAX_BATCH: Final = 512
+#: Close code for a peer that stayed silent for two heartbeat intervals (an extension).
+CLOSE_HEARTBEAT: Final = 4002
+#: Most events one ``history`` request returns.
+MAX_HISTORY: Final = 10_000
+
+
+class _EventItem:
+    """An event queued for the client, with the ids of the subscriptions it matched."""
+
+    __slots__ = ("event", "subs")
+
+    def __init__(self, event: Event, sub: int) -> None:
+        self.event = event
+        self.subs = [sub]
+
+
+class RemoteSubscription:
+    """A client's subscription: a sink in the bus that feeds the session's queue."""
+
+    def __init__(self, session: Session, sub_id: int, pattern: str, group: str | None) -> None:
+        self.session = session
+        self.id = sub_id
+        self.pattern = pattern
+        self.group = group
+        self.missed = 0
+        self.replay: trio.CancelScope | None = None
+        self._ended = False
+
+    def _offer(self, event: Event, *, force: bool = False) -> int:
+        if self._ended:
+            return 0
+        self.session._enqueue_event(self.id, event)
+        return 1
+
+    def _has_room(self) -> bool:
+        return self.session._has_room()
+
+    async def _wait_room(self) -> None:
+        await self.session._wait_room()
+
+    def _end(self) -> None:
+        self._ended = True
+
+    def _fail(self, exc: BaseException) -> None:
+        self._ended = True
+        self.session._enqueue(
+            Error(ref=self.id, code=INTERNAL, message=f"subscription {self.id} ended: {exc}")
+        )
+
+
+class Session:
+    """The broker's side of one client connection. Created and run by the broker."""
+
+    def __init__(self, broker: Broker, transport: WebSocketTransport, session_id: str) -> None:
+        self.broker = broker
+        self.bus = broker.bus
+        self.transport = transport
+        self.id = session_id
+        self.address = transport.remote
+        self.client: str | None = None
+        self.conn = ServerConnection()
+        self.subscriptions: dict[int, RemoteSubscription] = {}
+        self.events_in = 0
+        self.events_out = 0
+        self.dropped = 0
+        self._queue: deque[ServerFrame | _EventItem] = deque()
+        self._queued_events = 0
+        self._gaps: dict[int, int] = {}
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._room_lot = trio.lowlevel.ParkingLot()
+        self._slow = False
+        self._last_received = trio.current_time()
+        self._nursery: trio.Nursery | None = None
+        self._acks_send, self._acks_receive = trio.open_memory_channel[tuple[int, PendingCommit]](
+            math.inf
+        )
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} client={self.client!r} address={self.address}>"
+
+    # -- the outgoing queue ---------------------------------------------------------------
+
+    def _enqueue(self, frame: ServerFrame) -> None:
+        self._queue.append(frame)
+        if self._writer_lot:
+            self._writer_lot.unpark()
+
+    def _enqueue_event(self, sub_id: int, event: Event) -> None:
+        queue = self._queue
+        if queue:
+            last = queue[-1]
+            if type(last) is _EventItem and last.event is event:
+                last.subs.append(sub_id)  # one frame for every subscription it matched
+                return
+        if self._queued_events >= self.broker.session_buffer:
+            self._overflow()
+            if self._slow:
+                return
+        queue.append(_EventItem(event, sub_id))
+        self._queued_events += 1
+        if self._writer_lot:
+            self._writer_lot.unpark()
+
+    def _overflow(self) -> None:
+        """The queue is full: drop its oldest event (counted, reported) or end the session."""
+        if self.broker.slow_consumer == "disconnect":
+            if not self._slow:
+                self._slow = True
+                self.broker._count_error(SLOW_CONSUMER)
+                self._writer_lot.unpark_all()
+            return
+        for i, item in enumerate(self._queue):
+            if type(item) is _EventItem:
+                del self._queue[i]
+                self._queued_events -= 1
+                self.dropped += 1
+                for sub_id in item.subs:
+                    self._gaps[sub_id] = self._gaps.get(sub_id, 0) + 1
+                    sub = self.subscriptions.get(sub_id)
+                    if sub is not None:
+                        sub.missed += 1
+                return
+
+    def _has_room(self) -> bool:
+        return self._queued_events < self.broker.session_buffer
+
+    async def _wait_room(self) -> None:
+        while self._queued_events >= self.broker.session_buffer and not self._slow:
+            await self._room_lot.park()
+
+    async def _writer(self) -> None:
+        queue = self._queue
+        while True:
+            if self._slow:
+                await self._close_slow()
+                return
+            if not queue and not self._gaps:
+                await self._writer_lot.park()
+                continue
+            frames: list[ServerFrame] = []
+            if self._gaps:
+                frames.extend(
+                    Gap(sub=sub_id, missed=missed)
+                    for sub_id, missed in self._gaps.items()
+                    if sub_id in self.subscriptions
+                )
+                self._gaps.clear()
+            events = 0
+            while queue and len(frames) < MAX_BATCH:
+                item = queue.popleft()
+                if type(item) is _EventItem:
+                    events += 1
+                    frames.append(EventFrame(subs=tuple(item.subs), event=item.event))
+                else:
+                    frames.append(item)  # type: ignore[arg-type]
+            self._queued_events -= events
+            if self._room_lot:
+                self._room_lot.unpark_all()
+            if not frames:
+                continue
+            text = self.conn.send(frames if len(frames) > 1 else frames[0])
+            try:
+                await self.transport.send(text)
+            except ConnectionClosed:
+                self._nursery_cancel()  # the client is gone: end the session quietly
+                return
+            self.events_out += events
+            self.broker._events_out += events
+
+    async def _close_slow(self) -> None:
+        text = self.conn.send(
+            Error(
+                code=SLOW_CONSUMER,
+                message=f"more than {self.broker.session_buffer} events were waiting to be sent "
+                "to this client: it reads too slowly",
+            )
+        )
+        try:
+            with trio.move_on_after(self.broker.shutdown_timeout):
+                await self.transport.send(text)
+        except ConnectionClosed:
+            return  # it left by itself
+        await self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    # -- the session's life ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it closes; tidy up the client's subscriptions."""
+        try:
+            hello = await self._handshake()
+            if hello is None:
+                return
+            await self.broker._session_started(self)
+            try:
+                async with open_service_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._heartbeat)
+                    nursery.start_soon(self._acker)
+                    await self._reader()
+            finally:
+                self._drop_subscriptions()
+                await self.broker._session_ended(self)
+        except ConnectionClosed:
+            pass
+        except RemoteProtocolError as exc:
+            await self._refuse(exc)
+
+    async def _handshake(self) -> Hello | None:
+        """Read until the client's ``hello``; answer ``welcome``. None if the client left."""
+        with trio.move_on_after(self.broker.handshake_timeout):
+            while True:
+                try:
+                    text = await self.transport.receive()
+                except ConnectionClosed as exc:
+                    if exc.code == CLOSE_TOO_BIG:
+                        self.broker._count_error(TOO_LARGE)
+                    raise
+                self._last_received = trio.current_time()
+                self.conn.receive_text(text)
+                for item in self.conn.frames():
+                    if isinstance(item, Hello):
+                        self.client = item.client
+                        welcome = Welcome(
+                            session=self.id,
+                            broker=self.broker.name,
+                            heartbeat=self.broker.heartbeat,
+                            epoch=self.bus.store.epoch if self.bus.store is not None else None,
+                        )
+                        await self.transport.send(self.conn.send(welcome))
+                        return item
+        self.broker._count_error("handshake_timeout")
+        await self.close(CLOSE_PROTOCOL, "no 'hello' within the handshake timeout")
+        return None
+
+    async def _refuse(self, exc: RemoteProtocolError) -> None:
+        """A fatal protocol violation: explain it in an error frame, then close."""
+        self.broker._count_error(exc.code)
+        try:
+            with trio.move_on_after(self.broker.shutdown_timeout):
+                await self.transport.send(self.conn.send(Error.from_exception(exc)))
+        except ConnectionClosed:
+            pass
+        await self.close(close_code_for(exc.code), str(exc)[:120])
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the WebSocket with *code* (waiting a bounded time for the client to agree)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(self.broker.shutdown_timeout):
+            await self.transport.aclose(code, reason)
+
+    def _drop_subscriptions(self) -> None:
+        for sub in self.subscriptions.values():
+            if sub.replay is not None:
+                sub.replay.cancel()
+            sub._end()
+            self.bus.remove_sink(sub)
+        self.subscriptions.clear()
+
+    async def _heartbeat(self) -> None:
+        """Ping a client silent for an interval; close it if the ping gets no answer in time."""
+        interval = self.broker.heartbeat
+        while True:
+            quiet_since = self._last_received
+            if trio.current_time() < quiet_since + interval:
+                await trio.sleep_until(quiet_since + interval)
+                continue
+            pinged = trio.current_time()
+            self._enqueue(Ping())
+            await trio.sleep(interval)  # every ping gets a whole interval to be answered
+            if self._last_received < pinged:
+                self.broker._count_error("heartbeat_timeout")
+                await self.close(CLOSE_HEARTBEAT, "heartbeat timeout")
+                self._nursery_cancel()
+                return
+
+    def _nursery_cancel(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _acker(self) -> None:
+        async for ref, pending in self._acks_receive:
+            try:
+                event = await pending.wait()
+            except StoreError as exc:
+                self._error(ref, INTERNAL, f"the event was not stored: {exc}")
+            except trio.ClosedResourceError:
+                self._error(ref, INTERNAL, "the broker is shutting down; the event was not stored")
+            else:
+                self._enqueue(Ack(ref=ref, id=event.id, seq=event.seq))
+
+    # -- reading and acting ---------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        conn = self.conn
+        while True:
+            for item in conn.frames():
+                if isinstance(item, RemoteProtocolError):
+                    self.broker._count_error(item.code)
+                    self._enqueue(Error.from_exception(item))
+                else:
+                    await self._handle(item)
+            try:
+                text = await self.transport.receive()
+            except ConnectionClosed as exc:
+                if exc.code == CLOSE_TOO_BIG:
+                    self.broker._count_error(TOO_LARGE)
+                return
+            self._last_received = trio.current_time()
+            conn.receive_text(text)
+
+    def _error(self, ref: int | None, code: str, message: str) -> None:
+        self.broker._count_error(code)
+        self._enqueue(Error(ref=ref, code=code, message=message))
+
+    async def _handle(self, frame: Any) -> None:
+        kind = type(frame)
+        if kind is Publish:
+            await self._publish(frame)
+        elif kind is Subscribe:
+            await self._subscribe(frame)
+        elif kind is Unsubscribe:
+            sub = self.subscriptions.pop(frame.id, None)
+            if sub is not None:
+                if sub.replay is not None:
+                    sub.replay.cancel()
+                sub._end()
+                self.bus.remove_sink(sub)
+            self._enqueue(Unsubscribed(id=frame.id))
+        elif kind is Ping:
+            self._enqueue(Pong())
+        elif kind is History:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._history, frame)
+        # Pong: its arrival already counts as a sign of life.
+
+    async def _publish(self, frame: Publish) -> None:
+        event = frame.event
+        ref = frame.ref
+        self.events_in += 1
+        self.broker._events_in += 1
+        try:
+            validate_topic(event.topic)
+            if event.reply_to is not None:
+                validate_topic(event.reply_to)
+        except InvalidTopic as exc:
+            self._error(ref, INVALID_TOPIC, str(exc))
+            return
+        if event.topic.startswith("$"):
+            self._error(
+                ref, FORBIDDEN, f"topic {event.topic!r}: '$' topics are reserved for the broker"
+            )
+            return
+        try:
+            # Encoding now (it is cached for the writers) refuses here, to the publisher, what
+            # could be decoded but not encoded again (such as data nested too deeply).
+            encode_event(event)
+        except (TypeError, LocalProtocolError) as exc:
+            self._error(ref, BAD_FRAME, f"the event cannot be relayed: {exc}")
+            return
+        try:
+            result = await self.bus.publish_pipelined(event, retain=frame.retain)
+        except NoResponders as exc:
+            self._error(ref, NO_RESPONDERS, str(exc))
+            return
+        except trio.ClosedResourceError:
+            self._error(ref, INTERNAL, "the broker is shutting down")
+            return
+        if ref is None:
+            return
+        if isinstance(result, PendingCommit):
+            self._acks_send.send_nowait((ref, result))
+        else:
+            self._enqueue(Ack(ref=ref, id=result.id, seq=result.seq))
+
+    async def _subscribe(self, frame: Subscribe) -> None:
+        try:
+            validate_pattern(frame.pattern)
+        except InvalidTopic as exc:
+            self._error(frame.id, INVALID_TOPIC, str(exc))
+            return
+        since: int | datetime | None = frame.since
+        if frame.since_time is not None:
+            since = parse_time(frame.since_time)
+        if since is not None and self.bus.store is None:
+            self._error(frame.id, INTERNAL, "this broker has no store: 'since' cannot be served")
+            return
+        sub = RemoteSubscription(self, frame.id, frame.pattern, frame.group)
+        self.subscriptions[frame.id] = sub
+        self._enqueue(Subscribed(id=frame.id))
+        if since is None:
+            self.bus.add_sink(sub)
+        else:
+            sub.replay = await self.bus.add_sink_since(sub, since)
+
+    async def _history(self, frame: History) -> None:
+        since: int | datetime | None = frame.since
+        try:
+            validate_pattern(frame.pattern)
+            if frame.since_time is not None:
+                since = parse_time(frame.since_time)
+            events = await self.bus.history(
+                frame.pattern, since=since, limit=max(0, min(frame.limit, MAX_HISTORY))
+            )
+        except InvalidTopic as exc:
+            self._error(frame.ref, INVALID_TOPIC, str(exc))
+        except ValueError as exc:
+            self._error(frame.ref, INTERNAL, str(exc))
+        except StoreError as exc:
+            self._error(frame.ref, INTERNAL, f"reading the store failed: {exc}")
+        else:
+            self._enqueue(HistoryResult(ref=frame.ref, events=tuple(events)))

@@ -1,0 +1,537 @@
+"""The JSON codec: frames to text and back.
+
+The mapping between frames and JSON is one cattrs converter, built from
+:mod:`cattrs.preconf.orjson`, with a tagged union on ``"type"`` over every frame class. Its
+hooks are strict where cattrs is lenient by default: an integer field takes only a JSON integer
+(not ``"1"``, ``1.5`` or ``true``), a string field only a string, a boolean only ``true`` or
+``false``, a list only an array.
+
+Two hand-written paths sit beside it, because the converter was measured too slow for the
+frames that carry events, which dominate the traffic:
+
+* ``event`` frames are encoded by joining strings around the event's JSON, which is cached:
+  in fan-out the same :class:`~trio_realtime.Event` goes to many connections and is serialised
+  once (a small bounded cache keyed by event id, checked by identity). ``publish`` and
+  ``history_result`` frames are joined the same way, without the cache.
+* ``event`` and ``publish`` frames are decoded by a fast path that handles well-formed frames
+  only; anything it cannot handle goes through the converter, which produces the same frame or
+  the precise error. A property test checks that the two agree.
+
+Measured with ``timeit`` on a loaded 2-core machine (CPython 3.11, a 250-byte ``event``
+frame): encoding takes about 0.35 µs when the event is cached and 2.2 µs on first use (the
+converter alone: 2.7 µs); decoding about 3.5 to 4 µs, of which ``orjson.loads`` is 0.8 µs and
+building the :class:`~trio_realtime.Event` 1.2 µs (the converter alone: 4.8 µs).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import NoneType, UnionType
+from typing import TYPE_CHECKING, Any, Final, Union, get_args, get_origin
+
+import attrs
+import orjson
+from cattrs import ClassValidationError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.preconf.orjson import OrjsonConverter, make_converter
+from cattrs.strategies import configure_tagged_union
+
+from .._errors import LocalProtocolError, RemoteProtocolError
+from .._event import Event, new_event_id, parse_time
+from ._frames import (
+    BAD_FRAME,
+    FRAME_TYPES,
+    UNKNOWN_TYPE,
+    EventFrame,
+    Frame,
+    History,
+    HistoryResult,
+    Publish,
+    Subscribe,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = [
+    "EVENT_CACHE_SIZE",
+    "converter",
+    "decode",
+    "encode",
+    "encode_event",
+    "structure_event",
+    "structure_frame",
+]
+
+#: The converter between frames and JSON-compatible values. Structuring raises
+#: :exc:`cattrs.ClassValidationError`; :func:`decode` turns that into ``bad_frame`` errors.
+converter: Final = make_converter(detailed_validation=True)
+
+#: How many encoded events :func:`encode_event` keeps.
+EVENT_CACHE_SIZE: Final = 1024
+
+_DEFAULT_SOURCE: Final = str(attrs.fields(Event).source.default)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict structuring hooks
+
+
+class _Invalid(ValueError):
+    """A value from the wire has the wrong type or form.
+
+    *problem* completes the sentence "field X …"; *path* locates the value below the field the
+    hook was asked to structure ("" for the field itself).
+    """
+
+    def __init__(self, problem: str, path: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path = path
+
+
+def _json_type(value: object) -> str:
+    """*value*'s JSON type, with an article, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"  # only from Python callers; JSON has no other types
+
+
+def _structure_int(value: Any, _: object) -> int:
+    if type(value) is int:
+        return value
+    raise _Invalid(f"must be an integer, not {_json_type(value)}")
+
+
+def _structure_str(value: Any, _: object) -> str:
+    if type(value) is str:
+        return value
+    raise _Invalid(f"must be a string, not {_json_type(value)}")
+
+
+def _structure_bool(value: Any, _: object) -> bool:
+    if type(value) is bool:
+        return value
+    raise _Invalid(f"must be true or false, not {_json_type(value)}")
+
+
+def _structure_float(value: Any, _: object) -> float:
+    if type(value) is float or type(value) is int:
+        return float(value)
+    raise _Invalid(f"must be a number, not {_json_type(value)}")
+
+
+def _structure_optional_int(value: Any, _: object) -> int | None:
+    if value is None or type(value) is int:
+        return value
+    raise _Invalid(f"must be an integer or null, not {_json_type(value)}")
+
+
+def _structure_optional_str(value: Any, _: object) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    raise _Invalid(f"must be a string or null, not {_json_type(value)}")
+
+
+def _structure_optional_time_text(value: Any, _: object) -> str | None:
+    """An ISO 8601 time kept as text (``since_time``), checked to parse."""
+    if value is None:
+        return None
+    _parse_time_field(value)
+    return str(value)
+
+
+def _structure_int_tuple(value: Any, _: object) -> tuple[int, ...]:
+    if type(value) is not list:
+        raise _Invalid(f"must be an array of integers, not {_json_type(value)}")
+    for i, item in enumerate(value):
+        if type(item) is not int:
+            raise _Invalid(f"must be an integer, not {_json_type(item)}", f"[{i}]")
+    return tuple(value)
+
+
+def _structure_event_tuple(value: Any, _: object) -> tuple[Event, ...]:
+    if type(value) is not list:
+        raise _Invalid(f"must be an array of event objects, not {_json_type(value)}")
+    events = []
+    for i, item in enumerate(value):
+        try:
+            events.append(structure_event(item))
+        except _Invalid as exc:
+            raise _Invalid(exc.problem, _join(f"[{i}]", exc.path)) from None
+    return tuple(events)
+
+
+def _parse_time_field(value: object, path: str = "") -> datetime:
+    if type(value) is not str:
+        raise _Invalid(f"must be an ISO 8601 time string, not {_json_type(value)}", path)
+    try:
+        return parse_time(value)
+    except (ValueError, OverflowError):
+        raise _Invalid(f"is not an ISO 8601 time: {value[:64]!r}", path) from None
+
+
+def structure_event(obj: Any, _: object = None) -> Event:
+    """Build an :class:`~trio_realtime.Event` from its wire form (a dict parsed from JSON).
+
+    ``topic`` is required and must be a string (its grammar is the broker's to check). ``id``,
+    ``type``, ``source``, ``time``, ``headers``, ``seq`` and ``reply_to`` may be missing or
+    null: a new id, the topic, ``"trio-realtime"``, now, ``{}``, None and None are used. ``data``
+    stays plain JSON.
+
+    Raises:
+        ValueError: naming the field that is missing or of the wrong type (a private subclass
+            that :func:`decode` turns into a ``bad_frame`` error).
+    """
+    if type(obj) is not dict:
+        raise _Invalid(f"must be an event object, not {_json_type(obj)}")
+    get = obj.get
+    topic = get("topic")
+    if type(topic) is not str:
+        if topic is None:
+            raise _Invalid("is required", "topic")
+        raise _Invalid(f"must be a string, not {_json_type(topic)}", "topic")
+    id_ = get("id")
+    if id_ is None:
+        id_ = new_event_id()
+    elif type(id_) is not str:
+        raise _Invalid(f"must be a string, not {_json_type(id_)}", "id")
+    type_ = get("type")
+    if type_ is None:
+        type_ = topic
+    elif type(type_) is not str:
+        raise _Invalid(f"must be a string, not {_json_type(type_)}", "type")
+    source = get("source")
+    if source is None:
+        source = _DEFAULT_SOURCE
+    elif type(source) is not str:
+        raise _Invalid(f"must be a string, not {_json_type(source)}", "source")
+    raw_time = get("time")
+    when = datetime.now(UTC) if raw_time is None else _parse_time_field(raw_time, "time")
+    headers = get("headers")
+    if headers is None:
+        headers = {}
+    elif type(headers) is not dict:
+        raise _Invalid(f"must be an object of strings, not {_json_type(headers)}", "headers")
+    elif headers:
+        for key, header in headers.items():
+            if type(header) is not str:
+                raise _Invalid(f"must be a string, not {_json_type(header)}", f"headers.{key[:64]}")
+    seq = get("seq")
+    if seq is not None and type(seq) is not int:
+        raise _Invalid(f"must be an integer or null, not {_json_type(seq)}", "seq")
+    reply_to = get("reply_to")
+    if reply_to is not None and type(reply_to) is not str:
+        raise _Invalid(f"must be a string or null, not {_json_type(reply_to)}", "reply_to")
+    return Event(
+        id=id_,
+        topic=topic,
+        type=type_,
+        source=source,
+        time=when,
+        data=get("data"),
+        headers=headers,
+        seq=seq,
+        reply_to=reply_to,
+    )
+
+
+def _is_optional_of(tp: Any, base: type) -> bool:
+    return get_origin(tp) in (Union, UnionType) and set(get_args(tp)) == {base, NoneType}
+
+
+def _configure(conv: OrjsonConverter) -> None:
+    """Register the strict hooks, per-class hooks and the tagged union, in dependency order."""
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(bool, _structure_bool)
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook_func(lambda t: _is_optional_of(t, int), _structure_optional_int)
+    conv.register_structure_hook_func(lambda t: _is_optional_of(t, str), _structure_optional_str)
+    conv.register_structure_hook_func(lambda t: t == tuple[int, ...], _structure_int_tuple)
+    conv.register_structure_hook_func(lambda t: t == tuple[Event, ...], _structure_event_tuple)
+    conv.register_structure_hook(Event, structure_event)
+    conv.register_unstructure_hook(Event, Event.to_dict)
+
+    for cls in FRAME_TYPES.values():
+        if cls in (Subscribe, History):
+            hook = make_dict_structure_fn(
+                cls, conv, since_time=override(struct_hook=_structure_optional_time_text)
+            )
+            conv.register_structure_hook(cls, hook)
+        conv.register_unstructure_hook(cls, _type_first(cls, make_dict_unstructure_fn(cls, conv)))
+
+    tags = {cls: tag for tag, cls in FRAME_TYPES.items()}
+    configure_tagged_union(Frame, conv, tag_generator=tags.__getitem__, tag_name="type")
+
+
+def _type_first(cls: Any, unstructure: Callable[[Any], dict[str, Any]]) -> Callable[[Any], Any]:
+    """Put ``"type"`` first in the unstructured dict, so that frames read well on the wire."""
+    tag = cls.TYPE
+
+    def hook(frame: Any) -> dict[str, Any]:
+        return {"type": tag, **unstructure(frame)}
+
+    return hook
+
+
+_configure(converter)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _join(path: str, name: str) -> str:
+    if not path:
+        return name
+    if not name:
+        return path
+    return path + name if name.startswith("[") else f"{path}.{name}"
+
+
+def _problems(exc: BaseException, path: str) -> list[str]:
+    """Human descriptions of everything wrong in a structuring error, with field paths."""
+    if isinstance(exc, ClassValidationError):
+        found: list[str] = []
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            found += _problems(sub, _join(path, note.name))
+        for sub in without:
+            found += _problems(sub, path)
+        return found
+    if isinstance(exc, _Invalid):
+        return [f"field '{_join(path, exc.path)}' {exc.problem}"]
+    if isinstance(exc, KeyError):
+        return [f"field '{path}' is required"]
+    return [f"field '{path}' is invalid ({exc})"]
+
+
+def _ref_of(obj: dict[str, Any]) -> int | None:
+    """The integer ``ref`` (else ``id``) of a frame that failed to decode, so it can be named."""
+    ref = obj.get("ref")
+    if type(ref) is int:
+        return ref
+    id_ = obj.get("id")
+    if type(id_) is int:
+        return id_
+    return None
+
+
+def _fast_event_frame(obj: dict[str, Any]) -> EventFrame:
+    subs = obj["subs"]
+    if type(subs) is not list:
+        raise TypeError
+    for sub in subs:
+        if type(sub) is not int:
+            raise TypeError
+    return EventFrame(subs=tuple(subs), event=structure_event(obj["event"]))
+
+
+def _fast_publish(obj: dict[str, Any]) -> Publish:
+    retain = obj.get("retain", False)
+    ref = obj.get("ref")
+    if type(retain) is not bool or (ref is not None and type(ref) is not int):
+        raise TypeError
+    return Publish(event=structure_event(obj["event"]), retain=retain, ref=ref)
+
+
+_FAST_DECODERS: Final[dict[str, Callable[[dict[str, Any]], Frame]]] = {
+    EventFrame.TYPE: _fast_event_frame,
+    Publish.TYPE: _fast_publish,
+}
+
+
+def structure_frame(obj: dict[str, Any]) -> Frame:
+    """The frame *obj* (a dict parsed from JSON) describes, through the converter only.
+
+    Raises:
+        cattrs.ClassValidationError: if a field is missing or of the wrong type.
+        KeyError: if the ``"type"`` is missing or unknown.
+    """
+    frame: Frame = converter.structure(obj, Frame)  # type: ignore[arg-type]
+    return frame
+
+
+def _decode_frame(obj: object) -> Frame | RemoteProtocolError:
+    if type(obj) is not dict:
+        return RemoteProtocolError(
+            f"bad frame: a frame must be a JSON object, not {_json_type(obj)}", code=BAD_FRAME
+        )
+    tag = obj.get("type")
+    if type(tag) is not str:
+        problem = "is required" if tag is None else f"must be a string, not {_json_type(tag)}"
+        return RemoteProtocolError(
+            f"bad frame: field 'type' {problem}", code=BAD_FRAME, ref=_ref_of(obj)
+        )
+    fast = _FAST_DECODERS.get(tag)
+    if fast is not None:
+        try:
+            return fast(obj)
+        except (KeyError, TypeError, ValueError):
+            pass  # not well-formed: the converter below says precisely why
+    if tag not in FRAME_TYPES:
+        return RemoteProtocolError(
+            f"unknown frame type {tag[:64]!r}; known types are {', '.join(sorted(FRAME_TYPES))}",
+            code=UNKNOWN_TYPE,
+            ref=_ref_of(obj),
+        )
+    try:
+        frame = structure_frame(obj)
+    except (ClassValidationError, _Invalid) as exc:
+        return RemoteProtocolError(
+            f"bad {tag!r} frame: {'; '.join(_problems(exc, ''))}", code=BAD_FRAME, ref=_ref_of(obj)
+        )
+    return frame
+
+
+def decode(text: str | bytes) -> list[Frame | RemoteProtocolError]:
+    """Decode one received WebSocket message into its frames, in order.
+
+    A message is one frame (a JSON object) or a batch (a JSON array of objects). The result
+    has one item per frame: the frame, or, for a frame that cannot be decoded, a
+    :exc:`~trio_realtime.RemoteProtocolError` describing it (it is returned, never raised), so
+    one bad frame does not spoil the others in its batch:
+
+    * ``code="bad_frame"``: the message is not JSON (the whole message yields one error), is
+      JSON but neither an object nor an array, an item of the batch is not an object, or a
+      field is missing or of the wrong type (the message names the field);
+    * ``code="unknown_type"``: the ``"type"`` is not one of protocol version 1.
+
+    When the offending object has an integer ``ref`` (or else ``id``), the error's ``ref``
+    carries it, so the answer can be ``error {ref}``. Unknown fields are ignored; fields that
+    are nullable or have a default may be missing. An empty batch yields no items.
+    """
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return [RemoteProtocolError(f"bad message: not JSON ({exc})", code=BAD_FRAME)]
+    if type(obj) is list:
+        return [_decode_frame(item) for item in obj]
+    if type(obj) is dict:
+        return [_decode_frame(obj)]
+    return [
+        RemoteProtocolError(
+            "bad message: a message must be a JSON object (a frame) or an array of objects "
+            f"(a batch), not {_json_type(obj)}",
+            code=BAD_FRAME,
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+_event_cache: dict[str, tuple[Event, str]] = {}
+
+
+def _event_json(event: Event) -> str:
+    return orjson.dumps(event.to_dict()).decode()
+
+
+def encode_event(event: Event) -> str:
+    """*event*'s wire form (a JSON object), as text.
+
+    The text is cached for the last :data:`EVENT_CACHE_SIZE` events (by identity: an equal but
+    distinct event is encoded anew), so fanning one event out to many connections serialises it
+    once. Events are immutable; do not mutate an event's ``data`` after publishing it.
+
+    Raises:
+        TypeError: if the event's data is not JSON-compatible.
+    """
+    cached = _event_cache.get(event.id)
+    if cached is not None and cached[0] is event:
+        return cached[1]
+    text = _event_json(event)
+    if len(_event_cache) >= EVENT_CACHE_SIZE:
+        _event_cache.pop(next(iter(_event_cache)), None)  # the oldest entry
+    _event_cache[event.id] = (event, text)
+    return text
+
+
+def _encode_event_frame(frame: EventFrame) -> str:
+    subs = frame.subs
+    # "d" formatting refuses non-integers, so that the text is always valid JSON
+    text = f"{subs[0]:d}" if len(subs) == 1 else ",".join([f"{sub:d}" for sub in subs])
+    return f'{{"type":"event","subs":[{text}],"event":{encode_event(frame.event)}}}'
+
+
+def _encode_publish(frame: Publish) -> str:
+    ref = "null" if frame.ref is None else f"{frame.ref:d}"
+    retain = "true" if frame.retain else "false"
+    return (
+        '{"type":"publish","event":'
+        + _event_json(frame.event)
+        + ',"retain":'
+        + retain
+        + ',"ref":'
+        + ref
+        + "}"
+    )
+
+
+def _encode_history_result(frame: HistoryResult) -> str:
+    events = ",".join([_event_json(event) for event in frame.events])
+    return f'{{"type":"history_result","ref":{frame.ref:d},"events":[{events}]}}'
+
+
+def _encode_general(frame: Frame) -> str:
+    return orjson.dumps(converter.unstructure(frame, Frame)).decode()
+
+
+_ENCODERS: Final[dict[type, Callable[[Any], str]]] = {
+    **dict.fromkeys(FRAME_TYPES.values(), _encode_general),
+    EventFrame: _encode_event_frame,
+    Publish: _encode_publish,
+    HistoryResult: _encode_history_result,
+}
+
+
+def _encode_error(frame: object, exc: Exception) -> LocalProtocolError:
+    return LocalProtocolError(
+        f"cannot encode a {type(frame).__name__} frame: {exc}; frames must hold values of "
+        "their declared types, and events JSON-compatible data",
+        code=BAD_FRAME,
+    )
+
+
+def _encode_one(frame: object) -> str:
+    encoder = _ENCODERS.get(type(frame))
+    if encoder is None:
+        raise LocalProtocolError(f"cannot encode {frame!r}: it is not a frame", code=BAD_FRAME)
+    try:
+        return encoder(frame)
+    except (TypeError, ValueError) as exc:
+        raise _encode_error(frame, exc) from exc
+
+
+def encode(frames: Frame | Sequence[Frame]) -> str:
+    """Encode a frame as a JSON object, or a list or tuple of frames as a batch (a JSON array).
+
+    The result is the text of one WebSocket message. Fields are always all present (nulls and
+    defaults included), ``"type"`` first.
+
+    Raises:
+        LocalProtocolError: if something is not a frame, or a field cannot be encoded (such as
+            event data that is not JSON-compatible).
+    """
+    if type(frames) is EventFrame:  # the hot path of fan-out
+        try:
+            return _encode_event_frame(frames)
+        except (TypeError, ValueError) as exc:
+            raise _encode_error(frames, exc) from exc
+    if isinstance(frames, (list, tuple)):
+        return "[" + ",".join([_encode_one(frame) for frame in frames]) + "]"
+    return _encode_one(frames)

@@ -1,0 +1,453 @@
+"""Frame classes, error codes and close codes of the wire protocol, version 1.
+
+Every frame is a frozen, keyword-only attrs class. Its wire ``"type"`` string is the class
+variable ``TYPE``; :data:`FRAME_TYPES` maps type strings back to classes. Frames are plain
+values: nothing here checks field types at construction (mypy does that for our own code, and
+the codec does it for what arrives on the wire).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Final, TypeAlias, get_args
+
+import attrs
+
+from .._event import Event
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .._errors import RemoteProtocolError
+
+__all__ = [
+    "AUTH_FAILED",
+    "BAD_FRAME",
+    "CLIENT_FRAME_TYPES",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL",
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY",
+    "CLOSE_PROTOCOL",
+    "CLOSE_SLOW_CONSUMER",
+    "CLOSE_TOO_BIG",
+    "ERROR_CODES",
+    "FORBIDDEN",
+    "FRAME_TYPES",
+    "INBOX_PREFIX",
+    "INTERNAL",
+    "INVALID_TOPIC",
+    "NO_RESPONDERS",
+    "PROTOCOL",
+    "PROTOCOL_VERSION",
+    "RATE_LIMITED",
+    "REPLY_ERROR_HEADER",
+    "SERVER_FRAME_TYPES",
+    "SLOW_CONSUMER",
+    "TOO_LARGE",
+    "UNKNOWN_TYPE",
+    "UNSUPPORTED_PROTOCOL",
+    "Ack",
+    "ClientFrame",
+    "Error",
+    "EventFrame",
+    "Frame",
+    "Gap",
+    "Hello",
+    "History",
+    "HistoryResult",
+    "Ping",
+    "Pong",
+    "Publish",
+    "ServerFrame",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
+    "Unsubscribed",
+    "Welcome",
+    "close_code_for",
+]
+
+#: The protocol version this package speaks (``hello.protocol`` and ``welcome.protocol``).
+PROTOCOL_VERSION: Final = 1
+
+# ---------------------------------------------------------------------------------------------
+# Error codes (the ``code`` of an ``error`` frame)
+
+#: The message is not JSON, a frame is not an object, or a field is missing or of the wrong type.
+BAD_FRAME: Final = "bad_frame"
+#: The frame's ``type`` is not one this side accepts.
+UNKNOWN_TYPE: Final = "unknown_type"
+#: A protocol rule was broken (``hello`` not first, a second ``hello``, a reused subscription id).
+PROTOCOL: Final = "protocol"
+#: ``hello.protocol`` names a version the broker does not speak.
+UNSUPPORTED_PROTOCOL: Final = "unsupported_protocol"
+#: The ``hello`` token was missing or refused.
+AUTH_FAILED: Final = "auth_failed"
+#: The connection may not do that (publish or subscribe there, or read that history).
+FORBIDDEN: Final = "forbidden"
+#: A topic or pattern breaks the topic grammar.
+INVALID_TOPIC: Final = "invalid_topic"
+#: A message or event is larger than the broker accepts.
+TOO_LARGE: Final = "too_large"
+#: The connection sends faster than the broker allows.
+RATE_LIMITED: Final = "rate_limited"
+#: The connection reads too slowly and is being disconnected.
+SLOW_CONSUMER: Final = "slow_consumer"
+#: A publish with ``reply_to`` matched no subscription, so nobody can answer it.
+NO_RESPONDERS: Final = "no_responders"
+#: The broker failed; not the client's fault.
+INTERNAL: Final = "internal"
+
+#: Every error code of protocol version 1.
+ERROR_CODES: Final[frozenset[str]] = frozenset(
+    {
+        BAD_FRAME,
+        UNKNOWN_TYPE,
+        PROTOCOL,
+        UNSUPPORTED_PROTOCOL,
+        AUTH_FAILED,
+        FORBIDDEN,
+        INVALID_TOPIC,
+        TOO_LARGE,
+        RATE_LIMITED,
+        SLOW_CONSUMER,
+        NO_RESPONDERS,
+        INTERNAL,
+    }
+)
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket close codes
+
+#: Normal closure: the work is done.
+CLOSE_NORMAL: Final = 1000
+#: The broker is shutting down (clients should reconnect elsewhere or later).
+CLOSE_GOING_AWAY: Final = 1001
+#: Policy: authentication failed, or a fatal ``forbidden``.
+CLOSE_POLICY: Final = 1008
+#: A message was larger than the receiver accepts.
+CLOSE_TOO_BIG: Final = 1009
+#: The broker failed internally.
+CLOSE_INTERNAL: Final = 1011
+#: The peer broke the protocol (``hello`` not first, a second ``hello``, a bad version).
+CLOSE_PROTOCOL: Final = 4000
+#: The client read too slowly and was disconnected.
+CLOSE_SLOW_CONSUMER: Final = 4001
+
+_CLOSE_CODES: Final[Mapping[str, int]] = {
+    AUTH_FAILED: CLOSE_POLICY,
+    FORBIDDEN: CLOSE_POLICY,
+    TOO_LARGE: CLOSE_TOO_BIG,
+    INTERNAL: CLOSE_INTERNAL,
+    SLOW_CONSUMER: CLOSE_SLOW_CONSUMER,
+}
+
+
+def close_code_for(code: str) -> int:
+    """The WebSocket close code to use when an error with *code* ends the connection.
+
+    ``auth_failed`` and ``forbidden`` close with :data:`CLOSE_POLICY`, ``too_large`` with
+    :data:`CLOSE_TOO_BIG`, ``internal`` with :data:`CLOSE_INTERNAL`, ``slow_consumer`` with
+    :data:`CLOSE_SLOW_CONSUMER`, and every other code (``protocol``, ``unsupported_protocol``,
+    ``bad_frame`` …) with :data:`CLOSE_PROTOCOL`.
+    """
+    return _CLOSE_CODES.get(code, CLOSE_PROTOCOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Request/reply conventions (plain publish; these are names, not frames)
+
+#: Reply topics start with this prefix: a requester subscribes ``_inbox.<unique>`` and sets it
+#: as the request's ``reply_to``.
+INBOX_PREFIX: Final = "_inbox."
+#: The header a reply carries when the responder's handler failed; its value is the message.
+REPLY_ERROR_HEADER: Final = "error"
+
+# ---------------------------------------------------------------------------------------------
+# Client → broker frames
+
+
+@attrs.frozen(kw_only=True)
+class Hello:
+    """The first frame a client sends: who it is and which protocol it speaks.
+
+    Attributes:
+        protocol: The protocol version; only 1 exists.
+        token: The credential the broker checks, or None.
+        client: A free-form name for the client (for logs and metrics), or None.
+    """
+
+    TYPE: ClassVar[str] = "hello"
+
+    protocol: int = PROTOCOL_VERSION
+    token: str | None = None
+    client: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Subscribe:
+    """Start a subscription; answered by :class:`Subscribed` or an :class:`Error` with ``ref=id``.
+
+    Attributes:
+        id: Chosen by the client, unique among this connection's subscriptions; the broker
+            names it in the ``subs`` of each :class:`EventFrame` it delivers.
+        pattern: A topic pattern (``*`` and ``>`` wildcards allowed).
+        group: A queue group name: each event goes to one member of the group, or None.
+        since: Replay stored events with a ``seq`` greater than this first, or None.
+        since_time: *Extension.* Replay stored events published at or after this ISO 8601
+            time first, or None.
+    """
+
+    TYPE: ClassVar[str] = "subscribe"
+
+    id: int
+    pattern: str
+    group: str | None = None
+    since: int | None = None
+    since_time: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Unsubscribe:
+    """End a subscription; always answered by :class:`Unsubscribed`, even for unknown ids.
+
+    Attributes:
+        id: The id the client gave the subscription.
+    """
+
+    TYPE: ClassVar[str] = "unsubscribe"
+
+    id: int
+
+
+@attrs.frozen(kw_only=True)
+class Publish:
+    """Publish an event; with ``ref`` set, answered by :class:`Ack` or an :class:`Error`.
+
+    Attributes:
+        event: The event. The broker assigns its ``seq``; a client's ``seq`` is ignored.
+        retain: Keep it as the topic's last value, delivered to later subscribers.
+        ref: A number chosen by the client to match the answer to this publish, or None for no
+            answer (fire and forget: errors are still reported, without a ``ref``).
+    """
+
+    TYPE: ClassVar[str] = "publish"
+
+    event: Event
+    retain: bool = False
+    ref: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class History:
+    """*Extension.* Read stored events; answered by :class:`HistoryResult` or :class:`Error`.
+
+    Attributes:
+        ref: Chosen by the client to match the answer.
+        pattern: Which topics to read (wildcards allowed).
+        since: Only events with a ``seq`` greater than this, or None.
+        since_time: Only events published at or after this ISO 8601 time, or None.
+        limit: At most this many events (the oldest first).
+    """
+
+    TYPE: ClassVar[str] = "history"
+
+    ref: int
+    pattern: str
+    since: int | None = None
+    since_time: str | None = None
+    limit: int = 100
+
+
+@attrs.frozen(kw_only=True)
+class Ping:
+    """Are you there? Either side may send it; the other answers :class:`Pong`."""
+
+    TYPE: ClassVar[str] = "ping"
+
+
+@attrs.frozen(kw_only=True)
+class Pong:
+    """The answer to :class:`Ping`."""
+
+    TYPE: ClassVar[str] = "pong"
+
+
+# ---------------------------------------------------------------------------------------------
+# Broker → client frames
+
+
+@attrs.frozen(kw_only=True)
+class Welcome:
+    """The broker's answer to a good :class:`Hello`: the connection is open.
+
+    Attributes:
+        protocol: The protocol version; only 1 exists.
+        session: The broker's id for this connection (for logs).
+        broker: The broker's name.
+        heartbeat: The broker pings an idle connection about this often, in seconds; a client
+            that hears nothing for about twice as long should consider the connection dead.
+        epoch: *Extension.* The identity of the broker's event store, or None: ``seq`` numbers
+            are comparable only between connections that saw the same epoch.
+    """
+
+    TYPE: ClassVar[str] = "welcome"
+
+    protocol: int = PROTOCOL_VERSION
+    session: str
+    broker: str
+    heartbeat: float
+    epoch: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class EventFrame:
+    """An event delivered to a client (wire type ``"event"``).
+
+    Attributes:
+        subs: The ids of this client's subscriptions that the event matched (one frame per
+            event, however many of them matched).
+        event: The event.
+    """
+
+    TYPE: ClassVar[str] = "event"
+
+    subs: tuple[int, ...]
+    event: Event
+
+
+@attrs.frozen(kw_only=True)
+class Subscribed:
+    """The subscription with this ``id`` is live.
+
+    Attributes:
+        id: The subscription's id.
+    """
+
+    TYPE: ClassVar[str] = "subscribed"
+
+    id: int
+
+
+@attrs.frozen(kw_only=True)
+class Unsubscribed:
+    """The subscription with this ``id`` is gone (or never existed).
+
+    Attributes:
+        id: The subscription's id.
+    """
+
+    TYPE: ClassVar[str] = "unsubscribed"
+
+    id: int
+
+
+@attrs.frozen(kw_only=True)
+class Ack:
+    """The publish with this ``ref`` was routed (and stored, where its topic is stored).
+
+    Attributes:
+        ref: The publish's ``ref``.
+        id: The event's id (the broker's, when the client left it out).
+        seq: The event's position in the store, or None when it was not stored.
+    """
+
+    TYPE: ClassVar[str] = "ack"
+
+    ref: int
+    id: str
+    seq: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Gap:
+    """A subscription lost events to overflow (its buffer was full).
+
+    Attributes:
+        sub: The subscription's id.
+        missed: How many events it lost since the last gap report.
+    """
+
+    TYPE: ClassVar[str] = "gap"
+
+    sub: int
+    missed: int
+
+
+@attrs.frozen(kw_only=True)
+class Error:
+    """Something the client sent, or the connection itself, went wrong.
+
+    Attributes:
+        ref: The ``id`` or ``ref`` of the client frame this answers, or None.
+        code: One of the error codes, such as :data:`BAD_FRAME`.
+        message: What happened and what to do, for humans.
+    """
+
+    TYPE: ClassVar[str] = "error"
+
+    ref: int | None = None
+    code: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, exc: RemoteProtocolError) -> Error:
+        """The frame that reports *exc* (as returned by ``decode`` or raised by a connection)."""
+        return cls(ref=exc.ref, code=exc.code, message=str(exc))
+
+
+@attrs.frozen(kw_only=True)
+class HistoryResult:
+    """*Extension.* The answer to :class:`History` (wire type ``"history_result"``).
+
+    Attributes:
+        ref: The request's ``ref``.
+        events: The stored events, oldest first.
+    """
+
+    TYPE: ClassVar[str] = "history_result"
+
+    ref: int
+    events: tuple[Event, ...]
+
+
+#: Frames a client sends.
+ClientFrame: TypeAlias = Hello | Subscribe | Unsubscribe | Publish | History | Ping | Pong
+#: Frames a broker sends.
+ServerFrame: TypeAlias = (
+    Welcome
+    | EventFrame
+    | Subscribed
+    | Unsubscribed
+    | Ack
+    | Gap
+    | Error
+    | HistoryResult
+    | Ping
+    | Pong
+)
+#: Any frame.
+Frame: TypeAlias = (
+    Hello
+    | Subscribe
+    | Unsubscribe
+    | Publish
+    | History
+    | Ping
+    | Pong
+    | Welcome
+    | EventFrame
+    | Subscribed
+    | Unsubscribed
+    | Ack
+    | Gap
+    | Error
+    | HistoryResult
+)
+
+#: Wire type string → frame class.
+FRAME_TYPES: Final[Mapping[str, type[Frame]]] = {cls.TYPE: cls for cls in get_args(Frame)}
+#: The classes of frames a client sends.
+CLIENT_FRAME_TYPES: Final[frozenset[type[Frame]]] = frozenset(get_args(ClientFrame))
+#: The classes of frames a broker sends.
+SERVER_FRAME_TYPES: Final[frozenset[type[Frame]]] = frozenset(get_args(ServerFrame))
