@@ -447,21 +447,30 @@ class Bus:
             batch = self._pending[:MAX_COMMIT_BATCH]
             del self._pending[:MAX_COMMIT_BATCH]
             self._pending_room.unpark_all()
-            outcomes = await self._append(store, batch)
-            for p, outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, Event):
-                    self._published += 1
-                    recent = self._recent_ids
-                    recent[outcome.id] = outcome
-                    if len(recent) > DEDUPE_WINDOW:
-                        del recent[next(iter(recent))]
-                    if p.retain:
-                        self._retained[outcome.topic] = outcome
-                    await self._route(outcome)
-                    p.result = outcome
-                else:
-                    p.error = outcome
-                p.done.set()
+            try:
+                outcomes = await self._append(store, batch)
+                for p, outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, Event):
+                        self._published += 1
+                        recent = self._recent_ids
+                        recent[outcome.id] = outcome
+                        if len(recent) > DEDUPE_WINDOW:
+                            del recent[next(iter(recent))]
+                        if p.retain:
+                            self._retained[outcome.topic] = outcome
+                        await self._route(outcome)
+                        p.result = outcome
+                    else:
+                        p.error = outcome
+                    p.done.set()
+            finally:
+                # Cancelled mid-batch (the bus is closing): nobody may wait forever.
+                for p in batch:
+                    if not p.done.is_set():
+                        p.error = trio.ClosedResourceError(
+                            "the bus closed before the event was stored and routed"
+                        )
+                        p.done.set()
 
     async def _append(
         self, store: Store, batch: list[PendingCommit]

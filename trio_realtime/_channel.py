@@ -152,6 +152,9 @@ class Subscription:
         self._missed = 0
         self._rejected = 0
         self._streak = 0
+        self._batch = RECEIVE_BATCH  # 0 while a notice waits: every receive takes the slow path
+        self._notice: BaseException | None = None
+        self._notice_at = 0
         self._waiting_readers = 0
         self._waiting_writers = 0
         self._ended = False  # no more events will come: drain, then EndOfChannel
@@ -196,6 +199,11 @@ class Subscription:
             raise trio.ClosedResourceError("this subscription's block has exited")
         if self._failure is not None:
             raise self._failure
+        notice = self._notice
+        if notice is not None and self._received >= self._notice_at:
+            self._notice = None
+            self._batch = RECEIVE_BATCH
+            raise notice
         buffer = self._buffer
         if buffer:
             event = buffer.popleft()
@@ -222,7 +230,7 @@ class Subscription:
         buffer = self._buffer
         # Fast path: a non-empty buffer means the subscription is neither failed nor closed
         # (both clear it).
-        if buffer and self._streak < RECEIVE_BATCH:
+        if buffer and self._streak < self._batch:
             self._streak += 1
             self._received += 1
             if self._waiting_writers:
@@ -231,7 +239,7 @@ class Subscription:
         return await self._receive_slow()
 
     async def _receive_slow(self) -> Event:
-        if self._streak >= RECEIVE_BATCH:
+        if self._streak >= self._batch and self._notice is None:
             self._streak = 0
             await trio.lowlevel.checkpoint()
         else:
@@ -255,7 +263,7 @@ class Subscription:
 
     async def __anext__(self) -> Event:
         buffer = self._buffer
-        if buffer and self._streak < RECEIVE_BATCH:  # the fast path of receive(), inlined
+        if buffer and self._streak < self._batch:  # the fast path of receive(), inlined
             self._streak += 1
             self._received += 1
             if self._waiting_writers:
@@ -334,6 +342,14 @@ class Subscription:
             self._readers.unpark()
         return 1
 
+    def _notify(self, exc: BaseException) -> None:
+        """Make the receive after the events buffered now raise *exc*, once; then go on."""
+        self._notice = exc
+        self._notice_at = self._received + len(self._buffer)
+        self._batch = 0
+        if self._waiting_readers:
+            self._readers.unpark()
+
     def _add_missed(self, n: int) -> None:
         """Count *n* events lost before they reached this subscription (a broker's ``gap``)."""
         self._missed += n
@@ -386,8 +402,14 @@ class EventChannel(Protocol):
         source: str | None = None,
         type: str | None = None,  # noqa: A002 - the envelope's field is called type
         retain: bool = False,
+        ack: bool = False,
     ) -> Event:
-        """Publish *data* on *topic* (or a typed payload instance) and return the event."""
+        """Publish *data* on *topic* (or a typed payload instance) and return the event.
+
+        With *ack*, return only once the event is routed (and stored, where it is persisted),
+        with its ``seq``; everything published earlier through the same channel is routed
+        by then too.
+        """
         ...
 
     def subscribe(

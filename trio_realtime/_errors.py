@@ -14,6 +14,7 @@ fault it is::
     ├── NoResponders                        a request found nobody to answer it
     ├── RequestFailed                       the responder's handler raised
     ├── SlowConsumer                        a subscription fell too far behind and was ended
+    ├── EpochChanged                        the broker's store was replaced: resume impossible
     └── StoreError                          the event store failed or its file is unusable
 
 Trio's own :exc:`trio.ClosedResourceError`, :exc:`trio.BrokenResourceError`,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConnectionClosed",
+    "EpochChanged",
     "HandshakeError",
     "InvalidTopic",
     "LocalProtocolError",
@@ -121,6 +123,26 @@ class RequestFailed(RealtimeError):
 
 class SlowConsumer(RealtimeError):
     """A subscription with ``overflow="disconnect"`` fell behind by a full buffer and was ended."""
+
+
+class EpochChanged(RealtimeError):
+    """The broker's store is not the one a subscription was resuming from.
+
+    Raised once by a remote subscription's receive, after the events received before the
+    reconnect: its seqs belong to a store that was wiped or replaced (``old_epoch`` to
+    ``new_epoch``), so events stored there after the last one received may be lost. The
+    subscription goes on, replaying the new store from its start; keep iterating to continue.
+    """
+
+    def __init__(self, pattern: str, old_epoch: str | None, new_epoch: str | None) -> None:
+        super().__init__(
+            f"subscription {pattern!r}: the broker's store changed (epoch {old_epoch!r} -> "
+            f"{new_epoch!r}); events stored in the old store after the last one received may "
+            f"be lost; the subscription goes on with the new store from its start"
+        )
+        self.pattern = pattern
+        self.old_epoch = old_epoch
+        self.new_epoch = new_epoch
 
 
 class StoreError(RealtimeError):

@@ -83,9 +83,9 @@ def validate_topic(topic: str) -> str:
         InvalidTopic: naming the topic and the rule it broke (for example, it contains a
             wildcard, an empty token, or a character outside ``A-Z a-z 0-9 _ -``).
     """
-    # The isinstance check comes first: an unhashable non-str must raise InvalidTopic, not the
-    # TypeError a dict lookup would raise.
-    if isinstance(topic, str) and topic in _valid_topics:
+    # Check the type first: an unhashable non-str must raise InvalidTopic (from _check), not
+    # the TypeError a dict lookup would raise.
+    if type(topic) is str and topic in _valid_topics:
         return topic
     _check(topic, pattern=False)
     if len(_valid_topics) >= _VALID_CACHE_SIZE:

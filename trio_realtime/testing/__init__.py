@@ -8,5 +8,6 @@ from __future__ import annotations
 
 from ._check_channel import CheckOrder as CheckOrder
 from ._check_channel import check_channel as check_channel
+from ._check_store import check_store as check_store
 
-__all__ = ["CheckOrder", "check_channel"]
+__all__ = ["CheckOrder", "check_channel", "check_store"]

@@ -181,7 +181,7 @@ async def _check_retained(a: EventChannel, b: EventChannel) -> None:
     await a.publish("check.retained.x", "old", retain=True)
     await a.publish("check.retained.x", "new", retain=True)
     await a.publish("check.retained.y", "y", retain=True)
-    await a.publish("check.retained.z", "not retained")
+    await a.publish("check.retained.z", "not retained", ack=True)
     async with b.subscribe("check.retained.*") as sub:
         first = await _receive_n(sub, 2)
         _expect(
@@ -336,11 +336,11 @@ async def _check_bad_input(a: EventChannel, b: EventChannel) -> None:
 
 
 async def _check_history(a: EventChannel, b: EventChannel) -> None:
-    first = await a.publish("check.history.a", 0)
+    first = await a.publish("check.history.a", 0, ack=True)
     assert first.seq is not None
     _expect(first.seq > 0, f"a persisted publish returns its seq: {first.seq}")
     for i in range(1, 10):
-        await a.publish("check.history.b" if i % 2 else "check.history.a", i)
+        await a.publish("check.history.b" if i % 2 else "check.history.a", i, ack=True)
     got = await b.history("check.history.>", since=first.seq - 1, limit=100)
     _expect([e.data for e in got] == list(range(10)), f"history {[e.data for e in got]}")
     seqs = [e.seq or 0 for e in got]

@@ -1,0 +1,259 @@
+"""The :class:`Store` interface and its statistics."""
+
+from __future__ import annotations
+
+import abc
+import operator
+from datetime import timedelta
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+    from types import TracebackType
+    from typing import Self
+
+    from .._event import Event
+
+__all__ = [
+    "DEFAULT_READ_LIMIT",
+    "Store",
+    "StoreStatistics",
+]
+
+#: How many events :meth:`Store.read` returns at most when no ``limit`` is given.
+DEFAULT_READ_LIMIT: Final = 100
+
+
+@attrs.frozen(kw_only=True)
+class StoreStatistics:
+    """A snapshot of what a store holds and has done since it was opened.
+
+    Attributes:
+        events_stored: Events the store holds now.
+        first_seq: The lowest seq still stored (``last_seq + 1`` when empty).
+        last_seq: The highest seq ever assigned (0 if none).
+        appends: :meth:`Store.append` calls that stored their events, since the store was
+            opened.
+        events_appended: Events those calls stored.
+        transactions: Write transactions (group commits) that stored them; ``events_appended /
+            transactions`` is the average batch size.
+        largest_transaction: Events in the largest of those transactions.
+        pending_appends: :meth:`Store.append` calls waiting for their transaction.
+        reads: :meth:`Store.read` calls answered.
+        events_removed: Events removed by retention (``max_events``/``max_age``).
+    """
+
+    events_stored: int = 0
+    first_seq: int = 1
+    last_seq: int = 0
+    appends: int = 0
+    events_appended: int = 0
+    transactions: int = 0
+    largest_transaction: int = 0
+    pending_appends: int = 0
+    reads: int = 0
+    events_removed: int = 0
+
+
+def _not_open_error(store: object) -> RuntimeError:
+    return RuntimeError(
+        f"{store!r} is not open yet: use 'async with store:' or 'await store.open()' first"
+    )
+
+
+def check_retention(
+    max_events: int | None, max_age: timedelta | float | None
+) -> tuple[int | None, timedelta | None]:
+    """Validate retention options; *max_age* as a timedelta.
+
+    Raises:
+        ValueError: if *max_events* is below 1 or *max_age* is not positive.
+        TypeError: if either has the wrong type.
+    """
+    if max_events is not None:
+        max_events = operator.index(max_events)
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1, not {max_events}")
+    age: timedelta | None
+    if max_age is None:
+        age = None
+    elif isinstance(max_age, timedelta):
+        age = max_age
+    else:
+        try:
+            age = timedelta(seconds=max_age)
+        except TypeError:
+            raise TypeError(
+                f"max_age must be a timedelta, a number of seconds or None, not {max_age!r}"
+            ) from None
+    if age is not None and age <= timedelta(0):
+        raise ValueError(f"max_age must be positive, not {max_age!r}")
+    return max_events, age
+
+
+def check_read_args(after: int | None, limit: int) -> int:
+    """Validate :meth:`Store.read` arguments; the seq to read after (0 for None).
+
+    Raises:
+        TypeError: if *after* or *limit* is not an int.
+        ValueError: if *limit* is negative.
+    """
+    limit = operator.index(limit)
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, not {limit}")
+    if after is None:
+        return 0
+    return max(operator.index(after), 0)
+
+
+class Store(trio.abc.AsyncResource, abc.ABC):
+    """Where events are kept, each under a seq: the interface every event store implements.
+
+    A store is opened once and closed once::
+
+        async with SQLiteStore("events.db") as store:
+            [stored] = await store.append([Event(topic="orders.created", data={"id": 1})])
+            events = await store.read("orders.>", after=0)
+
+    Contract (checked for an implementation by
+    :func:`trio_realtime.testing.check_store`):
+
+    * seqs start at 1, strictly increase across the whole store and are never reused, not even
+      after retention removed events; the events of one append get consecutive seqs;
+    * :meth:`append` stores its batch atomically (all or nothing), and does not yield to other
+      tasks before its batch is queued, so that concurrent appends get seqs in the order the
+      calls were made;
+    * an append that raises :exc:`trio.Cancelled` stored nothing; one that returns stored
+      everything (see the implementation for what it does when cancelled mid-write);
+    * what :meth:`read` returns equals what was appended (with ``seq`` set): ``data`` comes back
+      as plain JSON (a tuple as a list), except that the payloads of types registered with
+      :func:`~trio_realtime.event_type` come back as instances of their class;
+    * retention, where an implementation offers it, removes events from the oldest end only, so
+      the events a store holds always have the seqs ``first_seq() .. last_seq()``;
+    * :meth:`aclose` is idempotent and closes even when cancelled; after it, every operation
+      raises :exc:`trio.ClosedResourceError`.
+    """
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> Self:
+        """Open the store (see :meth:`open`) and return it."""
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close the store (see :meth:`aclose`)."""
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Open the store: create its data, or load what is there.
+
+        A store is opened once; ``async with store:`` calls this.
+
+        Raises:
+            StoreError: if the storage is unusable (the message names it and what to do).
+            RuntimeError: if the store was already opened.
+            trio.ClosedResourceError: if the store was closed.
+        """
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the store, after storing the appends already queued (unless cancelled).
+
+        Idempotent, and closes even when cancelled (appends still queued then fail with
+        :exc:`trio.ClosedResourceError`).
+        """
+
+    @property
+    @abc.abstractmethod
+    def epoch(self) -> str:
+        """A random id given to the store's data when it was created, kept with the data.
+
+        Seq 42 of one epoch is not seq 42 of another (a store that was wiped and recreated).
+
+        Raises:
+            RuntimeError: if the store was never opened.
+        """
+
+    @abc.abstractmethod
+    async def append(self, events: Sequence[Event]) -> list[Event]:
+        """Store *events* atomically and return copies of them with ``seq`` set.
+
+        Raises:
+            InvalidTopic: if a topic (or ``reply_to``) is not a valid topic; nothing is stored.
+            TypeError: if ``data`` or ``headers`` of an event are not JSON-compatible, or a
+                field has the wrong type; nothing is stored.
+            ValueError: if an event id is already stored, or appears twice in *events*;
+                nothing is stored.
+            StoreError: if the storage failed; nothing is stored.
+            trio.ClosedResourceError: if the store is closed.
+        """
+
+    @abc.abstractmethod
+    async def read(
+        self,
+        pattern: str,
+        *,
+        after: int | None = None,
+        since: datetime | None = None,
+        limit: int = DEFAULT_READ_LIMIT,
+    ) -> list[Event]:
+        """Stored events whose topic matches *pattern*, in seq order.
+
+        Args:
+            pattern: A topic, or a pattern with ``*`` (one token) and a final ``>`` (one or more
+                tokens).
+            after: Only events with a greater seq.
+            since: Only events whose ``time`` is at or after this (a naive time is UTC).
+            limit: At most this many events; read the next page with ``after`` set to the
+                last seq returned.
+
+        Raises:
+            InvalidTopic: if *pattern* is not a valid pattern.
+            StoreError: if the storage failed.
+            trio.ClosedResourceError: if the store is closed.
+        """
+
+    @abc.abstractmethod
+    async def last_seq(self) -> int:
+        """The highest seq ever assigned in this store (0 if none).
+
+        Raises:
+            trio.ClosedResourceError: if the store is closed.
+        """
+
+    @abc.abstractmethod
+    async def first_seq(self) -> int:
+        """The lowest seq still stored, or ``last_seq() + 1`` when the store is empty.
+
+        A reader that wants events after seq *n* and finds ``first_seq() > n + 1`` knows that
+        retention removed some of them.
+
+        Raises:
+            trio.ClosedResourceError: if the store is closed.
+        """
+
+    @abc.abstractmethod
+    async def apply_retention(self) -> int:
+        """Apply the retention limits now and return how many events were removed.
+
+        Stores apply retention by themselves; this is for tests and maintenance. A store
+        without retention limits removes nothing.
+
+        Raises:
+            trio.ClosedResourceError: if the store is closed.
+        """
+
+    @abc.abstractmethod
+    def statistics(self) -> StoreStatistics:
+        """A snapshot of the store's :class:`StoreStatistics`."""

@@ -1,0 +1,503 @@
+"""The SQLite side of :class:`SQLiteStore`: plain, blocking sqlite3 code.
+
+Everything here runs on the store's one worker thread, through one connection, one call at a
+time; nothing here knows about Trio. sqlite3 errors are translated into :exc:`StoreError` here,
+at the edge, with a message that names the file and what to do.
+
+Schema (version 1)::
+
+    meta    key TEXT PRIMARY KEY, value        schema_version, epoch, created, last_seq
+    events  seq INTEGER PRIMARY KEY            assigned by us: last_seq + 1, ...
+            id TEXT NOT NULL UNIQUE
+            topic, type, source TEXT NOT NULL
+            time INTEGER NOT NULL              microseconds since 1970-01-01 UTC
+            data TEXT NOT NULL                 JSON
+            headers TEXT                       JSON object, NULL when empty
+            reply_to TEXT
+    index events_topic (topic)                 exact-topic reads, in seq order (an index
+                                               entry is (topic, rowid), and rowid is seq)
+    index events_time (time)                   where a ``since`` read starts
+
+``meta.last_seq`` is the high-water mark of seqs: it is updated in the transaction that stores
+events, so seqs are never reused, not even after retention removed every event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sqlite3
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final, Literal
+
+import attrs
+
+from .._errors import StoreError
+from ._codec import decode_row
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._event import Event
+    from ._codec import PatternPlan, Row, StoredRow
+
+__all__ = ["SCHEMA_VERSION", "Database", "OpenInfo", "ReadState", "store_error"]
+
+#: The schema version this code writes and reads.
+SCHEMA_VERSION: Final = 1
+
+#: A pattern read scans seqs in windows of this size, checking between windows whether it has
+#: used up its time slice (see :meth:`Database.read`).
+READ_WINDOW: Final = 32768
+
+_SCHEMA: Final = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    headers TEXT,
+    reply_to TEXT
+);
+"""
+_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS events_topic ON events (topic)",
+    "CREATE INDEX IF NOT EXISTS events_time ON events (time)",
+)
+
+_COLUMNS: Final = "seq, id, topic, type, source, time, data, headers, reply_to"
+_INSERT: Final = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_HIGH_WATER: Final = (
+    "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'last_seq'), 0),"
+    " coalesce((SELECT max(seq) FROM events), 0))"
+)
+_SET_LAST_SEQ: Final = "UPDATE meta SET value = ? WHERE key = 'last_seq'"
+# Two subqueries: SQLite answers min() and max() from the b-tree only when each is alone.
+_FIRST_LAST: Final = "SELECT (SELECT min(seq) FROM events), (SELECT max(seq) FROM events)"
+
+_ADVICE: Final = {
+    "SQLITE_CORRUPT": (
+        "the file is corrupt: restore it from a backup, or move it (with its -wal and -shm "
+        "files) aside to start a new, empty store"
+    ),
+    "SQLITE_NOTADB": (
+        "it is not a SQLite database: check the path, or move the file aside to start a new "
+        "store there"
+    ),
+    "SQLITE_CANTOPEN": (
+        "check that its directory exists and that the file and directory are readable and writable"
+    ),
+    "SQLITE_IOERR": "a disk I/O error: check the disk, and the file's permissions",
+    "SQLITE_FULL": "the disk is full: free some space",
+    "SQLITE_READONLY": "it is read-only: check the permissions of the file and its directory",
+    "SQLITE_PERM": "access was denied: check the permissions of the file and its directory",
+    "SQLITE_BUSY": (
+        "another process holds a lock on it for too long: stop it, or use another file"
+    ),
+    "SQLITE_LOCKED": "another connection holds a lock on it: stop it, or use another file",
+}
+
+
+def store_error(exc: BaseException, path: str, action: str) -> StoreError:
+    """A :exc:`StoreError` for *exc*, raised by sqlite3 while *action* on the file *path*."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    advice = _ADVICE.get("_".join(name.split("_")[:2]))
+    if advice is None:
+        advice = "check the file and the disk; if it is damaged, restore it from a backup"
+    return StoreError(f"event store {path!r}: {action} failed: {exc} ({advice})")
+
+
+@attrs.frozen
+class OpenInfo:
+    """What :meth:`Database.open` found."""
+
+    epoch: str
+    created: str
+    events_stored: int
+    first_seq: int  # last_seq + 1 when empty
+    last_seq: int
+
+
+@attrs.define
+class ReadState:
+    """A read in progress: :meth:`Database.read` may take several turns to finish it.
+
+    Attributes:
+        plan: The pattern's plan.
+        position: Every event with a seq up to this one has been looked at.
+        since_us: Only events with ``time`` at or after this (microseconds), if set.
+        limit: At most this many events.
+        from_start: No ``after`` was given, so the time index may say where ``since`` starts.
+        found: The events found so far.
+        end: The last seq to look at (fixed when the read starts).
+    """
+
+    plan: PatternPlan
+    position: int
+    since_us: int | None
+    limit: int
+    from_start: bool
+    found: list[Event] = attrs.field(factory=list)
+    end: int | None = None
+
+
+class Database:
+    """One SQLite connection to one store file, used from one thread."""
+
+    def __init__(self, path: str, *, synchronous: Literal["normal", "full"]) -> None:
+        self.path = path
+        self._synchronous = synchronous.upper()
+        self._conn: sqlite3.Connection | None = None
+
+    # -----------------------------------------------------------------------------------------
+    # Opening and closing
+
+    def open(self) -> OpenInfo:
+        """Open (or create) the store file and check its schema.
+
+        Raises:
+            StoreError: if the file cannot be opened, is not a store, is corrupt, or has a
+                schema from another version.
+        """
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=64)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "opening") from exc
+        try:
+            info = self._setup(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise store_error(exc, self.path, "opening") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return info
+
+    def _setup(self, conn: sqlite3.Connection) -> OpenInfo:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode.lower() not in ("wal", "memory"):
+            raise StoreError(
+                f"event store {self.path!r}: cannot use the WAL journal mode (got {mode!r}); "
+                f"the file system may not support it: put the store on a local disk"
+            )
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            info = self._load_or_create(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return info
+
+    def _load_or_create(self, conn: sqlite3.Connection) -> OpenInfo:
+        tables = {
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if not tables:
+            epoch = secrets.token_hex(16)
+            created = datetime.now(UTC).isoformat()
+            # Statement by statement: executescript() would COMMIT the open transaction.
+            for statement in [*_SCHEMA.split(";"), *_INDEXES]:
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("schema_version", SCHEMA_VERSION),
+                    ("epoch", epoch),
+                    ("created", created),
+                    ("last_seq", 0),
+                ],
+            )
+            return OpenInfo(epoch, created, 0, 1, 0)
+        if not {"meta", "events"} <= tables:
+            raise StoreError(
+                f"event store {self.path!r}: the file is a SQLite database but not a "
+                f"trio_realtime event store (it has the tables {sorted(tables)}); use another "
+                f"path for the store"
+            )
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            if isinstance(version, int) and version > SCHEMA_VERSION:
+                what = (
+                    f"was written by a newer trio_realtime (schema version {version}; this one "
+                    f"reads version {SCHEMA_VERSION}): upgrade trio_realtime"
+                )
+            else:
+                what = (
+                    f"has an unknown schema version {version!r} (this trio_realtime reads "
+                    f"version {SCHEMA_VERSION}): use another path for the store"
+                )
+            raise StoreError(f"event store {self.path!r} {what}")
+        stored_epoch, stored_created = meta.get("epoch"), meta.get("created")
+        if not isinstance(stored_epoch, str) or not isinstance(stored_created, str):
+            raise StoreError(
+                f"event store {self.path!r}: its meta table is damaged (no epoch); restore the "
+                f"file from a backup, or move it aside to start a new store"
+            )
+        for statement in _INDEXES:  # reads name them: make sure they are there
+            conn.execute(statement)
+        (last,) = conn.execute(_HIGH_WATER).fetchone()
+        if last != meta.get("last_seq"):
+            conn.execute(_SET_LAST_SEQ, (last,))
+        first, count = conn.execute("SELECT min(seq), count(*) FROM events").fetchone()
+        return OpenInfo(
+            stored_epoch, stored_created, count, last + 1 if first is None else first, last
+        )
+
+    def close(self) -> None:
+        """Close the connection (a no-op if it is not open).
+
+        Raises:
+            StoreError: if SQLite failed to finish writing the file.
+        """
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA optimize")
+            conn.close()
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "closing") from exc
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The open connection."""
+        assert self._conn is not None, "the database is not open"
+        return self._conn
+
+    # -----------------------------------------------------------------------------------------
+    # Writing
+
+    def insert(self, batches: list[list[Row]]) -> list[range | ValueError]:
+        """Store several appends in one transaction (a group commit).
+
+        Returns, for each batch, the range of seqs it got, or the ValueError that rejected it
+        (an event id that is already stored); the other batches are stored all the same.
+
+        Raises:
+            StoreError: if the transaction failed; nothing was stored.
+        """
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (last,) = conn.execute(_HIGH_WATER).fetchone()
+                seq = last
+                rows: list[StoredRow] = []
+                ranges: list[range | ValueError] = []
+                for batch in batches:
+                    first = seq + 1
+                    for row in batch:
+                        seq += 1
+                        rows.append((seq, *row))
+                    ranges.append(range(first, seq + 1))
+                try:
+                    conn.executemany(_INSERT, rows)
+                except sqlite3.IntegrityError:
+                    # Some event id is already stored: store the batches one by one instead,
+                    # so that only the offending ones fail.
+                    conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
+                    ranges, seq = self._insert_each(batches)
+                conn.execute(_SET_LAST_SEQ, (seq,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "appending") from exc
+        return ranges
+
+    def _insert_each(self, batches: list[list[Row]]) -> tuple[list[range | ValueError], int]:
+        conn = self.conn
+        (seq,) = conn.execute(_HIGH_WATER).fetchone()  # afresh: another process may have written
+        results: list[range | ValueError] = []
+        for batch in batches:
+            conn.execute("SAVEPOINT append")
+            try:
+                conn.executemany(_INSERT, [(seq + 1 + i, *row) for i, row in enumerate(batch)])
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK TO append")
+                conn.execute("RELEASE append")
+                results.append(self._duplicate_error(batch))
+                continue
+            conn.execute("RELEASE append")
+            results.append(range(seq + 1, seq + 1 + len(batch)))
+            seq += len(batch)
+        return results, seq
+
+    def _duplicate_error(self, batch: list[Row]) -> ValueError:
+        ids = [row[0] for row in batch]
+        found = self.conn.execute(
+            f"SELECT id, seq FROM events WHERE id IN ({', '.join('?' * len(ids))})", ids
+        ).fetchone()
+        if found is None:  # pragma: no cover - encode_events rejects duplicates within a batch
+            return ValueError("an event id of this append is already stored")
+        return ValueError(
+            f"event id {found[0]!r} is already stored (seq {found[1]}); event ids must be unique"
+        )
+
+    def trim(
+        self, *, max_events: int | None, max_age_us: int | None, chunk: int
+    ) -> tuple[int, int, bool]:
+        """Remove up to *chunk* of the oldest events that are past the retention limits.
+
+        Events are removed from the oldest end only: by age, an event goes once it and every
+        event before it are older than *max_age_us*.
+
+        Returns:
+            ``(removed, first_seq, more)``: how many events were removed, the lowest seq still
+            stored (``last_seq + 1`` when empty), and whether more are due.
+
+        Raises:
+            StoreError: if SQLite failed.
+        """
+        conn = self.conn
+        try:
+            first, last = conn.execute(_FIRST_LAST).fetchone()
+            if first is None:
+                (high,) = conn.execute(_HIGH_WATER).fetchone()
+                return 0, high + 1, False
+            limit = min(first + chunk, last + 1)
+            cut = first  # remove the events with seq < cut
+            if max_events is not None:
+                cut = max(cut, last - max_events + 1)
+            if max_age_us is not None:
+                cutoff = time.time_ns() // 1000 - max_age_us
+                young = conn.execute(
+                    "SELECT seq FROM events NOT INDEXED WHERE seq >= ? AND seq < ? AND time >= ?"
+                    " ORDER BY seq LIMIT 1",
+                    (first, limit, cutoff),
+                ).fetchone()
+                cut = max(cut, limit if young is None else young[0])
+            cut = min(cut, limit)
+            if cut <= first:
+                return 0, first, False
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed = conn.execute("DELETE FROM events WHERE seq < ?", (cut,)).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            (next_first,) = conn.execute("SELECT min(seq) FROM events").fetchone()
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "removing old events") from exc
+        if next_first is None:
+            return removed, last + 1, False
+        return removed, next_first, cut == first + chunk
+
+    # -----------------------------------------------------------------------------------------
+    # Reading
+
+    def last_seq(self) -> int:
+        """The highest seq ever assigned (0 if none)."""
+        try:
+            (last,) = self.conn.execute(_HIGH_WATER).fetchone()
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "reading") from exc
+        return int(last)
+
+    def first_seq(self) -> int:
+        """The lowest seq stored, or ``last_seq() + 1`` when empty."""
+        try:
+            (first,) = self.conn.execute("SELECT min(seq) FROM events").fetchone()
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "reading") from exc
+        return self.last_seq() + 1 if first is None else int(first)
+
+    def read(self, state: ReadState, should_pause: Callable[[], bool]) -> bool:
+        """Advance *state*; whether the read is finished.
+
+        A read of an exact topic runs to the end in one go: the topic index hands
+        over just the matching rows, in seq order. A pattern read scans seqs in windows of
+        :data:`READ_WINDOW`, filtering topics with ``GLOB`` (in SQLite) and then, for patterns
+        with ``*``, exactly (in Python), and stops early when *should_pause* says so, to be
+        called again later.
+
+        Raises:
+            StoreError: if SQLite failed.
+        """
+        try:
+            return self._read(state, should_pause)
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "reading") from exc
+
+    def _read(self, state: ReadState, should_pause: Callable[[], bool]) -> bool:
+        conn = self.conn
+        found = state.found
+        if len(found) >= state.limit:
+            return True
+        plan = state.plan
+        since_us = state.since_us
+        if state.end is None:
+            first, end = conn.execute(_FIRST_LAST).fetchone()
+            if first is None:
+                return True
+            state.end = end
+            state.position = max(state.position, first - 1)
+            if since_us is not None and state.from_start:
+                (start,) = conn.execute(
+                    "SELECT min(seq) FROM events INDEXED BY events_time WHERE time >= ?",
+                    (since_us,),
+                ).fetchone()
+                if start is None:
+                    return True
+                state.position = max(state.position, start - 1)
+        end = state.end
+        time_clause = "" if since_us is None else " AND time >= ?"
+        time_param: tuple[int, ...] = () if since_us is None else (since_us,)
+        if plan.exact is not None:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM events INDEXED BY events_topic"
+                f" WHERE topic = ? AND seq > ? AND seq <= ?{time_clause} ORDER BY seq LIMIT ?",
+                (plan.exact, state.position, end, *time_param, state.limit - len(found)),
+            ).fetchall()
+            found.extend(map(decode_row, rows))
+            return True
+        glob_clause = "" if plan.glob is None else " AND topic GLOB ?"
+        glob_param: tuple[str, ...] = () if plan.glob is None else (plan.glob,)
+        sql = (
+            f"SELECT {_COLUMNS} FROM events NOT INDEXED"
+            f" WHERE seq > ? AND seq <= ?{glob_clause}{time_clause} ORDER BY seq"
+        )
+        check = None if plan.glob_is_exact else plan.matches
+        limit = state.limit
+        while state.position < end:
+            low = state.position
+            high = min(low + READ_WINDOW, end)
+            if check is None:
+                rows = conn.execute(
+                    sql + " LIMIT ?", (low, high, *glob_param, *time_param, limit - len(found))
+                ).fetchall()
+                found.extend(map(decode_row, rows))
+            else:
+                cursor = conn.execute(sql, (low, high, *glob_param, *time_param))
+                try:
+                    for row in cursor:
+                        if check(row[2]):
+                            found.append(decode_row(row))
+                            if len(found) >= limit:
+                                return True
+                finally:
+                    cursor.close()
+            if len(found) >= limit:
+                return True
+            state.position = high
+            if state.position < end and should_pause():
+                return False
+        return True
