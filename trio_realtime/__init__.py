@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ._broker import Broker as Broker
+from ._broker import BrokerServer as BrokerServer
+from ._broker import BrokerStatistics as BrokerStatistics
+from ._broker import serve_broker as serve_broker
 from ._bus import Bus as Bus
 from ._bus import BusStatistics as BusStatistics
 from ._bus import open_bus as open_bus
@@ -12,7 +16,12 @@ from ._channel import Handler as Handler
 from ._channel import Overflow as Overflow
 from ._channel import Subscription as Subscription
 from ._channel import SubscriptionStatistics as SubscriptionStatistics
+from ._client import Client as Client
+from ._client import ClientState as ClientState
+from ._client import ClientStatistics as ClientStatistics
+from ._client import open_client as open_client
 from ._errors import ConnectionClosed as ConnectionClosed
+from ._errors import EpochChanged as EpochChanged
 from ._errors import HandshakeError as HandshakeError
 from ._errors import InvalidTopic as InvalidTopic
 from ._errors import LocalProtocolError as LocalProtocolError
@@ -37,9 +46,16 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "DEFAULT_REQUEST_TIMEOUT",
+    "Broker",
+    "BrokerServer",
+    "BrokerStatistics",
     "Bus",
     "BusStatistics",
+    "Client",
+    "ClientState",
+    "ClientStatistics",
     "ConnectionClosed",
+    "EpochChanged",
     "Event",
     "EventChannel",
     "Handler",
@@ -61,6 +77,8 @@ __all__ = [
     "event_type",
     "new_event_id",
     "open_bus",
+    "open_client",
+    "serve_broker",
     "topic_matches",
     "validate_pattern",
     "validate_topic",

@@ -24,9 +24,9 @@ import trio
 from ._bus import Bus, open_bus
 from ._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
 from ._event import Event
-from ._listener import listen
 from ._session import Session
 from ._topics import validate_pattern
+from ._transport import listen
 from .protocol import CLOSE_GOING_AWAY
 
 if TYPE_CHECKING:
@@ -345,8 +345,7 @@ class Broker:
         except Exception:
             self._count_error("internal")
             logger.exception("session %s failed", session_id)
-            with trio.CancelScope(shield=True), trio.move_on_after(self.shutdown_timeout):
-                await transport.aclose(1011, "internal error")
+            await transport.aclose(1011, "internal error", timeout=self.shutdown_timeout)
 
     async def _session_started(self, session: Session) -> None:
         self._sessions[session.id] = session

@@ -64,7 +64,7 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from ._broker import Broker
-    from ._listener import ServerTransport as WebSocketTransport
+    from ._transport import WebSocketTransport
 
 __all__ = ["Session"]
 
@@ -72,6 +72,8 @@ logger = logging.getLogger("trio_realtime.broker")
 
 #: Frames the writer puts in one message at most.
 MAX_BATCH: Final = 512
+#: Characters a frame adds around its event (type, subs, punctuation), counted generously.
+FRAME_OVERHEAD: Final = 64
 #: Close code for a peer that stayed silent for two heartbeat intervals (an extension).
 CLOSE_HEARTBEAT: Final = 4002
 #: Most events one ``history`` request returns.
@@ -143,6 +145,7 @@ class Session:
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
         self._slow = False
+        self._closing = False
         self._last_received = trio.current_time()
         self._nursery: trio.Nursery | None = None
         self._acks_send, self._acks_receive = trio.open_memory_channel[tuple[int, PendingCommit]](
@@ -205,6 +208,8 @@ class Session:
     async def _writer(self) -> None:
         queue = self._queue
         while True:
+            if self._closing:
+                return  # the close frame goes next: no new batches
             if self._slow:
                 await self._close_slow()
                 return
@@ -220,13 +225,28 @@ class Session:
                 )
                 self._gaps.clear()
             events = 0
+            # A batch stays well under the client's message size limit: at most a quarter of
+            # it in characters, so that even 4-byte UTF-8 text fits.
+            budget = self.broker.max_message_size // 4
+            size = 0
             while queue and len(frames) < MAX_BATCH:
-                item = queue.popleft()
+                item = queue[0]
                 if type(item) is _EventItem:
+                    cost = len(encode_event(item.event)) + FRAME_OVERHEAD  # cached for the send
+                    if frames and size + cost > budget:
+                        break
+                    queue.popleft()
                     events += 1
                     frames.append(EventFrame(subs=tuple(item.subs), event=item.event))
                 else:
+                    cost = FRAME_OVERHEAD
+                    if type(item) is HistoryResult:
+                        cost += sum(len(encode_event(e)) for e in item.events)
+                    if frames and size + cost > budget:
+                        break
+                    queue.popleft()
                     frames.append(item)  # type: ignore[arg-type]
+                size += cost
             self._queued_events -= events
             if self._room_lot:
                 self._room_lot.unpark_all()
@@ -318,9 +338,13 @@ class Session:
         await self.close(close_code_for(exc.code), str(exc)[:120])
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the WebSocket with *code* (waiting a bounded time for the client to agree)."""
-        with trio.CancelScope(shield=True), trio.move_on_after(self.broker.shutdown_timeout):
-            await self.transport.aclose(code, reason)
+        """Close the WebSocket with *code* (waiting a bounded time for the client to agree).
+
+        The writer finishes the message it is sending and stops, so the close frame follows.
+        """
+        self._closing = True
+        self._writer_lot.unpark_all()
+        await self.transport.aclose(code, reason, timeout=self.broker.shutdown_timeout)
 
     def _drop_subscriptions(self) -> None:
         for sub in self.subscriptions.values():
@@ -352,9 +376,14 @@ class Session:
             self._nursery.cancel_scope.cancel()
 
     async def _acker(self) -> None:
+        """Answer persisted publishes in order, once stored: a whole commit's acks at once."""
         async for ref, pending in self._acks_receive:
             try:
-                event = await pending.wait()
+                # An already-stored event is acked without a checkpoint, so that the acks of
+                # one group commit leave in one message rather than one message each.
+                event = pending.result if pending.done.is_set() else None
+                if event is None:
+                    event = await pending.wait()
             except StoreError as exc:
                 self._error(ref, INTERNAL, f"the event was not stored: {exc}")
             except trio.ClosedResourceError:
@@ -379,6 +408,11 @@ class Session:
                 if exc.code == CLOSE_TOO_BIG:
                     self.broker._count_error(TOO_LARGE)
                 return
+            except RemoteProtocolError as exc:  # a binary message that is not UTF-8
+                self._last_received = trio.current_time()
+                self.broker._count_error(exc.code)
+                self._enqueue(Error.from_exception(exc))
+                continue
             self._last_received = trio.current_time()
             conn.receive_text(text)
 

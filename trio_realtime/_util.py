@@ -22,7 +22,7 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
     async with trio.open_nursery() as nursery:
         try:
             yield nursery
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, outside the nursery
             body_exc = exc
         nursery.cancel_scope.cancel()
     if body_exc is not None:

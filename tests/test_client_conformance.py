@@ -1,0 +1,42 @@
+"""The EventChannel conformance suite against remote clients of a real broker on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from trio_realtime import EventChannel
+from trio_realtime._broker import Broker
+from trio_realtime._client import open_client
+from trio_realtime.store import SQLiteStore
+from trio_realtime.testing import check_channel
+
+
+async def run_check(broker: Broker, *, stored: bool) -> None:
+    """Serve *broker* on 127.0.0.1 and run check_channel with clients of it."""
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(broker.serve, "127.0.0.1", 0)
+
+            @asynccontextmanager
+            async def connect() -> AsyncIterator[EventChannel]:
+                async with open_client(server.url, name="check") as client:
+                    yield client
+
+            await check_channel(connect, stored=stored)
+            nursery.cancel_scope.cancel()
+
+
+async def test_remote_client_passes_check_channel() -> None:
+    """Clients of a broker meet the same EventChannel contract as the bus."""
+    await run_check(Broker(stats_interval=None), stored=False)
+
+
+async def test_remote_client_passes_check_channel_with_a_store(tmp_path: Path) -> None:
+    """With a SQLite store behind the broker, history and since work remotely too."""
+    await run_check(
+        Broker(store=SQLiteStore(tmp_path / "events.db"), stats_interval=None), stored=True
+    )

@@ -1,0 +1,255 @@
+"""The ``trio-realtime`` command: run a broker, or publish, subscribe and query one.
+
+This is the only place in the package that calls :func:`trio.run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
+
+import orjson
+import trio
+
+from ._errors import RealtimeError, StoreError
+from ._util import open_service_nursery
+
+if TYPE_CHECKING:
+    from ._event import Event
+    from .store import Store
+
+__all__ = ["main"]
+
+#: Where ``trio-realtime serve`` keeps events unless told otherwise.
+DEFAULT_STORE: Final = "sqlite:trio-realtime.db"
+
+
+class CommandError(Exception):
+    """An error to print as one line before exiting with status 1."""
+
+
+def _json_argument(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise CommandError(f"the data is not valid JSON ({exc}): {text!r}") from None
+
+
+def _headers(pairs: Sequence[str]) -> dict[str, str] | None:
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"a header must look like NAME=VALUE, not {pair!r}")
+        headers[key] = value
+    return headers or None
+
+
+def open_store(spec: str) -> Store | None:
+    """The store a ``--store`` option names: ``sqlite:PATH``, ``memory`` or ``none``."""
+    from .store import MemoryStore, SQLiteStore
+
+    if spec == "memory":
+        return MemoryStore()
+    if spec == "none":
+        return None
+    kind, sep, path = spec.partition(":")
+    if kind == "sqlite" and sep and path:
+        return SQLiteStore(path)
+    raise CommandError(f"--store takes sqlite:PATH, memory or none, not {spec!r}")
+
+
+def _print_event(event: Event, *, pretty: bool, out: TextIO) -> None:
+    if pretty:
+        seq = f" #{event.seq}" if event.seq is not None else ""
+        data = orjson.dumps(event.to_dict()["data"], option=orjson.OPT_INDENT_2).decode()
+        out.write(f"{event.time:%H:%M:%S} {event.topic}{seq} ({event.source})\n{data}\n")
+    else:
+        out.write(orjson.dumps(event.to_dict()).decode() + "\n")
+    out.flush()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from ._broker import Broker
+
+    store = open_store(args.store)
+    broker = Broker(
+        store=store,
+        persist=args.persist or None,
+        name=args.name,
+        heartbeat=args.heartbeat,
+    )
+    async with open_service_nursery() as nursery:
+        try:
+            server = await nursery.start(broker.serve, args.host, args.port)
+        except StoreError as exc:
+            raise CommandError(str(exc)) from None
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+        print(f"trio-realtime broker {args.name!r} listening on {server.url}", flush=True)
+        where = args.store if store is not None else "none (events are not stored)"
+        print(f"store: {where}", flush=True)
+        await trio.sleep_forever()
+
+
+async def _pub(args: argparse.Namespace) -> None:
+    data = _json_argument(args.data)
+    from ._client import open_client
+
+    async with open_client(args.url, name="trio-realtime pub", reconnect=False) as client:
+        event = await client.publish(
+            args.topic, data, headers=_headers(args.header), retain=args.retain, ack=True
+        )
+    seq = f" seq {event.seq}" if event.seq is not None else ""
+    print(f"published {event.id} on {event.topic}{seq}", flush=True)
+
+
+async def _sub(args: argparse.Namespace) -> None:
+    from ._client import open_client
+
+    async with (
+        open_client(args.url, name="trio-realtime sub") as client,
+        client.subscribe(
+            args.pattern,
+            group=args.group,
+            since=args.since,
+            max_buffer_size=10_000,
+            overflow="drop_oldest",
+        ) as sub,
+    ):
+        count = 0
+        async for event in sub:
+            _print_event(event, pretty=args.pretty, out=sys.stdout)
+            count += 1
+            if args.count is not None and count >= args.count:
+                return
+
+
+async def _request(args: argparse.Namespace) -> None:
+    data = _json_argument(args.data)
+    from ._client import open_client
+
+    async with open_client(args.url, name="trio-realtime request", reconnect=False) as client:
+        reply = await client.request(
+            args.topic, data, headers=_headers(args.header), timeout=args.timeout
+        )
+    print(orjson.dumps(reply.to_dict()["data"]).decode(), flush=True)
+
+
+async def _history(args: argparse.Namespace) -> None:
+    from ._client import open_client
+
+    async with open_client(args.url, name="trio-realtime history", reconnect=False) as client:
+        events = await client.history(args.pattern, since=args.since, limit=args.limit)
+    for event in events:
+        _print_event(event, pretty=args.pretty, out=sys.stdout)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-realtime",
+        description="Run a trio_realtime broker, or publish, subscribe and query one.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log to stderr (default: warning)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run a broker until Ctrl-C or SIGTERM")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port to listen on (8765)")
+    serve.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        help=f"sqlite:PATH, memory or none (default: {DEFAULT_STORE}, in this directory)",
+    )
+    serve.add_argument(
+        "--persist",
+        action="append",
+        metavar="PATTERN",
+        help="store only topics matching PATTERN (repeatable; default: every topic but $… "
+        "and _inbox.…)",
+    )
+    serve.add_argument("--name", default="trio-realtime", help="the broker's name")
+    serve.add_argument("--heartbeat", type=float, default=30.0, help="seconds (30)")
+    serve.set_defaults(run=_serve)
+
+    pub = commands.add_parser("pub", help="publish one event and wait for the broker's ack")
+    pub.add_argument("url", help="the broker, e.g. ws://127.0.0.1:8765")
+    pub.add_argument("topic")
+    pub.add_argument("data", nargs="?", help="the event's data, as JSON (default: null)")
+    pub.add_argument("--retain", action="store_true", help="keep it as the topic's last value")
+    pub.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
+    pub.set_defaults(run=_pub)
+
+    sub = commands.add_parser("sub", help="print matching events, one JSON object per line")
+    sub.add_argument("url")
+    sub.add_argument("pattern")
+    sub.add_argument("--pretty", action="store_true", help="a readable form for people")
+    sub.add_argument("--group", help="join a queue group")
+    sub.add_argument("--since", type=int, help="replay stored events after this seq first")
+    sub.add_argument("--count", type=int, help="exit after this many events")
+    sub.set_defaults(run=_sub)
+
+    request = commands.add_parser("request", help="send a request and print the reply's data")
+    request.add_argument("url")
+    request.add_argument("topic")
+    request.add_argument("data", nargs="?", help="the request's data, as JSON")
+    request.add_argument("--timeout", type=float, default=10.0, help="seconds (10)")
+    request.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
+    request.set_defaults(run=_request)
+
+    history = commands.add_parser("history", help="print stored events matching a pattern")
+    history.add_argument("url")
+    history.add_argument("pattern")
+    history.add_argument("--since", type=int, help="only events after this seq")
+    history.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    history.add_argument("--pretty", action="store_true", help="a readable form for people")
+    history.set_defaults(run=_history)
+    return parser
+
+
+async def _until_signalled(command: Callable[[], Awaitable[None]]) -> None:
+    """Run *command*; SIGINT or SIGTERM cancels it (and so ends it gracefully)."""
+    with trio.CancelScope() as scope:
+
+        async def watch(task_status: trio.TaskStatus[None]) -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for _ in signals:
+                    scope.cancel()
+                    return
+
+        async with open_service_nursery() as nursery:
+            await nursery.start(watch)
+            await command()
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``trio-realtime`` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        trio.run(_until_signalled, lambda: args.run(args))
+    except KeyboardInterrupt:
+        pass
+    except (CommandError, RealtimeError, OSError, ValueError, trio.TooSlowError) as exc:
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, trio.TooSlowError):
+            message = "no reply within the timeout"
+        print(f"trio-realtime {args.command}: error: {message}", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:  # pragma: no cover - the reader of our output went away
+        sys.exit(0)
+    sys.exit(0)

@@ -1,0 +1,821 @@
+"""The remote client: the :class:`~trio_realtime.EventChannel` of a broker, over WebSocket.
+
+:func:`open_client` connects and yields a :class:`Client`, which application code uses exactly
+like an in-process :class:`~trio_realtime.Bus`. Underneath, the client keeps one connection
+at a time (a :class:`~trio_realtime._client_conn.Link`) and, when it drops, reconnects with
+exponential backoff, re-creates every subscription (resuming stored topics after the last
+``seq`` it saw) and sends what waited in its outbox.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import attrs
+import trio
+
+from ._bus import (
+    DEFAULT_MAX_CONCURRENCY,
+    answer_requests,
+    check_reply,
+    make_event,
+    new_inbox,
+    pattern_and_type,
+)
+from ._channel import (
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_REQUEST_TIMEOUT,
+    Handler,
+    Overflow,
+    OverflowLike,
+    Subscription,
+)
+from ._client_conn import (
+    HistoryQuery,
+    Link,
+    Outbox,
+    Pending,
+    PublishAck,
+    RemoteSub,
+    RequestPending,
+    backoff_delay,
+    check_int,
+    handshake,
+    is_fatal,
+    since_fields,
+)
+from ._errors import ConnectionClosed
+from ._event import Event
+from ._topics import validate_pattern
+from ._transport import (
+    CLOSE_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    open_transport,
+    parse_url,
+)
+from ._util import open_service_nursery
+from .protocol import Publish
+
+__all__ = ["Client", "ClientState", "ClientStatistics", "open_client"]
+
+logger = logging.getLogger("trio_realtime.client")
+
+T = TypeVar("T")
+
+#: Publishes (and other operations) that may wait to be sent, by default, before ``publish``
+#: waits too.
+DEFAULT_MAX_OUTBOX: Final = 10_000
+#: Seconds before the first reconnect attempt, at most, by default (then doubling).
+DEFAULT_BACKOFF_INITIAL: Final = 0.1
+#: Seconds between reconnect attempts, at most, by default.
+DEFAULT_BACKOFF_MAX: Final = 10.0
+#: Seconds leaving a subscription's block waits for the broker's ``unsubscribed``.
+UNSUBSCRIBE_TIMEOUT: Final = 5.0
+#: The default ``source`` of the events a client publishes, when it has no name.
+DEFAULT_SOURCE: Final = "trio-realtime"
+#: A publisher that never has to wait yields to the scheduler once per this many publishes,
+#: so that the writer sends them as one message (not a task switch and a message each).
+PUBLISH_BATCH: Final = 64
+
+
+class ClientState(enum.Enum):
+    """Where a :class:`Client` is in its life.
+
+    ``CONNECTING``
+        Opening a connection (the first one, or a reconnect).
+    ``CONNECTED``
+        The handshake is done: frames flow.
+    ``DISCONNECTED``
+        The connection dropped; the client waits (backoff) before reconnecting. Publishes
+        wait in the outbox meanwhile.
+    ``CLOSED``
+        For good: the ``open_client`` block exited, or the connection was lost and could not
+        or may not be re-established. Operations raise :exc:`~trio_realtime.ConnectionClosed`.
+    """
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+@attrs.frozen(kw_only=True)
+class ClientStatistics:
+    """A snapshot of a client's counters.
+
+    Attributes:
+        state: The client's state.
+        reconnects: Connections re-established after the first.
+        published: Events handed to the client for sending (``publish`` and ``request``).
+        received: Events received from the broker.
+        outbox: Frames and operations waiting to be sent.
+        in_flight: Sent operations waiting for the broker's answer (acks, history reads).
+        subscriptions: Live subscriptions, ``serve`` blocks included.
+        errors: Errors the broker reported that no operation waited for (such as a refused
+            fire-and-forget publish), and bad input from it.
+    """
+
+    state: ClientState
+    reconnects: int
+    published: int
+    received: int
+    outbox: int
+    in_flight: int
+    subscriptions: int
+    errors: int
+
+
+class Client:
+    """A connection to a broker that implements :class:`~trio_realtime.EventChannel`.
+
+    Get one from :func:`open_client`. It is not thread-safe: use it from the Trio thread it
+    was opened in.
+
+    Attributes:
+        url: The broker's URL.
+        name: The name the client gave the broker in ``hello``, if any.
+        session: The broker's id for the current (or last) connection.
+        epoch: The identity of the broker's store, or None (``seq`` numbers are comparable
+            only within one epoch).
+        broker: The broker's name.
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        url: str,
+        *,
+        token: str | None,
+        name: str | None,
+        reconnect: bool,
+        connect_timeout: float,
+        max_outbox: int,
+        backoff_initial: float,
+        backoff_max: float,
+        max_message_size: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self._nursery = nursery
+        self.url: Final = url
+        self.name: Final = name
+        self._token = token
+        self._source = name or DEFAULT_SOURCE
+        self._reconnect = reconnect
+        self._connect_timeout = connect_timeout
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._max_message_size = max_message_size
+        self._ssl_context = ssl_context
+        self.session: str | None = None
+        self.epoch: str | None = None
+        self.broker: str | None = None
+        self._state = ClientState.CONNECTING
+        self._state_changed = trio.Event()
+        self._closed_reason: ConnectionClosed | None = None
+        self._link: Link | None = None
+        self._outbox = Outbox(max_outbox)
+        #: Every live subscription (and the inbox), in the order they were made.
+        self._subs: dict[RemoteSub, None] = {}
+        self._inbox: RemoteSub | None = None
+        self._inbox_prefix = new_inbox()
+        self._reply_ids = itertools.count(1)
+        self._replies: dict[str, RequestPending] = {}
+        self._unyielded = 0
+        self._reconnects = 0
+        self._published = 0
+        self._received = 0
+        self._errors = 0
+
+    def __repr__(self) -> str:
+        return f"<Client {self.url} {self._state.value} session={self.session}>"
+
+    @property
+    def state(self) -> ClientState:
+        """The client's :class:`ClientState`."""
+        return self._state
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of the client's counters."""
+        link = self._link
+        return ClientStatistics(
+            state=self._state,
+            reconnects=self._reconnects,
+            published=self._published,
+            received=self._received,
+            outbox=len(self._outbox),
+            in_flight=len(link.inflight) if link is not None else 0,
+            subscriptions=sum(1 for rs in self._subs if rs.sub is not None),
+            errors=self._errors,
+        )
+
+    async def wait_connected(self) -> None:
+        """Wait until the client is connected (return at once if it is).
+
+        Raises:
+            ConnectionClosed: if the client is closed.
+        """
+        await trio.lowlevel.checkpoint()
+        while self._state is not ClientState.CONNECTED:
+            self._check_open()
+            await self._state_changed.wait()
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str | object,
+        data: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        source: str | None = None,
+        type: str | None = None,  # noqa: A002 - the envelope's field is called type
+        retain: bool = False,
+        ack: bool = False,
+    ) -> Event:
+        """Publish *data* on *topic* through the broker, and return the event.
+
+        ``publish(obj)`` publishes an instance of a class registered with
+        :func:`~trio_realtime.event_type` on its registered topic. The event is checked here
+        first (topic, data, headers), exactly as the bus checks it.
+
+        Without *ack*, this returns the event built here (``seq`` None) once it is in the
+        client's outbox: it is sent in order with the client's other frames, batched with
+        them, and after a reconnect if the connection is down. It does not cost a task switch
+        per call. A fire-and-forget publish the broker refuses is logged and counted in
+        :meth:`statistics` (``errors``). With *ack*, this waits until the broker routed (and,
+        for a stored topic, stored) the event, and returns it with the broker's ``seq``; it
+        is sent again after a reconnect if its answer was lost.
+
+        Args:
+            topic: Where to publish (no wildcards), or a typed payload instance.
+            data: A JSON-compatible value, or a typed payload instance.
+            headers: String metadata.
+            source: Who publishes (default: the client's *name*, else ``"trio-realtime"``).
+            type: The event type (default: the topic, or the payload's registered name).
+            retain: Keep this event as the topic's retained value on the broker.
+            ack: Wait for the broker's acknowledgement (see above).
+
+        Raises:
+            InvalidTopic: if *topic* is not a valid topic (or, with *ack*, the broker says so).
+            TypeError: if *data* is not JSON-compatible (the message names the value).
+            PermissionDenied: with *ack*, if the broker refused (such as a ``$…`` topic).
+            RemoteProtocolError: with *ack*, if the broker refused for another reason (its
+                ``code`` says which).
+            ConnectionClosed: if the client is closed.
+        """
+        event = make_event(topic, data, headers=headers, source=source or self._source, type=type)
+        if ack:
+            return await self._submit(PublishAck(event, retain))
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._state is ClientState.CLOSED:
+            raise self._closed_error()
+        # The outbox, inlined: this is the hot path.
+        outbox = self._outbox
+        if len(outbox.items) >= outbox.max_size:
+            self._unyielded = 0
+            await self._wait_room()
+        elif self._unyielded >= PUBLISH_BATCH:
+            # Let the writer (and everyone else) run once per batch, not once per publish.
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            self._unyielded += 1
+        outbox.append(Publish(event=event, retain=retain))
+        self._published += 1
+        return event
+
+    async def _wait_room(self) -> None:
+        """Wait until the outbox has room; raise if the client closes meanwhile."""
+        outbox = self._outbox
+        while outbox.full():
+            await outbox.wait_room()
+            self._check_open()
+
+    async def _submit(self, pending: Pending[T]) -> T:
+        """Queue *pending* (waiting for room) and wait for its answer."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        await self._wait_room()
+        self._outbox.append(pending)
+        if isinstance(pending, (PublishAck, RequestPending)):
+            self._published += 1
+        return await pending.wait()
+
+    # -- subscribing ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        pattern: str | type,
+        *,
+        group: str | None = None,
+        max_buffer_size: float = DEFAULT_BUFFER_SIZE,
+        overflow: OverflowLike = Overflow.BLOCK,
+        since: int | datetime | None = None,
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe to *pattern* on the broker for the duration of an ``async with`` block.
+
+        Enters once the broker confirmed the subscription, and yields a
+        :class:`~trio_realtime.Subscription`. It survives reconnects: the client subscribes
+        again, and if it had received stored events, resumes after the last ``seq`` it saw,
+        without loss or duplicates (for stored topics). Leaving the block unsubscribes on the
+        broker and waits (a bounded time) for it to confirm, so that the broker no longer
+        routes to it once the block has exited.
+
+        The buffer and *overflow* policy apply to the local subscription exactly as on the
+        bus. A full ``block`` subscription stalls the whole connection until it has room
+        (no events, replies or acks are read meanwhile), which pushes back on the broker
+        through TCP; the broker then drops the oldest events for this client and reports them
+        as missed (:attr:`~trio_realtime.Subscription.missed`). A consumer that makes requests
+        or acknowledged publishes from its loop should therefore not use ``block`` with a
+        small buffer.
+
+        Args:
+            pattern: A topic pattern (``*`` one token, ``>`` one or more at the end), or a
+                class registered with :func:`~trio_realtime.event_type`.
+            group: A queue group: each matching event goes to one member of each group.
+            max_buffer_size: Events buffered here before *overflow* applies.
+            overflow: ``"block"`` (default), ``"drop_oldest"``, ``"drop_newest"`` or
+                ``"disconnect"`` (or an :class:`~trio_realtime.Overflow`).
+            since: Replay stored events after this ``seq`` (or from this time) first, then
+                continue live. Needs a broker with a store.
+
+        Raises:
+            InvalidTopic: if *pattern* is not a valid pattern (checked here first).
+            PermissionDenied: if the broker refused the subscription.
+            RemoteProtocolError: if the broker refused it for another reason (its ``code``
+                says which, such as ``internal`` for *since* on a broker without a store).
+            ConnectionClosed: if the client is closed.
+        """
+        pattern, payload_type = pattern_and_type(pattern)
+        since_seq, since_time = since_fields(since)
+        rs = RemoteSub(pattern, group=group, since=since_seq, since_time=since_time)
+        sub = Subscription(
+            pattern,
+            group=group,
+            max_buffer_size=max_buffer_size,
+            overflow=overflow,
+            payload_type=payload_type,
+            on_disconnect=lambda _sub: self._forget(rs),
+        )
+        rs.sub = sub
+        try:
+            await self._start(rs)
+        except BaseException:
+            sub._close()
+            raise
+        try:
+            yield sub
+        finally:
+            await self._stop(rs)
+            sub._close()
+
+    async def _start(self, rs: RemoteSub) -> None:
+        """Subscribe *rs* on the broker and wait for the answer."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        self._add(rs)
+        try:
+            await rs.settled.wait()
+        except BaseException:
+            self._forget(rs)
+            raise
+        if rs.error is not None:
+            raise rs.error
+
+    def _add(self, rs: RemoteSub) -> None:
+        self._subs[rs] = None
+        link = self._link
+        if link is not None:
+            self._outbox.append(link.subscribe(rs))
+
+    def _forget(self, rs: RemoteSub) -> None:
+        """Drop *rs*, unsubscribing on the broker without waiting."""
+        if rs not in self._subs:
+            return
+        del self._subs[rs]
+        link = self._link
+        if link is not None:
+            link.unsubscribe(rs)
+        rs.id = None
+
+    async def _stop(self, rs: RemoteSub) -> None:
+        """Drop *rs* and wait (shielded, bounded) until the broker confirms."""
+        if rs not in self._subs:
+            return
+        del self._subs[rs]
+        link = self._link
+        done = link.unsubscribe(rs) if link is not None else None
+        rs.id = None
+        if done is not None:
+            with trio.move_on_after(UNSUBSCRIBE_TIMEOUT, shield=True):
+                await done.wait()
+
+    def _refused(self, rs: RemoteSub, error: Exception) -> None:
+        """The broker refused to (re-)create *rs*."""
+        self._subs.pop(rs, None)
+        if rs is self._inbox:
+            self._inbox = None
+        if not rs.settled.is_set():
+            rs.settle(error)
+        elif rs.sub is not None:
+            logger.warning("the broker refused to resubscribe %r: %s", rs.pattern, error)
+            rs.sub._fail(error)
+
+    # -- request/reply --------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def serve(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        group: str | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    ) -> AsyncIterator[None]:
+        """Answer requests on *pattern* with *handler* for the duration of a block.
+
+        ``handler(event)`` (a function or a coroutine function) is called for each request;
+        its return value becomes the reply's data, published to the request's ``reply_to``.
+        If it raises, the requester's :meth:`request` raises
+        :exc:`~trio_realtime.RequestFailed` with its message, and serving goes on. Events
+        without ``reply_to`` are handled too; their result is discarded. The subscription
+        survives reconnects like any other; the handlers run in the client's nursery and are
+        cancelled when the block exits (or end quietly if the client closes for good).
+
+        Args:
+            pattern: The topics to answer (wildcards allowed).
+            handler: Called with each request event; returns the reply's data.
+            group: A queue group, so that several responders share the requests.
+            max_concurrency: Requests handled at the same time, at most.
+
+        Raises:
+            InvalidTopic: if *pattern* is not a valid pattern.
+            PermissionDenied: if the broker refused the subscription.
+            ConnectionClosed: if the client is closed.
+        """
+        async with self.subscribe(pattern, group=group) as sub:
+            done = trio.Event()
+            scope: trio.CancelScope = await self._nursery.start(
+                self._answer, sub, handler, max_concurrency, done
+            )
+            try:
+                yield
+            finally:
+                scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await done.wait()
+
+    async def _answer(
+        self,
+        sub: Subscription,
+        handler: Handler,
+        max_concurrency: int,
+        done: trio.Event,
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope],
+    ) -> None:
+        try:
+            await answer_requests(
+                self, sub, handler, max_concurrency, done, task_status=task_status
+            )
+        except ConnectionClosed:
+            pass  # the client closed for good: nobody is left to answer
+        except BaseExceptionGroup as group:
+            rest = group.split(ConnectionClosed)[1]
+            if rest is not None:
+                raise rest from None
+
+    async def request(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> Event:
+        """Publish a request on *topic* and return the first reply.
+
+        Replies come to one inbox subscription per client (``_inbox.<unique>.>``), made on
+        the first request and kept across reconnects. A request whose answer from the broker
+        was lost with the connection is sent again (with the same event id) after a reconnect.
+
+        Args:
+            topic: Where to send the request (no wildcards).
+            data: A JSON-compatible value, or a typed payload instance.
+            headers: String metadata.
+            timeout: Seconds to wait for the reply (making the inbox and waiting for room in
+                the outbox included).
+
+        Raises:
+            NoResponders: at once, if nothing subscribes to *topic* on the broker.
+            RequestFailed: if the responder's handler raised (with its message).
+            trio.TooSlowError: if no reply came within *timeout* seconds.
+            InvalidTopic: if *topic* is not a valid topic.
+            ConnectionClosed: if the client is closed.
+        """
+        reply_to = f"{self._inbox_prefix}.{next(self._reply_ids)}"
+        event = make_event(
+            topic, data, headers=headers, source=self._source, type=None, reply_to=reply_to
+        )
+        pending = RequestPending(event)
+        self._replies[reply_to] = pending
+        try:
+            with trio.fail_after(timeout):
+                await self._ensure_inbox()
+                reply: Event = await self._submit(pending)
+        finally:
+            pending.abandoned = True
+            del self._replies[reply_to]
+        return check_reply(topic, reply)
+
+    async def _ensure_inbox(self) -> None:
+        rs = self._inbox
+        if rs is None:
+            self._check_open()
+            rs = self._inbox = RemoteSub(f"{self._inbox_prefix}.>")
+            self._add(rs)
+        await rs.settled.wait()
+        if rs.error is not None:
+            raise rs.error
+
+    # -- history --------------------------------------------------------------------------
+
+    async def history(
+        self, pattern: str, *, since: int | datetime | None = None, limit: int = 100
+    ) -> list[Event]:
+        """Stored events matching *pattern* after *since* (a ``seq`` or a time), oldest first.
+
+        Args:
+            pattern: Which topics to read (wildcards allowed).
+            since: Only events with a greater ``seq``, or published at or after this time.
+            limit: At most this many events (the broker may cap it).
+
+        Raises:
+            InvalidTopic: if *pattern* is not a valid pattern.
+            PermissionDenied: if the broker refused.
+            RemoteProtocolError: if the broker could not answer (such as ``internal`` when it
+                has no store).
+            ConnectionClosed: if the client is closed.
+        """
+        validate_pattern(pattern)
+        check_int(limit, "limit", minimum=0)
+        since_seq, since_time = since_fields(since)
+        query = HistoryQuery(pattern, since=since_seq, since_time=since_time, limit=limit)
+        try:
+            events: list[Event] = await self._submit(query)
+        finally:
+            query.abandoned = True
+        return events
+
+    # -- the connection's life ------------------------------------------------------------
+
+    def _set_state(self, state: ClientState) -> None:
+        if state is not self._state:
+            self._state = state
+            changed, self._state_changed = self._state_changed, trio.Event()
+            changed.set()
+
+    def _check_open(self) -> None:
+        if self._state is ClientState.CLOSED:
+            raise self._closed_error()
+
+    def _closed_error(self) -> ConnectionClosed:
+        """A fresh exception saying why the client is closed."""
+        reason = self._closed_reason
+        if reason is None:
+            return ConnectionClosed(f"the client of {self.url} is closed")
+        return type(reason)(str(reason), code=reason.code, reason=reason.reason)
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds to wait before reconnect attempt *attempt* (0, 1, …)."""
+        return backoff_delay(attempt, self._backoff_initial, self._backoff_max)
+
+    async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Connect, then keep connected (reconnecting as allowed) until cancelled or closed.
+
+        The first connection is made before ``task_status.started()``; if it fails, this
+        raises (no retry).
+        """
+        first = True
+        attempt = 0
+        while True:
+            self._set_state(ClientState.CONNECTING)
+            link: Link | None = None
+            try:
+                async with open_transport(
+                    self.url,
+                    max_message_size=self._max_message_size,
+                    connect_timeout=self._connect_timeout,
+                    ssl_context=self._ssl_context,
+                ) as transport:
+                    conn, welcome = await handshake(
+                        transport,
+                        url=self.url,
+                        token=self._token,
+                        name=self.name,
+                        timeout=self._connect_timeout,
+                    )
+                    if not first:
+                        self._reconnects += 1
+                    link = self._connected(Link(self, transport, conn, welcome), first)
+                    if first:
+                        first = False
+                        task_status.started()
+                    attempt = 0
+                    reason = await link.run()
+                    if link.close_code is not None:
+                        await transport.aclose(link.close_code, str(reason), timeout=0.5)
+            except ConnectionClosed as exc:
+                if first:
+                    raise
+                reason = exc
+            if link is not None:
+                self._disconnected(link)
+            if self._state is ClientState.CLOSED:
+                return
+            if not self._reconnect or is_fatal(reason):
+                logger.warning("%s", reason)
+                self._close(reason)
+                return
+            self._set_state(ClientState.DISCONNECTED)
+            delay = self._backoff(attempt)
+            attempt += 1
+            logger.info("%s; reconnecting in %.2f s", reason, delay)
+            await trio.sleep(delay)
+
+    def _connected(self, link: Link, first: bool) -> Link:
+        """Make *link* the current connection: re-create every subscription on it."""
+        welcome = link.conn.welcome
+        assert welcome is not None
+        if not first and welcome.epoch != self.epoch:
+            # Another store: our seqs mean nothing there. Resume live (or from the time).
+            for rs in self._subs:
+                rs.last_seq = None
+                rs.since = None
+        self.session = welcome.session
+        self.epoch = welcome.epoch
+        self.broker = welcome.broker
+        self._link = link
+        self._outbox.push_front([link.subscribe(rs) for rs in self._subs])
+        self._set_state(ClientState.CONNECTED)
+        return link
+
+    def _disconnected(self, link: Link) -> None:
+        """*link* ended: requeue what it had in flight; its ids mean nothing any more."""
+        self._link = None
+        for rs in self._subs:
+            rs.id = None
+        for done in link.unsubscribing.values():
+            done.set()
+        link.unsubscribing.clear()
+        requeue: list[Pending[Any]] = []
+        for pending in link.inflight.values():
+            pending.ref = None
+            if not pending.done.is_set() and not pending.abandoned:
+                requeue.append(pending)
+        link.inflight.clear()
+        self._outbox.drop_control()
+        self._outbox.push_front(requeue)
+        self._outbox.notify_drained()
+
+    def _close(self, reason: ConnectionClosed | None) -> None:
+        """Close for good: end subscriptions (failing them with *reason*, if any) and fail
+        every operation still waiting."""
+        if self._state is ClientState.CLOSED:
+            return
+        self._closed_reason = reason
+        self._set_state(ClientState.CLOSED)
+        subs = list(self._subs)
+        self._subs.clear()
+        self._inbox = None
+        for rs in subs:
+            rs.settle(self._closed_error())
+            if rs.sub is not None:
+                if reason is None:
+                    rs.sub._end()
+                else:
+                    rs.sub._fail(self._closed_error())
+        link = self._link
+        waiting: list[Any] = self._outbox.close()
+        if link is not None:
+            waiting += link.inflight.values()
+            link.inflight.clear()
+            for done in link.unsubscribing.values():
+                done.set()
+        waiting += self._replies.values()
+        for item in waiting:
+            if isinstance(item, Pending):
+                item.fail(self._closed_error())
+        dropped = sum(1 for item in waiting if type(item) is Publish)
+        if dropped:
+            logger.warning("%d published events were not sent: the client closed", dropped)
+
+    async def _shutdown(self) -> None:
+        """Leave gracefully: send what waits (bounded), then close."""
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            while True:
+                link = self._link
+                if link is None or not (self._outbox.items or link.writing):
+                    break
+                await self._outbox.wait_drained()
+        self._close(None)
+
+
+@asynccontextmanager
+async def open_client(
+    url: str,
+    *,
+    token: str | None = None,
+    name: str | None = None,
+    reconnect: bool = True,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    max_outbox: int = DEFAULT_MAX_OUTBOX,
+    backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
+    backoff_max: float = DEFAULT_BACKOFF_MAX,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[Client]:
+    """Connect to the broker at *url* for the duration of an ``async with`` block.
+
+    Yields a :class:`Client`, which implements :class:`~trio_realtime.EventChannel`: code
+    written against a :class:`~trio_realtime.Bus` runs unchanged::
+
+        async with open_client("ws://127.0.0.1:8765", name="billing") as client:
+            async with client.subscribe("orders.>") as sub:
+                async for event in sub:
+                    ...
+
+    Entering waits for the first connection and handshake; if they fail, this raises at
+    once (the first connect is not retried). Afterwards a lost connection is re-established
+    with exponential backoff and full jitter (a random wait of up to *backoff_initial*,
+    doubling per failed attempt up to *backoff_max*), unless *reconnect* is false, the broker
+    closed with 1008 (policy) or refused the handshake. Once the client gives up, it is
+    closed: waiting and later operations raise :exc:`~trio_realtime.ConnectionClosed`, and
+    subscriptions' receives raise it too.
+
+    Leaving the block sends what waits in the outbox (a bounded time), ends every
+    subscription's iteration cleanly, fails operations still waiting with
+    :exc:`~trio_realtime.ConnectionClosed`, and closes the WebSocket with code 1000. No task
+    outlives the block. An exception raised in the block propagates as itself.
+
+    Args:
+        url: The broker's ``ws://`` or ``wss://`` URL.
+        token: The credential sent in ``hello``, if the broker wants one.
+        name: The client's name for the broker's logs, and the default ``source`` of the
+            events it publishes.
+        reconnect: Re-establish a lost connection (else the client closes).
+        connect_timeout: Seconds to connect, then seconds for the ``hello``/``welcome``
+            handshake.
+        max_outbox: Publishes that may wait to be sent (while disconnected, or faster than
+            the network) before ``publish`` waits.
+        backoff_initial: Seconds of the first reconnect delay, at most.
+        backoff_max: Seconds of the reconnect delay, at most.
+        max_message_size: The largest message received or sent, in characters. Larger ones
+            received close the connection (1009); a single frame larger than this is not sent
+            (an acknowledged publish raises :exc:`~trio_realtime.RemoteProtocolError`
+            ``too_large``). Keep it no larger than the broker's.
+        ssl_context: For ``wss://`` URLs (default: the system's trusted certificates).
+
+    Raises:
+        ConnectionClosed: if the first connection failed (the message names the URL and why).
+        HandshakeError: if the broker refused the first handshake (such as a bad token).
+        ValueError: if *url* is not a WebSocket URL, or an option is out of range.
+    """
+    parse_url(url)
+    check_int(max_outbox, "max_outbox", minimum=1)
+    if not 0 < backoff_initial <= backoff_max:
+        raise ValueError(
+            f"need 0 < backoff_initial <= backoff_max, not {backoff_initial!r}, {backoff_max!r}"
+        )
+    if not connect_timeout > 0:
+        raise ValueError(f"connect_timeout must be positive, not {connect_timeout!r}")
+    if max_message_size < 1024:
+        raise ValueError(f"max_message_size must be at least 1024, not {max_message_size!r}")
+    async with open_service_nursery() as nursery:
+        client = Client(
+            nursery,
+            url,
+            token=token,
+            name=name,
+            reconnect=reconnect,
+            connect_timeout=connect_timeout,
+            max_outbox=max_outbox,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            max_message_size=max_message_size,
+            ssl_context=ssl_context,
+        )
+        await nursery.start(client._run)
+        try:
+            yield client
+        finally:
+            await client._shutdown()

@@ -1,0 +1,807 @@
+"""The remote client's connections: what it keeps across them, and the tasks that run one.
+
+A :class:`~trio_realtime._client.Client` outlives its connections. What must survive a
+reconnect lives in the client: its subscriptions (:class:`RemoteSub`), the :class:`Outbox` of
+frames and operations waiting to be sent, and the operations waiting for an answer
+(:class:`Pending`). Each connection is a :class:`Link`: a WebSocket transport, a sans-IO
+:class:`~trio_realtime.protocol.ClientConnection` (all encoding, decoding and protocol
+bookkeeping), the ids this connection gave the subscriptions, and three tasks in one nursery
+(reader, writer, heartbeat). When a link ends, the client requeues what it had in flight and,
+when allowed, opens the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
+
+import attrs
+import trio
+
+from ._errors import (
+    ConnectionClosed,
+    HandshakeError,
+    InvalidTopic,
+    NoResponders,
+    PermissionDenied,
+    RemoteProtocolError,
+)
+from ._event import Event, parse_time
+from .protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_PROTOCOL,
+    FORBIDDEN,
+    INVALID_TOPIC,
+    NO_RESPONDERS,
+    Ack,
+    ClientConnection,
+    ClientFrame,
+    Error,
+    EventFrame,
+    Gap,
+    Hello,
+    History,
+    HistoryResult,
+    Ping,
+    Pong,
+    Publish,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+    close_code_for,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from ._channel import Subscription
+    from ._client import Client
+    from ._transport import WebSocketTransport
+
+__all__ = [
+    "WRITE_BATCH",
+    "HistoryQuery",
+    "Link",
+    "Outbox",
+    "Pending",
+    "PublishAck",
+    "RemoteSub",
+    "RequestPending",
+    "backoff_delay",
+    "check_int",
+    "error_from_frame",
+    "handshake",
+    "is_fatal",
+    "since_fields",
+]
+
+logger = logging.getLogger("trio_realtime.client")
+
+#: Most frames the writer puts in one message.
+WRITE_BATCH: Final = 512
+
+T = TypeVar("T")
+
+
+def error_from_frame(error: Error, topic: str) -> Exception:
+    """The exception that reports the broker's *error* about an operation on *topic*.
+
+    ``invalid_topic`` is :exc:`InvalidTopic`, ``forbidden`` :exc:`PermissionDenied`,
+    ``no_responders`` :exc:`NoResponders`; any other code is a :exc:`RemoteProtocolError`
+    carrying it.
+    """
+    code = error.code
+    if code == INVALID_TOPIC:
+        return InvalidTopic(topic, f"refused by the broker: {error.message}")
+    if code == FORBIDDEN:
+        return PermissionDenied(f"the broker refused it: {error.message}")
+    if code == NO_RESPONDERS:
+        return NoResponders(topic)
+    return RemoteProtocolError(f"the broker refused it ({code}): {error.message}", code=code)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments, and the rules of reconnecting
+
+
+def since_fields(since: object) -> tuple[int | None, str | None]:
+    """The ``(since, since_time)`` frame fields for a ``since`` argument (seq or datetime)."""
+    if since is None:
+        return None, None
+    if isinstance(since, datetime):
+        return None, parse_time(since).isoformat()
+    if isinstance(since, bool) or not isinstance(since, int):
+        raise TypeError(f"since must be a seq (int), a datetime or None, not {since!r}")
+    if since < 0:
+        raise ValueError(f"since must not be negative, not {since!r}")
+    return since, None
+
+
+def check_int(value: object, what: str, *, minimum: int) -> None:
+    """Raise ValueError unless *value* is an int of at least *minimum*."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an int of at least {minimum}, not {value!r}")
+
+
+def is_fatal(exc: ConnectionClosed) -> bool:
+    """Whether reconnecting after *exc* is pointless: closed by policy (1008), or a handshake
+    the broker refused as a protocol mismatch."""
+    if exc.code == CLOSE_POLICY:
+        return True
+    return isinstance(exc, HandshakeError) and exc.code == CLOSE_PROTOCOL
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Seconds to wait before reconnect attempt *attempt* (0, 1, …): exponential backoff with
+    full jitter, uniform in ``[0, min(maximum, initial * 2**attempt)]``."""
+    return random.uniform(0, min(maximum, initial * 2 ** min(attempt, 32)))
+
+
+# ---------------------------------------------------------------------------------------------
+# What survives a reconnect
+
+
+class RemoteSub:
+    """One subscription of the client: its local :class:`Subscription`, and what it takes to
+    (re-)create it on the broker.
+
+    The client's request inbox is a ``RemoteSub`` without a local subscription: the reader
+    hands its events to the waiting requests instead.
+    """
+
+    __slots__ = (
+        "error",
+        "group",
+        "id",
+        "last_seq",
+        "pattern",
+        "settled",
+        "since",
+        "since_time",
+        "sub",
+    )
+
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        group: str | None = None,
+        since: int | None = None,
+        since_time: str | None = None,
+    ) -> None:
+        self.pattern = pattern
+        self.group = group
+        self.since = since
+        self.since_time = since_time
+        self.sub: Subscription | None = None
+        #: Its id on the current connection (None while it has none).
+        self.id: int | None = None
+        #: The ``seq`` of the last stored event it received: a resubscribe resumes after it.
+        self.last_seq: int | None = None
+        #: Set once the broker answered the first ``subscribe`` (or the client closed).
+        self.settled = trio.Event()
+        #: Why the first ``subscribe`` failed, once settled.
+        self.error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<RemoteSub {self.pattern!r} id={self.id} last_seq={self.last_seq}>"
+
+    def frame(self, sub_id: int) -> Subscribe:
+        """The ``subscribe`` frame that (re-)creates it as *sub_id*, resuming where it was."""
+        if self.last_seq is not None:
+            return Subscribe(id=sub_id, pattern=self.pattern, group=self.group, since=self.last_seq)
+        return Subscribe(
+            id=sub_id,
+            pattern=self.pattern,
+            group=self.group,
+            since=self.since,
+            since_time=self.since_time,
+        )
+
+    def settle(self, error: BaseException | None = None) -> None:
+        """The first ``subscribe`` was answered (*error*: refused)."""
+        if not self.settled.is_set():
+            self.error = error
+            self.settled.set()
+
+
+class Pending(Generic[T]):
+    """An operation that sends a frame with a ``ref`` and waits for the broker's answer.
+
+    Until it is sent it waits in the :class:`Outbox`; then the link that sent it keeps it by
+    ``ref``. If that link ends first, the client puts it back at the front of the outbox and
+    it is sent again on the next connection.
+    """
+
+    __slots__ = ("abandoned", "done", "error", "ref", "result", "topic")
+
+    def __init__(self, topic: str) -> None:
+        #: The topic or pattern it is about (for error messages).
+        self.topic = topic
+        self.done = trio.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        #: Its ref on the connection that sent it, while it waits for the answer there.
+        self.ref: int | None = None
+        #: Nobody waits for it any more: not worth sending (requests and history only).
+        self.abandoned = False
+
+    def frame(self, ref: int) -> ClientFrame:
+        """The frame to send, with *ref*."""
+        raise NotImplementedError
+
+    def answer(self, frame: Ack | HistoryResult) -> None:
+        """The broker answered with *frame*."""
+        raise NotImplementedError
+
+    def succeed(self, result: T) -> None:
+        if not self.done.is_set():
+            self.result = result
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+    async def wait(self) -> T:
+        """Its result, once answered.
+
+        Raises:
+            Exception: what the broker's error maps to, or :exc:`ConnectionClosed`.
+        """
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return cast("T", self.result)
+
+
+class PublishAck(Pending[Event]):
+    """A ``publish(…, ack=True)``: its result is the event with the broker's id and ``seq``."""
+
+    __slots__ = ("event", "retain")
+
+    def __init__(self, event: Event, retain: bool) -> None:
+        super().__init__(event.topic)
+        self.event = event
+        self.retain = retain
+
+    def frame(self, ref: int) -> ClientFrame:
+        return Publish(event=self.event, retain=self.retain, ref=ref)
+
+    def answer(self, frame: Ack | HistoryResult) -> None:
+        if type(frame) is Ack:
+            self.succeed(attrs.evolve(self.event, id=frame.id, seq=frame.seq))
+        else:
+            self.fail(RemoteProtocolError(f"the broker answered a publish with {frame.TYPE!r}"))
+
+
+class RequestPending(Pending[Event]):
+    """A request: a publish with ``reply_to``; its result is the reply event.
+
+    Its ``ack`` only means the request was routed (it is then not sent again after a
+    reconnect); the reply arrives on the client's inbox subscription.
+    """
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        super().__init__(event.topic)
+        self.event = event
+
+    def frame(self, ref: int) -> ClientFrame:
+        return Publish(event=self.event, ref=ref)
+
+    def answer(self, frame: Ack | HistoryResult) -> None:
+        pass  # routed; the reply comes as an event
+
+
+class HistoryQuery(Pending[list[Event]]):
+    """A ``history`` read: its result is the list of stored events."""
+
+    __slots__ = ("limit", "since", "since_time")
+
+    def __init__(
+        self, pattern: str, *, since: int | None, since_time: str | None, limit: int
+    ) -> None:
+        super().__init__(pattern)
+        self.since = since
+        self.since_time = since_time
+        self.limit = limit
+
+    def frame(self, ref: int) -> ClientFrame:
+        return History(
+            ref=ref,
+            pattern=self.topic,
+            since=self.since,
+            since_time=self.since_time,
+            limit=self.limit,
+        )
+
+    def answer(self, frame: Ack | HistoryResult) -> None:
+        if type(frame) is HistoryResult:
+            self.succeed(list(frame.events))
+        else:
+            self.fail(
+                RemoteProtocolError(f"the broker answered a history read with {frame.TYPE!r}")
+            )
+
+
+#: What waits in the outbox: frames ready to send, and operations that get a ref when sent.
+OutboxItem = ClientFrame | Pending[Any]
+
+#: Frames that belong to one connection (their ids mean nothing on the next one).
+_CONTROL: Final = frozenset({Subscribe, Unsubscribe, Ping, Pong})
+
+
+class Outbox:
+    """Frames and operations waiting to be sent, in order; survives reconnects.
+
+    Bounded for publishers: :meth:`full` tells ``publish`` to :meth:`wait_room`. Control frames
+    (subscribe, unsubscribe, ping, pong) are never refused, and are dropped when the
+    connection they were meant for ends.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size: Final = max_size
+        self.items: deque[OutboxItem] = deque()
+        self._room = trio.lowlevel.ParkingLot()
+        self._ready = trio.lowlevel.ParkingLot()
+        self._drained = trio.lowlevel.ParkingLot()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def full(self) -> bool:
+        return len(self.items) >= self.max_size
+
+    def append(self, item: OutboxItem) -> None:
+        self.items.append(item)
+        if self._ready:
+            self._ready.unpark()
+
+    def push_front(self, items: Iterable[OutboxItem]) -> None:
+        """Put *items* (in their order) before everything waiting."""
+        self.items.extendleft(reversed(list(items)))
+        if self.items and self._ready:
+            self._ready.unpark()
+
+    def take(self, n: int) -> list[OutboxItem]:
+        """Remove and return up to *n* items from the front."""
+        items = self.items
+        if len(items) <= n:
+            batch = list(items)
+            items.clear()
+        else:
+            batch = [items.popleft() for _ in range(n)]
+        if self._room:
+            self._room.unpark_all()
+        return batch
+
+    def drop_control(self) -> None:
+        """Forget the control frames: the connection they were meant for has ended."""
+        if any(type(item) in _CONTROL for item in self.items):
+            self.items = deque(item for item in self.items if type(item) not in _CONTROL)
+
+    async def wait_room(self) -> None:
+        """Wait until the outbox has room (or is closed)."""
+        await self._room.park()
+
+    async def wait_ready(self) -> None:
+        """Wait until something is appended (the writer)."""
+        await self._ready.park()
+
+    async def wait_drained(self) -> None:
+        """Wait until the writer reports it sent everything (or its connection ended)."""
+        await self._drained.park()
+
+    def notify_drained(self) -> None:
+        if self._drained:
+            self._drained.unpark_all()
+
+    def close(self) -> list[OutboxItem]:
+        """Empty it for good, waking everyone; return what was waiting."""
+        self.closed = True
+        items = list(self.items)
+        self.items.clear()
+        self._room.unpark_all()
+        self._ready.unpark_all()
+        self._drained.unpark_all()
+        return items
+
+
+# ---------------------------------------------------------------------------------------------
+# One connection
+
+
+async def handshake(
+    transport: WebSocketTransport,
+    *,
+    url: str,
+    token: str | None,
+    name: str | None,
+    timeout: float,
+) -> tuple[ClientConnection, Welcome]:
+    """Say ``hello`` and wait for ``welcome``: the protocol connection and the welcome.
+
+    Raises:
+        HandshakeError: if the broker refused (``code`` is the close code its error implies:
+            1008 for ``auth_failed``), broke the protocol, closed the connection, or did not
+            answer within *timeout* seconds. The message names *url* and the reason.
+    """
+    conn = ClientConnection()
+    answer: Welcome | Error | None = None
+    with trio.move_on_after(timeout):
+        try:
+            await transport.send(conn.send(Hello(token=token, client=name)))
+            while answer is None:
+                conn.receive_text(await transport.receive())
+                for item in conn.frames():
+                    if type(item) is Welcome or type(item) is Error:
+                        answer = item
+                        break
+        except RemoteProtocolError as exc:
+            raise HandshakeError(
+                f"{url} broke the protocol during the handshake: {exc}",
+                code=close_code_for(exc.code),
+            ) from exc
+        except ConnectionClosed as exc:
+            raise HandshakeError(
+                f"{url} closed the connection during the handshake: {exc}",
+                code=exc.code,
+                reason=exc.reason,
+            ) from exc
+    if type(answer) is Welcome:
+        return conn, answer
+    if type(answer) is Error:
+        raise HandshakeError(
+            f"{url} refused the handshake ({answer.code}): {answer.message}",
+            code=close_code_for(answer.code),
+            reason=answer.message,
+        )
+    raise HandshakeError(f"{url} did not answer 'hello' within {timeout:g} s")
+
+
+class Link:
+    """One connection of the client, from ``welcome`` to its end.
+
+    ``await link.run()`` runs the reader, the writer and the heartbeat until the connection
+    fails, and returns why (a :exc:`ConnectionClosed`). Cancelling it ends the connection too.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        transport: WebSocketTransport,
+        conn: ClientConnection,
+        welcome: Welcome,
+    ) -> None:
+        self.client = client
+        self.transport = transport
+        self.conn = conn
+        self.heartbeat = welcome.heartbeat
+        #: Subscriptions by their id on this connection.
+        self.by_id: dict[int, RemoteSub] = {}
+        #: Sent operations waiting for their answer, by ref, in the order they were sent.
+        self.inflight: dict[int, Pending[Any]] = {}
+        #: ``unsubscribe`` frames waiting for ``unsubscribed``, by subscription id.
+        self.unsubscribing: dict[int, trio.Event] = {}
+        #: The writer is sending (so the outbox being empty does not mean all was sent).
+        self.writing = False
+        #: The reader waits for room in a ``block`` subscription (it is not reading).
+        self.stalled = False
+        now = trio.current_time()
+        self.last_sent = now
+        self.last_received = now
+        self.last_error: Error | None = None
+        self.reason: ConnectionClosed | None = None
+        #: The close code to close the WebSocket with (None: it is closed already).
+        self.close_code: int | None = None
+        self._scope: trio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        return f"<Link {self.transport.remote} subscriptions={len(self.by_id)}>"
+
+    # -- bookkeeping the client asks for ------------------------------------------------------
+
+    def subscribe(self, rs: RemoteSub) -> Subscribe:
+        """Give *rs* an id on this connection; the ``subscribe`` frame to send."""
+        sub_id = self.conn.next_id()
+        rs.id = sub_id
+        self.by_id[sub_id] = rs
+        return rs.frame(sub_id)
+
+    def unsubscribe(self, rs: RemoteSub) -> trio.Event | None:
+        """Queue ``unsubscribe`` for *rs*; an event set on ``unsubscribed`` (None: not here)."""
+        sub_id = rs.id
+        rs.id = None
+        if sub_id is None or self.by_id.pop(sub_id, None) is None:
+            return None
+        done = trio.Event()
+        self.unsubscribing[sub_id] = done
+        self.client._outbox.append(Unsubscribe(id=sub_id))
+        return done
+
+    def end(self, reason: ConnectionClosed, close_code: int | None = None) -> None:
+        """The connection is over: stop the tasks; the first reason given wins."""
+        if self.reason is None:
+            self.reason = reason
+            self.close_code = close_code
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # -- the tasks ------------------------------------------------------------------------
+
+    async def run(self) -> ConnectionClosed:
+        """Run the connection until it fails; why it did."""
+        async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            if self.reason is not None:  # ended before it started
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(self._reader)
+            nursery.start_soon(self._writer)
+            if self.heartbeat > 0:
+                nursery.start_soon(self._heartbeat)
+        assert self.reason is not None
+        return self.reason
+
+    def _lost(self, exc: ConnectionClosed) -> ConnectionClosed:
+        message = f"lost the connection to {self.client.url}: {exc}"
+        error = self.last_error
+        if error is not None:
+            message += f" (the broker's last error: {error.code}: {error.message})"
+        return ConnectionClosed(message, code=exc.code, reason=exc.reason)
+
+    async def _reader(self) -> None:
+        try:
+            await self._read()
+        except ConnectionClosed as exc:
+            self.end(self._lost(exc))
+        except RemoteProtocolError as exc:  # fatal: raised by conn.frames()
+            code = close_code_for(exc.code)
+            self.end(
+                ConnectionClosed(
+                    f"the broker at {self.client.url} broke the protocol: {exc}", code=code
+                ),
+                close_code=code,
+            )
+
+    async def _read(self) -> None:
+        conn = self.conn
+        transport = self.transport
+        client = self.client
+        by_id = self.by_id
+        replies = client._replies
+        while True:
+            for item in conn.frames():
+                if type(item) is EventFrame:
+                    event = item.event
+                    seq = event.seq
+                    for sub_id in item.subs:
+                        rs = by_id.get(sub_id)
+                        if rs is None:
+                            continue  # unsubscribed meanwhile
+                        sub = rs.sub
+                        if sub is None:  # the inbox
+                            request = replies.get(event.topic)
+                            if request is not None:
+                                request.succeed(event)
+                            continue
+                        if seq is not None:
+                            rs.last_seq = seq
+                        if sub._offer(event) < 0:
+                            await self._offer_blocking(sub, event)
+                    client._received += 1
+                else:
+                    self._handle(item)
+            try:
+                text = await transport.receive()
+            except RemoteProtocolError as exc:  # a binary message that is not UTF-8
+                self._report(exc)
+                continue
+            self.last_received = trio.current_time()
+            conn.receive_text(text)
+
+    async def _offer_blocking(self, sub: Subscription, event: Event) -> None:
+        """Wait for room in a full ``block`` subscription: the connection stalls meanwhile
+        (TCP pushes back on the broker, which then drops for this client and sends ``gap``)."""
+        self.stalled = True
+        try:
+            while True:
+                await sub._wait_room()
+                if sub._offer(event) >= 0:
+                    return
+        finally:
+            self.stalled = False
+            self.last_received = trio.current_time()
+
+    def _handle(self, item: Any) -> None:
+        cls = type(item)
+        if cls is Ack or cls is HistoryResult:
+            pending = self.inflight.pop(item.ref, None)
+            if pending is not None:
+                pending.ref = None
+                pending.answer(item)
+        elif cls is Subscribed:
+            rs = self.by_id.get(item.id)
+            if rs is not None:
+                rs.settle()
+        elif cls is Unsubscribed:
+            done = self.unsubscribing.pop(item.id, None)
+            if done is not None:
+                done.set()
+        elif cls is Gap:
+            rs = self.by_id.get(item.sub)
+            if rs is not None and rs.sub is not None:
+                rs.sub._add_missed(item.missed)
+        elif cls is Error:
+            self._refused(item)
+        elif cls is Ping:
+            self.client._outbox.append(Pong())
+        elif cls is Pong:
+            pass  # a sign of life, already noted
+        elif isinstance(item, RemoteProtocolError):
+            self._report(item)
+        else:  # pragma: no cover - ClientConnection lets no other frame through
+            logger.warning("unexpected frame from %s: %r", self.client.url, item)
+
+    def _refused(self, error: Error) -> None:
+        ref = error.ref
+        if ref is not None:
+            pending = self.inflight.pop(ref, None)
+            if pending is not None:
+                pending.ref = None
+                pending.fail(error_from_frame(error, pending.topic))
+                return
+            rs = self.by_id.pop(ref, None)
+            if rs is not None:
+                rs.id = None
+                self.client._refused(rs, error_from_frame(error, rs.pattern))
+                return
+        self.last_error = error
+        self.client._errors += 1
+        logger.warning(
+            "the broker at %s reported an error (%s): %s",
+            self.client.url,
+            error.code,
+            error.message,
+        )
+
+    def _report(self, exc: RemoteProtocolError) -> None:
+        self.client._errors += 1
+        logger.warning("bad input from the broker at %s: %s", self.client.url, exc)
+
+    async def _writer(self) -> None:
+        outbox = self.client._outbox
+        try:
+            while True:
+                if not outbox.items:
+                    outbox.notify_drained()
+                    await outbox.wait_ready()
+                    continue
+                items = outbox.take(WRITE_BATCH)
+                self.writing = True
+                try:
+                    await self._send(items)
+                finally:
+                    self.writing = False
+        except ConnectionClosed as exc:
+            self.end(self._lost(exc))
+
+    async def _send(self, items: list[OutboxItem]) -> None:
+        """Send *items* as one message (or a few, if one would be too large)."""
+        frames: list[ClientFrame] = []
+        kept: list[OutboxItem] = []
+        inflight = self.inflight
+        conn = self.conn
+        for item in items:
+            if type(item) is Publish:
+                frames.append(item)
+            elif isinstance(item, Pending):
+                if item.abandoned or item.done.is_set():
+                    continue
+                ref = conn.next_id()
+                item.ref = ref
+                inflight[ref] = item
+                frames.append(item.frame(ref))
+            else:
+                frames.append(item)
+            kept.append(item)
+        if not frames:
+            return
+        sent = 0  # how many of *kept* went out
+        try:
+            text = conn.send(frames if len(frames) > 1 else frames[0])
+            if len(text) <= self.client._max_message_size:
+                await self.transport.send(text)
+                sent = len(kept)
+            else:
+                for end, piece in self._split(frames, kept):
+                    if piece is not None:
+                        await self.transport.send(piece)
+                    sent = end
+            self.last_sent = trio.current_time()
+        finally:
+            if sent < len(kept):
+                self._restore(kept[sent:])
+
+    def _split(
+        self, frames: list[ClientFrame], kept: list[OutboxItem]
+    ) -> Iterable[tuple[int, str | None]]:
+        """Split a batch too large for one message: ``(end, text)`` per message, where *end*
+        is the index after its last frame; a frame too large on its own fails (text None)."""
+        limit = self.client._max_message_size
+        texts = [encode(frame) for frame in frames]
+        start = 0
+        while start < len(frames):
+            if len(texts[start]) + 2 > limit:
+                self._too_large(kept[start], len(texts[start]))
+                yield start + 1, None
+                start += 1
+                continue
+            end = start
+            size = 2
+            while end < len(frames) and size + len(texts[end]) + 1 <= limit:
+                size += len(texts[end]) + 1
+                end += 1
+            yield end, "[" + ",".join(texts[start:end]) + "]"
+            start = end
+
+    def _too_large(self, item: OutboxItem, size: int) -> None:
+        limit = self.client._max_message_size
+        message = (
+            f"a {type(item).__name__} frame of {size} characters is larger than the "
+            f"largest message ({limit}); it was not sent"
+        )
+        if isinstance(item, Pending):
+            if item.ref is not None:
+                self.inflight.pop(item.ref, None)
+                item.ref = None
+            item.fail(RemoteProtocolError(message, code="too_large"))
+        else:
+            self.client._errors += 1
+            logger.error("%s", message)
+
+    def _restore(self, items: list[OutboxItem]) -> None:
+        """Put back what was not sent (the connection is gone); its control frames go."""
+        keep: list[OutboxItem] = []
+        for item in items:
+            if isinstance(item, Pending):
+                if item.ref is not None:
+                    self.inflight.pop(item.ref, None)
+                    item.ref = None
+                keep.append(item)
+            elif type(item) is Publish:
+                keep.append(item)
+        self.client._outbox.push_front(keep)
+
+    async def _heartbeat(self) -> None:
+        interval = self.heartbeat
+        outbox = self.client._outbox
+        while True:
+            now = trio.current_time()
+            if self.stalled:  # we are not reading: the silence is ours, not the broker's
+                self.last_received = now
+            silent_until = self.last_received + 2 * interval
+            if now >= silent_until:
+                self.end(
+                    ConnectionClosed(
+                        f"lost the connection to {self.client.url}: the broker sent nothing "
+                        f"for {2 * interval:g} s (twice its heartbeat interval)"
+                    ),
+                    close_code=CLOSE_GOING_AWAY,
+                )
+                return
+            idle_until = self.last_sent + interval
+            if now >= idle_until:
+                outbox.append(Ping())
+                self.last_sent = now
+                idle_until = now + interval
+            await trio.sleep_until(min(silent_until, idle_until))
