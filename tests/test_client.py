@@ -25,6 +25,7 @@ import trio_websocket
 
 from trio_realtime import (
     ConnectionClosed,
+    EpochChanged,
     Event,
     EventChannel,
     HandshakeError,
@@ -764,7 +765,7 @@ async def test_acked_publish_in_flight_is_resent_with_the_same_id() -> None:
 
 
 async def test_resubscribe_resumes_after_the_last_seq_of_the_same_epoch() -> None:
-    """A resubscribe asks for events after the last seq seen, unless the store changed."""
+    """A resubscribe resumes after the last seq seen; a new store is reported and replayed."""
     resubscribes: list[Subscribe] = []
 
     async def script(peer: Peer) -> None:
@@ -796,7 +797,12 @@ async def test_resubscribe_resumes_after_the_last_seq_of_the_same_epoch() -> Non
             await server.wait_connections(3)
             await client.wait_connected()
             assert client.epoch == "two"
-    assert [(r.since, r.since_time) for r in resubscribes] == [(42, None), (None, None)]
+            with pytest.raises(EpochChanged, match="'one' -> 'two'") as info:
+                sub.receive_nowait()
+            assert (info.value.old_epoch, info.value.new_epoch) == ("one", "two")
+            with pytest.raises(trio.WouldBlock):
+                sub.receive_nowait()  # reported once; the subscription goes on
+    assert [(r.since, r.since_time) for r in resubscribes] == [(42, None), (0, None)]
 
 
 async def test_refused_resubscribe_ends_the_subscription_with_the_error() -> None:
@@ -1172,6 +1178,7 @@ async def test_backoff_is_capped_full_jitter() -> None:
         assert client.statistics() == ClientStatistics(
             state=ClientState.CONNECTING,
             reconnects=0,
+            catch_ups=0,
             published=0,
             received=0,
             outbox=0,

@@ -51,7 +51,7 @@ from ._client_conn import (
     is_fatal,
     since_fields,
 )
-from ._errors import ConnectionClosed
+from ._errors import ConnectionClosed, EpochChanged
 from ._event import Event
 from ._topics import validate_pattern
 from ._transport import (
@@ -114,6 +114,8 @@ class ClientStatistics:
     Attributes:
         state: The client's state.
         reconnects: Connections re-established after the first.
+        catch_ups: Times a persisted subscription that the broker dropped events for (a
+            ``gap``) re-read them from the store.
         published: Events handed to the client for sending (``publish`` and ``request``).
         received: Events received from the broker.
         outbox: Frames and operations waiting to be sent.
@@ -125,6 +127,7 @@ class ClientStatistics:
 
     state: ClientState
     reconnects: int
+    catch_ups: int
     published: int
     received: int
     outbox: int
@@ -190,6 +193,7 @@ class Client:
         self._replies: dict[str, RequestPending] = {}
         self._unyielded = 0
         self._reconnects = 0
+        self._catch_ups = 0
         self._published = 0
         self._received = 0
         self._errors = 0
@@ -208,6 +212,7 @@ class Client:
         return ClientStatistics(
             state=self._state,
             reconnects=self._reconnects,
+            catch_ups=self._catch_ups,
             published=self._published,
             received=self._received,
             outbox=len(self._outbox),
@@ -657,10 +662,17 @@ class Client:
         welcome = link.conn.welcome
         assert welcome is not None
         if not first and welcome.epoch != self.epoch:
-            # Another store: our seqs mean nothing there. Resume live (or from the time).
+            # Another store: our seqs mean nothing there. A subscription that was resuming by
+            # seq is told (once, after what it has received) and replays the new store from
+            # its start; the others go on as they were.
             for rs in self._subs:
+                if rs.last_seq is None and rs.since is None:
+                    continue
                 rs.last_seq = None
-                rs.since = None
+                rs.since = 0 if welcome.epoch is not None else None
+                rs.since_time = None
+                if rs.sub is not None:
+                    rs.sub._notify(EpochChanged(rs.pattern, self.epoch, welcome.epoch))
         self.session = welcome.session
         self.epoch = welcome.epoch
         self.broker = welcome.broker

@@ -529,6 +529,22 @@ class Link:
         self.client._outbox.append(Unsubscribe(id=sub_id))
         return done
 
+    def catch_up(self, rs: RemoteSub) -> None:
+        """The broker dropped events of *rs*, a persisted subscription: fetch them from the store.
+
+        The subscription is re-created under a new id, resuming after the last seq received;
+        whatever still arrives under the old id is ignored, so nothing is seen twice.
+        """
+        old = rs.id
+        if old is None or self.by_id.pop(old, None) is None:
+            return
+        rs.id = None
+        self.unsubscribing[old] = trio.Event()
+        outbox = self.client._outbox
+        outbox.append(Unsubscribe(id=old))
+        outbox.append(self.subscribe(rs))
+        self.client._catch_ups += 1
+
     def end(self, reason: ConnectionClosed, close_code: int | None = None) -> None:
         """The connection is over: stop the tasks; the first reason given wins."""
         if self.reason is None:
@@ -595,6 +611,9 @@ class Link:
                                 request.succeed(event)
                             continue
                         if seq is not None:
+                            last = rs.last_seq
+                            if last is not None and seq <= last:
+                                continue  # delivered already (a resume overlaps what it had)
                             rs.last_seq = seq
                         if sub._offer(event) < 0:
                             await self._offer_blocking(sub, event)
@@ -640,7 +659,10 @@ class Link:
         elif cls is Gap:
             rs = self.by_id.get(item.sub)
             if rs is not None and rs.sub is not None:
-                rs.sub._add_missed(item.missed)
+                if rs.last_seq is None:
+                    rs.sub._add_missed(item.missed)  # not persisted: lost for good
+                else:
+                    self.catch_up(rs)
         elif cls is Error:
             self._refused(item)
         elif cls is Ping:
