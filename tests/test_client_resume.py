@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from trio_realtime import Broker, EpochChanged, open_client
@@ -69,13 +70,10 @@ async def test_restart_with_a_new_store_is_reported_once() -> None:
                 await nursery.start(run, second, port)
                 await second.bus.publish("feed.x", "stored before the client is back")
                 await client.wait_connected()
-                try:
+                with pytest.raises(EpochChanged) as info:
                     await sub.receive()
-                except EpochChanged as exc:
-                    assert exc.old_epoch == old_epoch
-                    assert exc.new_epoch == client.epoch != old_epoch
-                else:
-                    raise AssertionError("the new store must be reported")
+                assert info.value.old_epoch == old_epoch
+                assert info.value.new_epoch == client.epoch != old_epoch
                 # then the subscription goes on, replaying the new store from its start
                 got = await sub.receive()
                 assert (got.seq, got.data) == (1, "stored before the client is back")
