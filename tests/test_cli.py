@@ -13,7 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from trio_realtime._cli import main
+from trio_realtime import Event
+from trio_realtime._cli import main, open_store
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -75,6 +76,30 @@ def test_serve_exits_0_on_sigterm(tmp_path: Path) -> None:
     server = ServeProcess("--store", "none", cwd=tmp_path)
     assert "not stored" in server.banner[1]
     assert server.stop(signal.SIGTERM)[0] == 0
+
+
+def test_serve_store_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """serve accepts --synchronous and retention options and stores with them."""
+    server = ServeProcess(
+        "--store", "sqlite:full.db", "--synchronous", "full", "--max-events", "2", cwd=tmp_path
+    )
+    try:
+        assert run(capsys, "pub", server.url, "r.x", "1")[0] == 0
+    finally:
+        assert server.stop()[0] == 0
+
+
+async def test_open_store_applies_the_options(tmp_path: Path) -> None:
+    """--store specs build the right store, with retention and durability options."""
+    assert open_store("none") is None
+    memory = open_store("memory", max_events=2)
+    sqlite = open_store(f"sqlite:{tmp_path / 'x.db'}", synchronous="full", max_events=2)
+    for store in (memory, sqlite):
+        assert store is not None
+        async with store:
+            await store.append([Event(topic="r.x", data=i) for i in range(3)])
+            await store.apply_retention()
+            assert [e.data for e in await store.read("r.x")] == [1, 2]
 
 
 def test_serve_refuses_a_corrupt_database_with_one_line(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TextIO
 
 import orjson
 import trio
@@ -51,17 +51,23 @@ def _headers(pairs: Sequence[str]) -> dict[str, str] | None:
     return headers or None
 
 
-def open_store(spec: str) -> Store | None:
+def open_store(
+    spec: str,
+    *,
+    synchronous: Literal["normal", "full"] = "normal",
+    max_events: int | None = None,
+    max_age: float | None = None,
+) -> Store | None:
     """The store a ``--store`` option names: ``sqlite:PATH``, ``memory`` or ``none``."""
     from .store import MemoryStore, SQLiteStore
 
     if spec == "memory":
-        return MemoryStore()
+        return MemoryStore(max_events=max_events, max_age=max_age)
     if spec == "none":
         return None
     kind, sep, path = spec.partition(":")
     if kind == "sqlite" and sep and path:
-        return SQLiteStore(path)
+        return SQLiteStore(path, synchronous=synchronous, max_events=max_events, max_age=max_age)
     raise CommandError(f"--store takes sqlite:PATH, memory or none, not {spec!r}")
 
 
@@ -78,7 +84,12 @@ def _print_event(event: Event, *, pretty: bool, out: TextIO) -> None:
 async def _serve(args: argparse.Namespace) -> None:
     from ._broker import Broker
 
-    store = open_store(args.store)
+    store = open_store(
+        args.store,
+        synchronous=args.synchronous,
+        max_events=args.max_events,
+        max_age=args.max_age,
+    )
     broker = Broker(
         store=store,
         persist=args.persist or None,
@@ -171,6 +182,19 @@ def _parser() -> argparse.ArgumentParser:
         "--store",
         default=DEFAULT_STORE,
         help=f"sqlite:PATH, memory or none (default: {DEFAULT_STORE}, in this directory)",
+    )
+    serve.add_argument(
+        "--synchronous",
+        choices=["normal", "full"],
+        default="normal",
+        help="SQLite durability: an acked event survives a crash of the broker (normal, the "
+        "default) or a power loss too (full, slower)",
+    )
+    serve.add_argument(
+        "--max-events", type=int, metavar="N", help="keep at most N stored events (oldest go)"
+    )
+    serve.add_argument(
+        "--max-age", type=float, metavar="SECONDS", help="keep stored events this long at most"
     )
     serve.add_argument(
         "--persist",
