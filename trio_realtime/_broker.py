@@ -27,6 +27,7 @@ from ._event import Event
 from ._session import Session
 from ._topics import validate_pattern
 from ._transport import listen
+from ._util import only_leaf
 from .protocol import CLOSE_GOING_AWAY
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ class Broker:
         self._actor_errors = 0
         self._errors: Counter[str] = Counter()
         self._serving = False
+        self._shutting_down = False
         self._sys_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
 
     @property
@@ -243,6 +245,7 @@ class Broker:
         if self._serving:
             raise RuntimeError("this broker is already serving")
         self._serving = True
+        self._shutting_down = False
         try:
             if self._bus is not None:
                 await self._serve(self._bus, host, port, ssl_context, task_status)
@@ -252,6 +255,12 @@ class Broker:
                     await self._serve(bus, host, port, ssl_context, task_status)
                 finally:
                     self._bus = None
+        except BaseExceptionGroup as group:
+            # Failing to listen (say, the port is taken) is one OSError: raise it as such.
+            leaf = only_leaf(group)
+            if isinstance(leaf, OSError):
+                raise leaf from group
+            raise
         finally:
             self._serving = False
 
@@ -333,6 +342,7 @@ class Broker:
             )
 
     async def _close_sessions(self) -> None:
+        self._shutting_down = True
         async with trio.open_nursery() as nursery:
             for session in list(self._sessions.values()):
                 nursery.start_soon(session.close, CLOSE_GOING_AWAY, "broker shutting down")
@@ -347,14 +357,19 @@ class Broker:
             logger.exception("session %s failed", session_id)
             await transport.aclose(1011, "internal error", timeout=self.shutdown_timeout)
 
-    async def _session_started(self, session: Session) -> None:
+    async def _session_started(self, session: Session) -> bool:
+        """Count *session* in; False if the broker is shutting down (it must leave)."""
+        if self._shutting_down:
+            return False
         self._sessions[session.id] = session
-        self._no_sessions = trio.Event()
+        if self._no_sessions.is_set():
+            self._no_sessions = trio.Event()
         self._connections_total += 1
         logger.info(
             "client %r connected from %s as %s", session.client, session.address, session.id
         )
         self._publish_sys("$sys.connect", session)
+        return True
 
     async def _session_ended(self, session: Session) -> None:
         self._sessions.pop(session.id, None)

@@ -228,6 +228,7 @@ class Bus:
         self._retained: dict[str, Event] = {}
         self._pending: list[PendingCommit] = []
         self._recent_ids: dict[str, Event] = {}
+        self._in_flight: dict[str, PendingCommit] = {}
         self._replays: dict[Sink, _ReplaySink] = {}
         self._pending_lot = trio.lowlevel.ParkingLot()
         self._pending_room = trio.lowlevel.ParkingLot()
@@ -334,12 +335,16 @@ class Bus:
             pending.result = stored
             pending.done.set()
             return pending
+        in_flight = self._in_flight.get(event.id)
+        if in_flight is not None:  # re-sent while the first copy is still being stored
+            return in_flight
         while len(self._pending) >= MAX_PENDING_COMMITS:
             await self._pending_room.park()
             if self._closed:
                 raise trio.ClosedResourceError("the bus is closed")
         pending = PendingCommit(event, retain)
         self._pending.append(pending)
+        self._in_flight[event.id] = pending
         if self._pending_lot:
             self._pending_lot.unpark()
         return pending
@@ -464,8 +469,9 @@ class Bus:
                         p.error = outcome
                     p.done.set()
             finally:
-                # Cancelled mid-batch (the bus is closing): nobody may wait forever.
                 for p in batch:
+                    self._in_flight.pop(p.event.id, None)
+                    # Cancelled mid-batch (the bus is closing): nobody may wait forever.
                     if not p.done.is_set():
                         p.error = trio.ClosedResourceError(
                             "the bus closed before the event was stored and routed"
@@ -569,10 +575,12 @@ class Bus:
             payload_type=payload_type,
             on_disconnect=self.remove_sink,
         )
-        replay = await self.add_sink_since(sub, since) if since is not None else None
-        if replay is None:
-            self.add_sink(sub)
+        replay: trio.CancelScope | None = None
         try:
+            if since is None:
+                self.add_sink(sub)
+            else:
+                replay = await self.add_sink_since(sub, since)
             yield sub
         finally:
             if replay is not None:
@@ -741,6 +749,7 @@ class Bus:
             pending.error = trio.ClosedResourceError("the bus closed before storing the event")
             pending.done.set()
         self._pending.clear()
+        self._in_flight.clear()
         self._pending_room.unpark_all()
 
 
@@ -847,7 +856,12 @@ async def answer_requests(
             task_status.started(scope)
             async with trio.open_nursery() as nursery:
                 async for event in sub:
-                    await semaphore.acquire()
+                    # acquire() is a checkpoint even when a slot is free: one more trip
+                    # through the scheduler on every request's path. Wait only when full.
+                    try:
+                        semaphore.acquire_nowait()
+                    except trio.WouldBlock:
+                        await semaphore.acquire()
                     nursery.start_soon(answer, event)
     finally:
         done.set()

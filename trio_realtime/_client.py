@@ -380,8 +380,10 @@ class Client:
         try:
             yield sub
         finally:
-            await self._stop(rs)
+            # Close first: a reader stalled on this full subscription must go on to read the
+            # broker's `unsubscribed`.
             sub._close()
+            await self._stop(rs)
 
     async def _start(self, rs: RemoteSub) -> None:
         """Subscribe *rs* on the broker and wait for the answer."""

@@ -614,9 +614,11 @@ class Link:
                             last = rs.last_seq
                             if last is not None and seq <= last:
                                 continue  # delivered already (a resume overlaps what it had)
-                            rs.last_seq = seq
                         if sub._offer(event) < 0:
                             await self._offer_blocking(sub, event)
+                        if seq is not None:
+                            # Only once the subscription has it: a resume starts after it.
+                            rs.last_seq = seq
                     client._received += 1
                 else:
                     self._handle(item)

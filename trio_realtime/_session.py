@@ -14,7 +14,7 @@ import logging
 import math
 from collections import deque
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import trio
 
@@ -32,6 +32,7 @@ from ._topics import validate_pattern, validate_topic
 from ._util import open_service_nursery
 from .protocol import (
     BAD_FRAME,
+    CLOSE_GOING_AWAY,
     CLOSE_PROTOCOL,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG,
@@ -42,6 +43,7 @@ from .protocol import (
     SLOW_CONSUMER,
     TOO_LARGE,
     Ack,
+    ConnectionState,
     Error,
     EventFrame,
     Gap,
@@ -61,6 +63,7 @@ from .protocol import (
     close_code_for,
     encode_event,
 )
+from .protocol._codec import encode_event_frame_text
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -72,12 +75,20 @@ logger = logging.getLogger("trio_realtime.broker")
 
 #: Frames the writer puts in one message at most.
 MAX_BATCH: Final = 512
+#: Answers (weighted: a history result by its events) queued for a client before the broker
+#: stops reading from it until it reads them.
+MAX_ANSWER_BACKLOG: Final = 10_000
 #: Characters a frame adds around its event (type, subs, punctuation), counted generously.
 FRAME_OVERHEAD: Final = 64
 #: Close code for a peer that stayed silent for two heartbeat intervals (an extension).
 CLOSE_HEARTBEAT: Final = 4002
 #: Most events one ``history`` request returns.
 MAX_HISTORY: Final = 10_000
+
+
+def cost_of_answer(frame: ServerFrame) -> int:
+    """How much a queued answer counts against :data:`MAX_ANSWER_BACKLOG`."""
+    return 1 + len(frame.events) if isinstance(frame, HistoryResult) else 1
 
 
 class _EventItem:
@@ -146,6 +157,8 @@ class Session:
         self._room_lot = trio.lowlevel.ParkingLot()
         self._slow = False
         self._closing = False
+        self._queued_control = 0  # answers queued (weighted: a history result by its events)
+        self._processing = False  # the reader is acting on the client's frames
         self._last_received = trio.current_time()
         self._nursery: trio.Nursery | None = None
         self._acks_send, self._acks_receive = trio.open_memory_channel[tuple[int, PendingCommit]](
@@ -159,6 +172,7 @@ class Session:
 
     def _enqueue(self, frame: ServerFrame) -> None:
         self._queue.append(frame)
+        self._queued_control += cost_of_answer(frame)
         if self._writer_lot:
             self._writer_lot.unpark()
 
@@ -184,7 +198,10 @@ class Session:
             if not self._slow:
                 self._slow = True
                 self.broker._count_error(SLOW_CONSUMER)
+                for remote in self.subscriptions.values():
+                    remote._end()  # a replay waiting for room stops too
                 self._writer_lot.unpark_all()
+                self._room_lot.unpark_all()
             return
         for i, item in enumerate(self._queue):
             if type(item) is _EventItem:
@@ -202,6 +219,7 @@ class Session:
         return self._queued_events < self.broker.session_buffer
 
     async def _wait_room(self) -> None:
+        await trio.lowlevel.checkpoint()
         while self._queued_events >= self.broker.session_buffer and not self._slow:
             await self._room_lot.park()
 
@@ -216,43 +234,70 @@ class Session:
             if not queue and not self._gaps:
                 await self._writer_lot.park()
                 continue
-            frames: list[ServerFrame] = []
+            # While the connection is open, event frames need no protocol checks or
+            # bookkeeping (ServerConnection records nothing for them): their text is joined
+            # here around each event's cached encoding, without building EventFrame objects;
+            # other frames go through the connection one by one (in the open state none of
+            # them changes it). Otherwise the whole batch goes through the connection.
+            conn = self.conn
+            fast = conn.state is ConnectionState.OPEN
+            frames: list[ServerFrame] = []  # when not fast
+            parts: list[str] = []  # each frame's text, when fast
+            count = 0
             if self._gaps:
-                frames.extend(
+                gaps = [
                     Gap(sub=sub_id, missed=missed)
                     for sub_id, missed in self._gaps.items()
                     if sub_id in self.subscriptions
-                )
+                ]
                 self._gaps.clear()
+                if fast:
+                    parts.extend([conn.send(gap) for gap in gaps])
+                else:
+                    frames.extend(gaps)
+                count = len(gaps)
             events = 0
             # A batch stays well under the client's message size limit: at most a quarter of
             # it in characters, so that even 4-byte UTF-8 text fits.
             budget = self.broker.max_message_size // 4
             size = 0
-            while queue and len(frames) < MAX_BATCH:
+            while queue and count < MAX_BATCH:
                 item = queue[0]
                 if type(item) is _EventItem:
-                    cost = len(encode_event(item.event)) + FRAME_OVERHEAD  # cached for the send
-                    if frames and size + cost > budget:
+                    event_text = encode_event(item.event)  # cached since the publish
+                    cost = len(event_text) + FRAME_OVERHEAD
+                    if count and size + cost > budget:
                         break
                     queue.popleft()
                     events += 1
-                    frames.append(EventFrame(subs=tuple(item.subs), event=item.event))
+                    if fast:
+                        parts.append(encode_event_frame_text(item.subs, event_text))
+                    else:
+                        frames.append(EventFrame(subs=tuple(item.subs), event=item.event))
                 else:
                     cost = FRAME_OVERHEAD
                     if type(item) is HistoryResult:
                         cost += sum(len(encode_event(e)) for e in item.events)
-                    if frames and size + cost > budget:
+                    if count and size + cost > budget:
                         break
                     queue.popleft()
-                    frames.append(item)  # type: ignore[arg-type]
+                    answer = cast("ServerFrame", item)
+                    self._queued_control -= cost_of_answer(answer)
+                    if fast:
+                        parts.append(conn.send(answer))
+                    else:
+                        frames.append(answer)
+                count += 1
                 size += cost
             self._queued_events -= events
             if self._room_lot:
                 self._room_lot.unpark_all()
-            if not frames:
+            if not count:
                 continue
-            text = self.conn.send(frames if len(frames) > 1 else frames[0])
+            if fast:
+                text = parts[0] if count == 1 else "[" + ",".join(parts) + "]"
+            else:
+                text = conn.send(frames if len(frames) > 1 else frames[0])
             try:
                 await self.transport.send(text)
             except ConnectionClosed:
@@ -284,7 +329,9 @@ class Session:
             hello = await self._handshake()
             if hello is None:
                 return
-            await self.broker._session_started(self)
+            if not await self.broker._session_started(self):
+                await self.close(CLOSE_GOING_AWAY, "broker shutting down")
+                return
             try:
                 async with open_service_nursery() as nursery:
                     self._nursery = nursery
@@ -362,10 +409,16 @@ class Session:
             if trio.current_time() < quiet_since + interval:
                 await trio.sleep_until(quiet_since + interval)
                 continue
+            if self._processing:
+                # Busy with the client's frames (waiting on the bus): not the client's
+                # silence. A ping still tells the client that the broker is alive.
+                self._last_received = trio.current_time()
+                self._enqueue(Ping())
+                continue
             pinged = trio.current_time()
             self._enqueue(Ping())
             await trio.sleep(interval)  # every ping gets a whole interval to be answered
-            if self._last_received < pinged:
+            if self._last_received < pinged and not self._processing:
                 self.broker._count_error("heartbeat_timeout")
                 await self.close(CLOSE_HEARTBEAT, "heartbeat timeout")
                 self._nursery_cancel()
@@ -377,10 +430,17 @@ class Session:
 
     async def _acker(self) -> None:
         """Answer persisted publishes in order, once stored: a whole commit's acks at once."""
-        async for ref, pending in self._acks_receive:
+        receive = self._acks_receive
+        while True:
+            # Everything already queued, and already stored, is acked without a checkpoint (a
+            # channel's receive() is one), so that the acks of one group commit leave in one
+            # message rather than one or two each. (Each round still ends with a checkpoint:
+            # receive() when the queue is empty, or waiting for a commit.)
             try:
-                # An already-stored event is acked without a checkpoint, so that the acks of
-                # one group commit leave in one message rather than one message each.
+                ref, pending = receive.receive_nowait()
+            except trio.WouldBlock:
+                ref, pending = await receive.receive()
+            try:
                 event = pending.result if pending.done.is_set() else None
                 if event is None:
                     event = await pending.wait()
@@ -388,6 +448,8 @@ class Session:
                 self._error(ref, INTERNAL, f"the event was not stored: {exc}")
             except trio.ClosedResourceError:
                 self._error(ref, INTERNAL, "the broker is shutting down; the event was not stored")
+            except (ValueError, TypeError) as exc:  # refused by the store, such as a reused id
+                self._error(ref, BAD_FRAME, f"the event was not stored: {exc}")
             else:
                 self._enqueue(Ack(ref=ref, id=event.id, seq=event.seq))
 
@@ -396,12 +458,23 @@ class Session:
     async def _reader(self) -> None:
         conn = self.conn
         while True:
+            # While acting on the client's frames (which may wait on the bus), silence from
+            # the client is ours: the heartbeat does not count it.
+            self._processing = True
             for item in conn.frames():
-                if isinstance(item, RemoteProtocolError):
+                if type(item) is Publish:  # the bulk of the traffic: no dispatch
+                    await self._publish(item)
+                elif isinstance(item, RemoteProtocolError):
                     self.broker._count_error(item.code)
                     self._enqueue(Error.from_exception(item))
                 else:
                     await self._handle(item)
+            self._processing = False
+            self._last_received = trio.current_time()
+            # A client that sends requests but does not read the answers is not read either
+            # until it does: TCP then pushes back on it.
+            while self._queued_control > MAX_ANSWER_BACKLOG:
+                await self._room_lot.park()
             try:
                 text = await self.transport.receive()
             except ConnectionClosed as exc:
@@ -437,8 +510,7 @@ class Session:
         elif kind is Ping:
             self._enqueue(Pong())
         elif kind is History:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._history, frame)
+            await self._history(frame)  # one at a time: a client cannot pile up store reads
         # Pong: its arrival already counts as a sign of life.
 
     async def _publish(self, frame: Publish) -> None:

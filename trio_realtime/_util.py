@@ -7,7 +7,17 @@ from contextlib import asynccontextmanager
 
 import trio
 
-__all__ = ["open_service_nursery"]
+__all__ = ["only_leaf", "open_service_nursery"]
+
+
+def only_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception at the bottom of nested single-member groups, else None."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
 
 
 @asynccontextmanager
