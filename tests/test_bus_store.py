@@ -241,3 +241,23 @@ async def test_history_arguments(make_store: StoreFactory) -> None:
         since = events[7].time - timedelta(microseconds=0)
         assert (await bus.history("h.*", since=since))[0].data <= 7
         assert math.isfinite(len(await bus.history(">")))
+
+
+async def test_unstored_events_lost_during_a_long_replay_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held-back events of unstored topics that a replay had to let go count as missed."""
+    monkeypatch.setattr(bus_module, "MAX_HELD_DURING_REPLAY", 3)
+    async with open_bus(store=MemoryStore(), persist=["p.>"]) as bus:
+        for i in range(5):
+            await bus.publish("p.x", i)
+        async with bus.subscribe(">", since=0, max_buffer_size=1) as sub:
+            # the replay waits for room after its first event: everything below is held
+            for i in range(6):
+                await bus.publish("q.unstored", i)
+            await bus.publish("p.x", 5)
+            got = [(await sub.receive()).data for _ in range(6)]
+            assert got == [0, 1, 2, 3, 4, 5]
+            assert sub.missed == 6
+            await bus.publish("q.unstored", "live")
+            assert (await sub.receive()).data == "live"

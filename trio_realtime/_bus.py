@@ -75,6 +75,8 @@ class Sink(Protocol):
 
     def _fail(self, exc: BaseException) -> None: ...
 
+    def _add_missed(self, n: int) -> None: ...
+
     @property
     def _ended(self) -> bool: ...
 
@@ -404,6 +406,11 @@ class Bus:
         self._rotation[group] = start + 1
         return members[start % n]
 
+    def _forget_rotations(self) -> None:
+        """Drop round-robin positions (bounded: group names come from remote clients too)."""
+        if len(self._rotation) > 4096:
+            self._rotation.clear()
+
     def _compute_route(self, topic: str) -> _Route:
         singles: list[Sink] = []
         groups: dict[str, list[Sink]] = {}
@@ -529,6 +536,7 @@ class Bus:
         sink = self._replays.pop(sink, sink)
         if self._index.remove(sink.pattern, sink):
             self._routes.clear()
+            self._forget_rotations()
             self._dropped_by_gone += getattr(sink, "missed", 0)
 
     @asynccontextmanager
@@ -783,17 +791,29 @@ class _ReplaySink:
         self.held.clear()
 
     def _offer(self, event: Event, *, force: bool = False) -> int:
+        if self.sub._ended:
+            return 0
         if self.live:
             seq = event.seq
             if seq is not None and self.after is not None and seq <= self.after:
                 return 0  # the replay delivered it already
             return self.sub._offer(event, force=force)
-        if len(self.held) >= MAX_HELD_DURING_REPLAY:
-            self.held.clear()
-            self.overflowed = True
-        elif not self.overflowed:
+        if not self.overflowed and len(self.held) < MAX_HELD_DURING_REPLAY:
             self.held.append(event)
+            return 1
+        if not self.overflowed:
+            # Too much held back: let it go and re-read the store, which has the stored
+            # events; those of unstored topics are lost, and counted.
+            self.overflowed = True
+            self._lose([held for held in self.held if held.seq is None])
+            self.held.clear()
+        if event.seq is None:
+            self._lose([event])
         return 1
+
+    def _lose(self, events: list[Event]) -> None:
+        if events:
+            self.sub._add_missed(len(events))
 
     async def _wait_room(self) -> None:
         if self.live:
@@ -809,6 +829,9 @@ class _ReplaySink:
 
     def _fail(self, exc: BaseException) -> None:
         self.sub._fail(exc)
+
+    def _add_missed(self, n: int) -> None:
+        self.sub._add_missed(n)
 
     @property
     def _ended(self) -> bool:

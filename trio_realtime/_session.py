@@ -128,6 +128,10 @@ class RemoteSubscription:
     def _end(self) -> None:
         self._ended = True
 
+    def _add_missed(self, n: int) -> None:
+        self.missed += n
+        self.session._gaps[self.id] = self.session._gaps.get(self.id, 0) + n
+
     def _fail(self, exc: BaseException) -> None:
         self._ended = True
         self.session._enqueue(
