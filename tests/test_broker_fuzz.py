@@ -147,6 +147,7 @@ def check_frame(frame: object) -> Frame:
         check_event(frame["event"])
     elif kind in ("subscribed", "unsubscribed"):
         assert _is_int(frame["id"]), frame
+        assert frame.get("seq") is None or _is_int(frame["seq"]), frame
     elif kind == "ack":
         assert _is_int(frame["ref"]), frame
         assert _is_str(frame["id"]), frame
@@ -154,6 +155,7 @@ def check_frame(frame: object) -> Frame:
     elif kind == "gap":
         assert _is_int(frame["sub"]), frame
         assert _is_int(frame["missed"]), frame
+        assert _is_int(frame.get("stored", 0)), frame
     elif kind == "error":
         assert frame["code"] in ERROR_CODES, f"not a PROTOCOL.md error code: {frame!r}"
         assert frame.get("ref") is None or _is_int(frame["ref"]), frame
@@ -315,7 +317,7 @@ class FuzzHarness:
         await self.checker.send_message(
             json.dumps({"type": "subscribe", "id": n, "pattern": "zz-checker.*"})
         )
-        assert await self._checker_frames() == [{"type": "subscribed", "id": n}]
+        assert await self._checker_frames() == [{"type": "subscribed", "id": n, "seq": None}]
         publish = {"type": "publish", "ref": n, "event": {"topic": topic, "data": {"n": n}}}
         await self.checker.send_message(json.dumps(publish))
         frames: list[Frame] = []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
-from trio_realtime import Broker, EpochChanged, open_client
-from trio_realtime.store import MemoryStore
+from trio_realtime import Broker, EpochChanged, Event, open_client
+from trio_realtime.store import MemoryStore, SQLiteStore
 
 TIMEOUT = 30
 PAYLOAD = "x" * 64 * 1024
@@ -77,4 +79,47 @@ async def test_restart_with_a_new_store_is_reported_once() -> None:
                 # then the subscription goes on, replaying the new store from its start
                 got = await sub.receive()
                 assert (got.seq, got.data) == (1, "stored before the client is back")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_subscription_that_got_nothing_yet_resumes_from_when_it_subscribed(
+    tmp_path: Path,
+) -> None:
+    """Events stored while the broker was away reach a subscriber that had received nothing."""
+    db = tmp_path / "events.db"
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+            stopped = trio.Event()
+
+            async def run(port: int, *, task_status: trio.TaskStatus[int]) -> None:
+                try:
+                    with scope:
+                        async with trio.open_nursery() as inner:
+                            broker = Broker(store=SQLiteStore(db), stats_interval=None)
+                            brokers.append(broker)
+                            server = await inner.start(broker.serve, "127.0.0.1", port)
+                            task_status.started(server.port)
+                finally:
+                    stopped.set()
+
+            brokers: list[Broker] = []
+            port = await nursery.start(run, 0)
+            await brokers[0].bus.publish("orders.old", "before the subscription")
+            async with (
+                open_client(f"ws://127.0.0.1:{port}", backoff_max=0.1) as client,
+                client.subscribe("orders.>") as sub,
+            ):
+                scope.cancel()
+                await stopped.wait()
+                # stored while no broker runs: the client cannot be connected yet
+                async with SQLiteStore(db) as store:
+                    await store.append(
+                        [Event(topic="orders.new", data="while the client was away")]
+                    )
+                scope, stopped = trio.CancelScope(), trio.Event()
+                await nursery.start(run, port)
+                got = await sub.receive()
+                assert (got.topic, got.data) == ("orders.new", "while the client was away")
+                assert sub.missed == 0
             nursery.cancel_scope.cancel()

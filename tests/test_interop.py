@@ -120,7 +120,7 @@ class Peer:
     def subscribe(self, sub_id: int, pattern: str) -> None:
         """Subscribe and wait for ``subscribed``."""
         self.send({"type": "subscribe", "id": sub_id, "pattern": pattern})
-        assert self.expect("subscribed") == {"type": "subscribed", "id": sub_id}
+        assert self.expect("subscribed") == {"type": "subscribed", "id": sub_id, "seq": None}
 
     def close_code(self) -> int:
         """Read until the broker closes the connection; the close code it sent."""
@@ -211,7 +211,7 @@ async def test_subscribe_answers_subscribed() -> None:
                     peer.send({"type": "subscribe", "id": 7, "pattern": "orders.>", "group": None})
                     return peer.expect("subscribed")
 
-            assert await in_thread(run) == {"type": "subscribed", "id": 7}
+            assert await in_thread(run) == {"type": "subscribed", "id": 7, "seq": None}
             assert broker.statistics().errors == {}
 
 

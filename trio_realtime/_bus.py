@@ -230,6 +230,7 @@ class Bus:
         self._retained: dict[str, Event] = {}
         self._pending: list[PendingCommit] = []
         self._recent_ids: dict[str, Event] = {}
+        self._last_seq = 0
         self._in_flight: dict[str, PendingCommit] = {}
         self._replays: dict[Sink, _ReplaySink] = {}
         self._pending_lot = trio.lowlevel.ParkingLot()
@@ -320,6 +321,7 @@ class Bus:
             return await self._submit(event, retain)
         self._published += 1
         if retain:
+            self._retained.pop(event.topic, None)  # the latest retained is last: seq order
             self._retained[event.topic] = event
         await self._route(event)
         return event
@@ -443,6 +445,11 @@ class Bus:
             self._persisted_cache[topic] = cached
         return cached
 
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the last event this bus stored (or found stored when it opened)."""
+        return self._last_seq
+
     def is_persisted(self, topic: str) -> bool:
         """Whether events published on *topic* are stored (False when there is no store)."""
         return self.store is not None and self._is_persisted(validate_topic(topic))
@@ -469,6 +476,7 @@ class Bus:
                         if len(recent) > DEDUPE_WINDOW:
                             del recent[next(iter(recent))]
                         if p.retain:
+                            self._retained.pop(outcome.topic, None)
                             self._retained[outcome.topic] = outcome
                         await self._route(outcome)
                         p.result = outcome
@@ -501,6 +509,10 @@ class Bus:
             logger.exception("storing %d events failed", len(batch))
             return [exc] * len(batch)
         self._stored += len(stored)
+        if stored:
+            last = stored[-1]
+            if isinstance(last, Event) and last.seq is not None:
+                self._last_seq = last.seq
         return stored
 
     # -- retained values ------------------------------------------------------------------
@@ -510,7 +522,7 @@ class Bus:
         return self._retained.pop(validate_topic(topic), None) is not None
 
     def retained(self, pattern: str = ">") -> list[Event]:
-        """The retained events whose topics match *pattern*, oldest first."""
+        """The retained events whose topics match *pattern*, in the order they were retained."""
         probe: PatternIndex[str] = PatternIndex()
         probe.add(pattern, pattern)
         return [e for t, e in self._retained.items() if probe.match(t)]
@@ -918,6 +930,7 @@ async def open_bus(
         async with open_service_nursery() as nursery:
             bus = Bus(nursery, source=source, store=store, persist=persist)
             if store is not None:
+                bus._last_seq = await store.last_seq()
                 await nursery.start(bus._commit_loop)
             try:
                 yield bus

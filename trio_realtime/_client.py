@@ -668,12 +668,14 @@ class Client:
             # seq is told (once, after what it has received) and replays the new store from
             # its start; the others go on as they were.
             for rs in self._subs:
-                if rs.last_seq is None and rs.since is None:
+                if rs.last_seq is None and rs.since is None and rs.resume_seq is None:
                     continue
+                by_seq = rs.last_seq is not None or rs.since is not None
                 rs.last_seq = None
+                rs.resume_seq = None
                 rs.since = 0 if welcome.epoch is not None else None
                 rs.since_time = None
-                if rs.sub is not None:
+                if by_seq and rs.sub is not None:
                     rs.sub._notify(EpochChanged(rs.pattern, self.epoch, welcome.epoch))
         self.session = welcome.session
         self.epoch = welcome.epoch

@@ -161,6 +161,7 @@ class RemoteSub:
         "id",
         "last_seq",
         "pattern",
+        "resume_seq",
         "settled",
         "since",
         "since_time",
@@ -184,6 +185,9 @@ class RemoteSub:
         self.id: int | None = None
         #: The ``seq`` of the last stored event it received: a resubscribe resumes after it.
         self.last_seq: int | None = None
+        #: Where the broker's store was when the subscription went live: the resume point
+        #: until a stored event arrives.
+        self.resume_seq: int | None = None
         #: Set once the broker answered the first ``subscribe`` (or the client closed).
         self.settled = trio.Event()
         #: Why the first ``subscribe`` failed, once settled.
@@ -194,8 +198,9 @@ class RemoteSub:
 
     def frame(self, sub_id: int) -> Subscribe:
         """The ``subscribe`` frame that (re-)creates it as *sub_id*, resuming where it was."""
-        if self.last_seq is not None:
-            return Subscribe(id=sub_id, pattern=self.pattern, group=self.group, since=self.last_seq)
+        resume = self.last_seq if self.last_seq is not None else self.resume_seq
+        if resume is not None:
+            return Subscribe(id=sub_id, pattern=self.pattern, group=self.group, since=resume)
         return Subscribe(
             id=sub_id,
             pattern=self.pattern,
@@ -653,6 +658,8 @@ class Link:
         elif cls is Subscribed:
             rs = self.by_id.get(item.id)
             if rs is not None:
+                if rs.resume_seq is None and item.seq is not None:
+                    rs.resume_seq = item.seq  # resume from here if nothing stored arrives first
                 rs.settle()
         elif cls is Unsubscribed:
             done = self.unsubscribing.pop(item.id, None)
@@ -661,10 +668,14 @@ class Link:
         elif cls is Gap:
             rs = self.by_id.get(item.sub)
             if rs is not None and rs.sub is not None:
-                if rs.last_seq is None:
-                    rs.sub._add_missed(item.missed)  # not persisted: lost for good
-                else:
-                    self.catch_up(rs)
+                stored = min(item.stored, item.missed)
+                if item.missed > stored:
+                    rs.sub._add_missed(item.missed - stored)  # not stored: lost for good
+                if stored:
+                    if rs.last_seq is None and rs.resume_seq is None:
+                        rs.sub._add_missed(stored)
+                    else:
+                        self.catch_up(rs)  # the store has them
         elif cls is Error:
             self._refused(item)
         elif cls is Ping:

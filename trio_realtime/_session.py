@@ -157,6 +157,7 @@ class Session:
         self._queue: deque[ServerFrame | _EventItem] = deque()
         self._queued_events = 0
         self._gaps: dict[int, int] = {}
+        self._gaps_stored: dict[int, int] = {}  # of the gaps, how many were stored events
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
         self._slow = False
@@ -212,8 +213,11 @@ class Session:
                 del self._queue[i]
                 self._queued_events -= 1
                 self.dropped += 1
+                stored = item.event.seq is not None
                 for sub_id in item.subs:
                     self._gaps[sub_id] = self._gaps.get(sub_id, 0) + 1
+                    if stored:
+                        self._gaps_stored[sub_id] = self._gaps_stored.get(sub_id, 0) + 1
                     sub = self.subscriptions.get(sub_id)
                     if sub is not None:
                         sub.missed += 1
@@ -249,12 +253,14 @@ class Session:
             parts: list[str] = []  # each frame's text, when fast
             count = 0
             if self._gaps:
+                stored = self._gaps_stored
                 gaps = [
-                    Gap(sub=sub_id, missed=missed)
+                    Gap(sub=sub_id, missed=missed, stored=stored.get(sub_id, 0))
                     for sub_id, missed in self._gaps.items()
                     if sub_id in self.subscriptions
                 ]
                 self._gaps.clear()
+                stored.clear()
                 if fast:
                     parts.extend([conn.send(gap) for gap in gaps])
                 else:
@@ -570,7 +576,9 @@ class Session:
             return
         sub = RemoteSubscription(self, frame.id, frame.pattern, frame.group)
         self.subscriptions[frame.id] = sub
-        self._enqueue(Subscribed(id=frame.id))
+        # Where to resume if the connection drops before a stored event arrives.
+        resume = self.bus.last_seq if self.bus.store is not None and since is None else None
+        self._enqueue(Subscribed(id=frame.id, seq=resume))
         if since is None:
             self.bus.add_sink(sub)
         else:

@@ -322,11 +322,15 @@ class Subscribed:
 
     Attributes:
         id: The subscription's id.
+        seq: (Extension) The broker store's last ``seq`` when the subscription went live, or
+            None without a store: a client whose connection drops before any stored event
+            arrives resumes after it, so it loses nothing stored in the meantime.
     """
 
     TYPE: ClassVar[str] = "subscribed"
 
     id: int
+    seq: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -366,12 +370,15 @@ class Gap:
     Attributes:
         sub: The subscription's id.
         missed: How many events it lost since the last gap report.
+        stored: (Extension) How many of those were stored events, which a client can read
+            again from the store (see ``subscribe.since``); the rest are lost for good.
     """
 
     TYPE: ClassVar[str] = "gap"
 
     sub: int
     missed: int
+    stored: int = 0
 
 
 @attrs.frozen(kw_only=True)
