@@ -11,11 +11,13 @@ references render as plain code, and the build still passes with ``-W``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from typing import TYPE_CHECKING, Any
 
 import sphinxcontrib_trio
+from sphinx.ext import napoleon
 
 import trio_realtime
 
@@ -84,10 +86,13 @@ html_theme_options = {
 
 
 # Classes users never construct: show ``class trio_realtime.Bus``, not its private __init__.
-_NO_SIGNATURE = {"trio_realtime.Bus", "trio_realtime.EventChannel"}
-# ``trio_realtime._channel.Overflow`` -> ``trio_realtime.Overflow`` (napoleon spells attribute
-# types out in full, with the private module).
-_PRIVATE_PATH = re.compile(r"\btrio_realtime\._\w+\.(\w+)")
+_NO_SIGNATURE = {"trio_realtime.Bus", "trio_realtime.Client", "trio_realtime.EventChannel"}
+# The public subpackages: each is declared with ``.. module::`` and documents its ``__all__``.
+_SUBPACKAGES = ("protocol", "store", "testing")
+# ``trio_realtime._channel.Overflow`` -> ``trio_realtime.Overflow``, and
+# ``trio_realtime.store._base.Store`` -> ``trio_realtime.store.Store`` (napoleon spells
+# attribute types out in full, with the private module).
+_PRIVATE_PATH = re.compile(r"\btrio_realtime((?:\.[a-z]\w*)?)\._\w+\.(\w+)")
 
 
 def _tidy_signature(
@@ -115,10 +120,13 @@ def _public_paths(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
 ) -> None:
     """Spell types by their public name: ``trio_realtime.X``, not ``trio_realtime._mod.X``."""
-    public = set(trio_realtime.__all__)
 
     def repl(match: re.Match[str]) -> str:
-        return f"trio_realtime.{match[1]}" if match[1] in public else match[0]
+        package = f"trio_realtime{match[1]}"
+        if package != "trio_realtime" and match[1][1:] not in _SUBPACKAGES:
+            return match[0]
+        public = importlib.import_module(package).__all__
+        return f"{package}.{match[2]}" if match[2] in public else match[0]
 
     lines[:] = [_PRIVATE_PATH.sub(repl, line) for line in lines]
 
@@ -134,33 +142,79 @@ def _drop_builtin_docstring(
 
 
 def _check_public_names(app: Sphinx, env: BuildEnvironment) -> None:
-    """Warn if a name in ``trio_realtime.__all__`` is not documented, or vice versa."""
+    """Warn if a public name is not documented, or a documented name is not public.
+
+    The public names are ``trio_realtime.__all__`` and the ``__all__`` of each public
+    subpackage (``trio_realtime.store`` …), which must be declared with ``.. module::``.
+    """
     from sphinx.util import logging
 
     logger = logging.getLogger("trio_realtime.docs")
-    documented = {
-        name.removeprefix("trio_realtime.")
-        for name in env.get_domain("py").objects  # type: ignore[attr-defined]
-        if name.startswith("trio_realtime.") and name.count(".") == 1
-    }
-    public = set(trio_realtime.__all__)
-    for name in sorted(public - documented):
+    objects = env.get_domain("py").objects  # type: ignore[attr-defined]
+    subpackages = {f"trio_realtime.{name}" for name in _SUBPACKAGES}
+    declared = {name for name, entry in objects.items() if entry.objtype == "module"}
+    for module in sorted(subpackages - declared):
         logger.warning(
-            "trio_realtime.%s is in __all__ but not documented: add it to docs/reference.rst",
-            name,
+            "%s is public but has no '.. module::' in the docs",
+            module,
             type="trio_realtime",
             subtype="undocumented",
         )
-    for name in sorted(documented - public):
+    for module in sorted(name for name in declared - subpackages if name != "trio_realtime"):
         logger.warning(
-            "trio_realtime.%s is documented but not in trio_realtime.__all__",
-            name,
+            "%s is documented as a module but is not a public subpackage",
+            module,
             type="trio_realtime",
             subtype="not_public",
         )
+    for package in ["trio_realtime", *sorted(subpackages)]:
+        prefix = f"{package}."
+        documented = {
+            name.removeprefix(prefix)
+            for name, entry in objects.items()
+            if name.startswith(prefix)
+            and "." not in name.removeprefix(prefix)
+            and entry.objtype != "module"
+        }
+        public = set(importlib.import_module(package).__all__)
+        for name in sorted(public - documented):
+            logger.warning(
+                "%s%s is in __all__ but not documented: add it to the docs",
+                prefix,
+                name,
+                type="trio_realtime",
+                subtype="undocumented",
+            )
+        for name in sorted(documented - public):
+            logger.warning(
+                "%s%s is documented but not in %s.__all__",
+                prefix,
+                name,
+                package,
+                type="trio_realtime",
+                subtype="not_public",
+            )
+
+
+def _napoleon_prose_properties(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    """Napoleon, except that a property's docstring is prose, as a method's is.
+
+    Napoleon reads the first line of a property's docstring as ``type: description``, which
+    cuts ``The most events kept (None: no limit).`` in two. Our properties are typed by their
+    annotations, and their docstrings may have ``Raises:`` sections, as methods do.
+    """
+    napoleon._process_docstring(
+        app, "method" if what == "property" else what, name, obj, options, lines
+    )
 
 
 def setup(app: Sphinx) -> None:
+    for listener in list(app.events.listeners["autodoc-process-docstring"]):
+        if listener.handler is napoleon._process_docstring:
+            app.disconnect(listener.id)
+    app.connect("autodoc-process-docstring", _napoleon_prose_properties)
     app.connect("autodoc-process-signature", _tidy_signature)
     app.connect("autodoc-process-docstring", _public_paths, priority=600)  # after napoleon
     app.connect("autodoc-process-docstring", _drop_builtin_docstring)
