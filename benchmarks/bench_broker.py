@@ -1,39 +1,57 @@
 """Broker benchmarks over loopback WebSocket, each against a baseline measured in the same run.
 
-Run: ``python benchmarks/bench_broker.py`` (``--quick`` for a shorter run).
+Run: ``python benchmarks/bench_broker.py`` (``--quick`` for a shorter run, as CI does).
 
-1. Throughput: one client publishes N events to one remote subscriber through the broker;
-   baseline: raw trio-websocket, one JSON event per message, relayed by a bare server from one
-   connection to another (the same path without the broker and without batching).
+Layout, as deployed: the broker runs **in its own process** (``python -m trio_realtime serve
+--port 0 --store …``, started by this script, which reads the ``listening on ws://…`` line), so
+it has a core of its own; every client runs in this process. Each baseline has the same layout:
+a bare trio-websocket server in a child process, its clients here.
+
+1. Throughput: one client publishes N events to one remote subscriber through the broker.
+   Baselines: raw trio-websocket, one JSON event per message, (a) one hop (client -> server,
+   which counts them) and (b) two hops (relayed by a bare server from one connection to
+   another: the broker's path without the broker and without batching).
 2. Request/reply round trip p50/p99: a client's ``request`` answered by a responder inside the
-   broker, and by a second client; baseline: raw trio-websocket ping-pong of one JSON message.
+   broker process (``bus.serve``), and by a second client; baseline: raw trio-websocket
+   ping-pong of one JSON message with a bare echo server.
 3. Fan-out: one publisher to 100 remote subscribers (each its own client), deliveries/s;
    baseline: the in-process bus at the same fan-out.
-4. Persisted publishes acknowledged by the broker (``ack=True``, SQLite store with group
-   commit, 50 concurrent publishers), against the same run unpersisted.
+4. Acknowledged publishes (``ack=True``) from many concurrent publishers on one client:
+   ``--store sqlite:…`` (group commit) against ``--store none`` in the same run.
+5. Replay: a subscriber ``subscribe(">", since=0)`` receives N events stored beforehand in the
+   broker's SQLite file; baseline: reading the same file page by page with ``SQLiteStore.read``
+   in this process (the store alone, no network).
+
+Every figure is the best of a few runs (noise on a shared machine only ever slows things
+down); ``--quick`` runs each once with fewer events.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import orjson
 import trio
 import trio_websocket
 
 from trio_realtime import Event, open_bus, open_client
-from trio_realtime._broker import Broker
 from trio_realtime.store import SQLiteStore
 
-T = TypeVar("T")
-
 EVENT = Event(topic="bench.events", data={"n": 0, "payload": "x" * 32})
+#: Where children say they listen.
+LISTENING = re.compile(rb"listening on (ws://\S+)")
 
 
 def _event_json(n: int) -> str:
@@ -43,61 +61,165 @@ def _event_json(n: int) -> str:
     ).decode()
 
 
-# -- 1. throughput ----------------------------------------------------------------------------
+# -- child processes --------------------------------------------------------------------------
 
 
-async def raw_relay(n: int) -> float:
-    """Events/s relayed one message each through a bare trio-websocket server."""
+@asynccontextmanager
+async def child(argv: Sequence[str], profile: str | None = None) -> AsyncIterator[str]:
+    """Run a server process for the duration of the block; yield its ``ws://`` URL.
+
+    *profile* (a file name) runs it under cProfile, written when it exits.
+    """
+    command = [sys.executable]
+    if profile is not None:
+        command += ["-m", "cProfile", "-o", profile]
+    process = await trio.lowlevel.open_process(
+        [*command, *argv], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    assert process.stdout is not None
+    try:
+        seen = b""
+        with trio.fail_after(30):
+            while (match := LISTENING.search(seen)) is None:
+                chunk = await process.stdout.receive_some()
+                if not chunk:
+                    raise RuntimeError(f"{argv} exited before listening: {seen.decode()!r}")
+                seen += chunk
+        async with trio.open_nursery() as nursery:
+            # Keep reading its output, so that it never blocks on a full pipe.
+            nursery.start_soon(_drain, process.stdout)
+            yield match.group(1).decode()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)  # graceful: a profile gets written
+            with trio.move_on_after(15):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some():
+        pass
+
+
+def broker_process(
+    store: str = "none", *, responder: bool = False, profile: str | None = None
+) -> AbstractAsyncContextManager[str]:
+    """A broker in its own process: the ``trio-realtime serve`` command, as deployed."""
+    if responder:  # the same broker, with a bus.serve("bench.rpc") responder inside
+        argv = [__file__, "--child", "broker-responder", "--store", store]
+    else:
+        argv = ["-m", "trio_realtime", "serve", "--port", "0", "--store", store]
+    return child(argv, profile)
+
+
+def raw_process(kind: str) -> AbstractAsyncContextManager[str]:
+    """A bare trio-websocket server (``sink``, ``relay`` or ``echo``) in its own process."""
+    return child([__file__, "--child", f"raw-{kind}"])
+
+
+async def run_child(kind: str, store: str) -> None:
+    """The child processes' side (``--child KIND``)."""
+    if kind == "broker-responder":
+        from trio_realtime._broker import Broker
+        from trio_realtime._cli import open_store
+
+        def double(event: Event) -> object:
+            return {"n": event.data["n"] * 2}
+
+        broker = Broker(store=open_store(store))
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(broker.serve, "127.0.0.1", 0)
+            async with broker.bus.serve("bench.rpc", double):
+                with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                    print(f"broker listening on {server.url}", flush=True)
+                    async for _ in signals:  # end gracefully (a profile gets written)
+                        break
+            nursery.cancel_scope.cancel()
+        return
+
+    subscriber: list[trio_websocket.WebSocketConnection] = []
     subscriber_ready = trio.Event()
-    connections: list[trio_websocket.WebSocketConnection] = []
 
     async def handler(request: trio_websocket.WebSocketRequest) -> None:
         ws = await request.accept()
-        connections.append(ws)
-        if len(connections) == 1:  # the subscriber: wait until the relay is done
-            subscriber_ready.set()
-            await trio.sleep_forever()
-        sink = connections[0]
-        for _ in range(n):
-            await sink.send_message(await ws.get_message())
-        await trio.sleep_forever()
+        try:
+            if kind == "raw-echo":
+                while True:
+                    await ws.send_message(await ws.get_message())
+            elif kind == "raw-sink":  # "count N", then N messages, answered "done"
+                n = int(str(await ws.get_message()).split()[1])
+                for _ in range(n):
+                    await ws.get_message()
+                await ws.send_message("done")
+                await trio.sleep_forever()
+            else:  # raw-relay: the first connection subscribes, the others publish
+                if not subscriber:
+                    subscriber.append(ws)
+                    subscriber_ready.set()
+                    await trio.sleep_forever()
+                await subscriber_ready.wait()
+                sink = subscriber[0]
+                while True:
+                    await sink.send_message(await ws.get_message())
+        except trio_websocket.ConnectionClosed:
+            pass
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
             partial(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
         )
-        url = f"ws://127.0.0.1:{server.port}"
-        async with trio_websocket.open_websocket_url(url) as sub:
-            await subscriber_ready.wait()
-            async with trio_websocket.open_websocket_url(url) as pub:
-                messages = [_event_json(i) for i in range(n)]
-                start = time.perf_counter()
+        print(f"listening on ws://127.0.0.1:{server.port}", flush=True)
 
-                async def send_all() -> None:
-                    for message in messages:
-                        await pub.send_message(message)
 
+# -- 1. throughput ----------------------------------------------------------------------------
+
+
+async def raw_one_hop(n: int) -> float:
+    """Messages/s from one client to a bare server, one event per message."""
+    async with (
+        raw_process("sink") as url,
+        trio_websocket.open_websocket_url(url) as ws,
+    ):
+        messages = [_event_json(i) for i in range(n)]
+        start = time.perf_counter()
+        await ws.send_message(f"count {n}")
+        for message in messages:
+            await ws.send_message(message)
+        assert await ws.get_message() == "done"
+        return n / (time.perf_counter() - start)
+
+
+async def raw_relay(n: int) -> float:
+    """Events/s relayed one message each through a bare trio-websocket server."""
+    async with (
+        raw_process("relay") as url,
+        trio_websocket.open_websocket_url(url) as sub,
+    ):
+        await trio.sleep(0.2)  # the server takes the first connection as the subscriber
+        async with trio_websocket.open_websocket_url(url) as pub:
+            messages = [_event_json(i) for i in range(n)]
+            start = time.perf_counter()
+
+            async def send_all() -> None:
+                for message in messages:
+                    await pub.send_message(message)
+
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(send_all)
                 for _ in range(n):
                     orjson.loads(await sub.get_message())
-                elapsed = time.perf_counter() - start
-        nursery.cancel_scope.cancel()
-    return n / elapsed
+            return n / (time.perf_counter() - start)
 
 
-async def with_broker(fn: Callable[[Broker, str], Awaitable[T]], **options: object) -> T:
-    """Run *fn(broker, url)* against a fresh broker on loopback."""
-    broker = Broker(stats_interval=None, **options)  # type: ignore[arg-type]
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(broker.serve, "127.0.0.1", 0)
-        result = await fn(broker, server.url)
-        nursery.cancel_scope.cancel()
-    return result
-
-
-async def broker_throughput(n: int, broker: Broker, url: str) -> float:
-    """Events/s from one client to another through the broker."""
+async def broker_throughput(n: int, profile: str | None = None) -> float:
+    """Events/s from one client to another through a broker process."""
     async with (
+        broker_process(profile=profile) as url,
         open_client(url, name="sub") as sub_client,
         open_client(url, name="pub") as pub_client,
         sub_client.subscribe("bench.events", max_buffer_size=n) as sub,
@@ -123,54 +245,50 @@ async def broker_throughput(n: int, broker: Broker, url: str) -> float:
 
 async def raw_ping_pong(n: int) -> list[float]:
     """Round-trip times of one JSON message echoed by a bare trio-websocket server."""
-
-    async def echo(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        while True:
-            message = await ws.get_message()
-            await ws.send_message(message)
-
     times = []
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            partial(trio_websocket.serve_websocket, echo, "127.0.0.1", 0, None)
-        )
-        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{server.port}") as ws:
-            message = _event_json(0)
-            for _ in range(n):
-                start = time.perf_counter()
-                await ws.send_message(message)
-                orjson.loads(await ws.get_message())
-                times.append(time.perf_counter() - start)
-        nursery.cancel_scope.cancel()
+    async with raw_process("echo") as url, trio_websocket.open_websocket_url(url) as ws:
+        message = _event_json(0)
+        for _ in range(n // 10):  # warm up
+            await ws.send_message(message)
+            await ws.get_message()
+        for _ in range(n):
+            start = time.perf_counter()
+            await ws.send_message(message)
+            orjson.loads(await ws.get_message())
+            times.append(time.perf_counter() - start)
     return times
 
 
 async def broker_round_trips(
-    n: int, *, remote_responder: bool, broker: Broker, url: str
+    n: int, *, remote_responder: bool, profile: str | None = None
 ) -> list[float]:
-    """Round-trip times of ``request`` through the broker."""
+    """Round-trip times of ``request`` through a broker process."""
     times = []
 
     def double(event: Event) -> object:
         return {"n": event.data["n"] * 2}
 
-    async with open_client(url, name="requester") as client:
+    async def measure(client: object) -> None:
+        request = client.request  # type: ignore[attr-defined]
+        for i in range(n // 10):  # warm up
+            await request("bench.rpc", {"n": i})
+        for i in range(n):
+            start = time.perf_counter()
+            await request("bench.rpc", {"n": i})
+            times.append(time.perf_counter() - start)
+
+    async with (
+        broker_process(responder=not remote_responder, profile=profile) as url,
+        open_client(url, name="requester") as client,
+    ):
         if remote_responder:
             async with (
                 open_client(url, name="responder") as responder,
                 responder.serve("bench.rpc", double),
             ):
-                for i in range(n):
-                    start = time.perf_counter()
-                    await client.request("bench.rpc", {"n": i})
-                    times.append(time.perf_counter() - start)
+                await measure(client)
         else:
-            async with broker.bus.serve("bench.rpc", double):
-                for i in range(n):
-                    start = time.perf_counter()
-                    await client.request("bench.rpc", {"n": i})
-                    times.append(time.perf_counter() - start)
+            await measure(client)
     return times
 
 
@@ -183,11 +301,11 @@ def percentile(times: list[float], q: float) -> float:
 # -- 3. fan-out -------------------------------------------------------------------------------
 
 
-async def broker_fanout(n_subs: int, n: int, broker: Broker, url: str) -> float:
+async def broker_fanout(n_subs: int, n: int) -> float:
     """Deliveries/s from one publisher to *n_subs* remote subscribers."""
     ready = trio.Event()
     subscribed = 0
-    async with trio.open_nursery() as nursery:
+    async with broker_process() as url, trio.open_nursery() as nursery:
 
         async def subscriber() -> None:
             nonlocal subscribed
@@ -207,8 +325,8 @@ async def broker_fanout(n_subs: int, n: int, broker: Broker, url: str) -> float:
         for _ in range(n_subs):
             nursery.start_soon(subscriber)
         await ready.wait()
-        start = time.perf_counter()
         async with open_client(url, name="publisher") as publisher:
+            start = time.perf_counter()
             for i in range(n):
                 await publisher.publish("bench.fan", i)
     return n_subs * n / (time.perf_counter() - start)
@@ -245,28 +363,78 @@ async def bus_fanout(n_subs: int, n: int) -> float:
 # -- 4. persisted, acknowledged publishes ----------------------------------------------------
 
 
-async def acked_publishes(n: int, publishers: int, broker: Broker, url: str) -> float:
+async def acked_publishes(
+    n: int, publishers: int, *, store: bool, profile: str | None = None
+) -> float:
     """Acknowledged publishes/s from *publishers* concurrent tasks on one client."""
-    async with open_client(url, name="acker") as client:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = f"sqlite:{Path(tmp) / 'bench.db'}" if store else "none"
+        async with (
+            broker_process(spec, profile=profile) as url,
+            open_client(url, name="acker") as client,
+        ):
+            await client.publish("bench.acked", None, ack=True)  # warm up
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for p in range(publishers):
+
+                    async def publish_share(p: int = p) -> None:
+                        for i in range(n // publishers):
+                            await client.publish("bench.acked", {"p": p, "i": i}, ack=True)
+
+                    nursery.start_soon(publish_share)
+            return n // publishers * publishers / (time.perf_counter() - start)
+
+
+# -- 5. replay --------------------------------------------------------------------------------
+
+
+async def fill_store(path: Path, n: int) -> None:
+    """Store *n* events (10 topics) in a new SQLite file, in big appends."""
+    async with SQLiteStore(path) as store:
+        for first in range(0, n, 10_000):
+            await store.append(
+                [
+                    Event(topic=f"bench.t{i % 10}", data={"n": i, "payload": "x" * 32})
+                    for i in range(first, min(n, first + 10_000))
+                ]
+            )
+
+
+async def store_replay(path: Path, n: int) -> float:
+    """Events/s reading the stored events page by page, in this process (the baseline)."""
+    async with SQLiteStore(path) as store:
         start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for p in range(publishers):
-
-                async def publish_share(p: int = p) -> None:
-                    for i in range(n // publishers):
-                        await client.publish("bench.acked", {"p": p, "i": i}, ack=True)
-
-                nursery.start_soon(publish_share)
+        after = 0
+        count = 0
+        while True:
+            page = await store.read(">", after=after, limit=1000)
+            if not page:
+                break
+            count += len(page)
+            after = page[-1].seq  # type: ignore[assignment]
+        assert count == n
         return n / (time.perf_counter() - start)
 
 
-async def persisted(n: int, publishers: int, *, store: bool) -> float:
-    """Acknowledged publishes/s with (or without) a SQLite store behind the broker."""
-    with tempfile.TemporaryDirectory() as tmp:
-        options: dict[str, object] = {}
-        if store:
-            options["store"] = SQLiteStore(Path(tmp) / "bench.db")
-        return await with_broker(partial(acked_publishes, n, publishers), **options)
+async def broker_replay(path: Path, n: int, profile: str | None = None) -> float:
+    """Events/s replayed by a broker process from its store to a ``since=0`` subscriber."""
+    async with (
+        broker_process(f"sqlite:{path}", profile=profile) as url,
+        open_client(url, name="replayer") as client,
+    ):
+        start = time.perf_counter()
+        count = 0
+        async with client.subscribe(">", since=0) as sub:
+            async for event in sub:
+                if event.topic.startswith("bench."):
+                    count += 1
+                    if count == n:
+                        break
+        return n / (time.perf_counter() - start)
+
+
+# -- running ----------------------------------------------------------------------------------
 
 
 def best(runs: int, fn: Callable[[], Awaitable[float]]) -> float:
@@ -274,57 +442,122 @@ def best(runs: int, fn: Callable[[], Awaitable[float]]) -> float:
     return max(trio.run(fn) for _ in range(runs))
 
 
+def ratio_line(label: str, value: float, unit: str) -> None:
+    """Print one aligned result line."""
+    if unit == "x":
+        print(f"  {label:<50} {value:>12.2f}")
+    else:
+        print(f"  {label:<50} {value:>12,.0f} {unit}")
+
+
 def main() -> None:
     """Run every benchmark and print the figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer events, one run each")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["throughput", "latency", "fanout", "acked", "replay"],
+        help="run only this benchmark (repeatable)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="run the broker processes of throughput, latency, acked and replay under cProfile, "
+        "writing DIR/broker-*.prof",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--store", default="none", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        try:
+            trio.run(run_child, args.child, args.store)
+        except KeyboardInterrupt:  # pragma: no cover
+            pass
+        return
+    # SIGTERM ends a child gracefully; the parent just needs the default handling.
+    only = set(args.only or ["throughput", "latency", "fanout", "acked", "replay"])
     runs = 1 if args.quick else 3
-    n = 20_000 if args.quick else 100_000
 
-    raw = best(runs, lambda: raw_relay(n))
-    ours = best(runs, lambda: with_broker(partial(broker_throughput, n)))
-    print(f"throughput, 1 publisher -> broker -> 1 subscriber, {n:,} events (best of {runs})")
-    print(f"  raw trio-websocket relay, 1 event/message  {raw:>12,.0f} events/s")
-    print(f"  trio_realtime broker + clients             {ours:>12,.0f} events/s")
-    print(f"  ratio                                      {ours / raw:>12.2f}")
+    def prof(name: str) -> str | None:
+        return None if args.profile is None else os.path.join(args.profile, f"broker-{name}.prof")
 
-    rounds = 500 if args.quick else 3000
-    raw_times = trio.run(raw_ping_pong, rounds)
-    local = trio.run(
-        with_broker,
-        lambda b, u: broker_round_trips(rounds, remote_responder=False, broker=b, url=u),
+    print(
+        f"bench_broker: Python {platform.python_version()}, trio {trio.__version__}, "
+        f"trio-websocket {trio_websocket.__version__}, {os.cpu_count()} CPUs"
     )
-    remote = trio.run(
-        with_broker, lambda b, u: broker_round_trips(rounds, remote_responder=True, broker=b, url=u)
-    )
-    print(f"request/reply round trip, {rounds:,} requests, microseconds")
-    print(f"  {'':40} {'p50':>8} {'p99':>8} {'p50/raw':>8}")
-    base = percentile(raw_times, 50)
-    for label, times in (
-        ("raw trio-websocket ping-pong", raw_times),
-        ("request, responder in the broker", local),
-        ("request, responder in another client", remote),
-    ):
-        p50 = percentile(times, 50)
-        print(f"  {label:40} {p50:>8.0f} {percentile(times, 99):>8.0f} {p50 / base:>8.2f}")
+    print("layout: broker (or bare baseline server) in its own process; clients in this one\n")
 
-    n_subs = 100
-    per = 200 if args.quick else 1000
-    baseline = best(runs, lambda: bus_fanout(n_subs, per))
-    fan = best(runs, lambda: with_broker(partial(broker_fanout, n_subs, per)))
-    print(f"fan-out, 1 publisher -> {n_subs} remote subscribers, {per:,} events each")
-    print(f"  in-process bus (baseline)                  {baseline:>12,.0f} deliveries/s")
-    print(f"  through the broker, 100 clients            {fan:>12,.0f} deliveries/s")
-    print(f"  ratio                                      {fan / baseline:>12.2f}")
+    if "throughput" in only:
+        n = 20_000 if args.quick else 100_000
+        one_hop = best(runs, lambda: raw_one_hop(n))
+        relay = best(runs, lambda: raw_relay(n))
+        ours = best(runs, lambda: broker_throughput(n, prof("throughput")))
+        print(f"throughput, 1 publisher -> broker -> 1 subscriber, {n:,} events (best of {runs})")
+        ratio_line("raw trio-websocket, 1 hop, 1 event/message", one_hop, "events/s")
+        ratio_line("raw trio-websocket relay, 2 hops, 1 event/message", relay, "events/s")
+        ratio_line("trio_realtime broker + clients", ours, "events/s")
+        ratio_line("ratio to raw 1 hop", ours / one_hop, "x")
+        ratio_line("ratio to raw 2-hop relay", ours / relay, "x")
+        print()
 
-    acked = 10_000 if args.quick else 50_000
-    plain = best(runs, lambda: persisted(acked, 50, store=False))
-    stored = best(runs, lambda: persisted(acked, 50, store=True))
-    print(f"acknowledged publishes, 50 concurrent publishers, {acked:,} events")
-    print(f"  unpersisted                                {plain:>12,.0f} events/s")
-    print(f"  persisted in SQLite (group commit)         {stored:>12,.0f} events/s")
-    print(f"  ratio                                      {stored / plain:>12.2f}")
+    if "latency" in only:
+        rounds = 500 if args.quick else 3000
+        raw_times = trio.run(raw_ping_pong, rounds)
+        local = trio.run(
+            partial(broker_round_trips, rounds, remote_responder=False, profile=prof("latency"))
+        )
+        remote = trio.run(partial(broker_round_trips, rounds, remote_responder=True))
+        print(f"request/reply round trip, {rounds:,} requests (after warm-up), microseconds")
+        print(f"  {'':40} {'p50':>8} {'p99':>8} {'p50/raw':>8}")
+        base = percentile(raw_times, 50)
+        for label, times in (
+            ("raw trio-websocket ping-pong", raw_times),
+            ("request, responder in the broker", local),
+            ("request, responder in another client", remote),
+        ):
+            p50 = percentile(times, 50)
+            print(f"  {label:40} {p50:>8.0f} {percentile(times, 99):>8.0f} {p50 / base:>8.2f}")
+        print()
+
+    if "fanout" in only:
+        n_subs = 100
+        per = 200 if args.quick else 1000
+        baseline = best(runs, lambda: bus_fanout(n_subs, per))
+        fan = best(runs, lambda: broker_fanout(n_subs, per))
+        print(f"fan-out, 1 publisher -> {n_subs} subscribers, {per:,} events each (best of {runs})")
+        ratio_line("in-process bus (baseline)", baseline, "deliveries/s")
+        ratio_line(f"through the broker, {n_subs} clients", fan, "deliveries/s")
+        ratio_line("ratio", fan / baseline, "x")
+        print()
+
+    if "acked" in only:
+        acked = 10_000 if args.quick else 50_000
+        print(f"acknowledged publishes (ack=True), {acked:,} events (best of {runs})")
+        for publishers in (50,) if args.quick else (50, 500):
+            plain = best(runs, partial(acked_publishes, acked, publishers, store=False))
+            stored = best(
+                runs,
+                partial(acked_publishes, acked, publishers, store=True, profile=prof("acked")),
+            )
+            ratio_line(f"{publishers} publishers, --store none", plain, "events/s")
+            ratio_line(
+                f"{publishers} publishers, --store sqlite (group commit)", stored, "events/s"
+            )
+            ratio_line("ratio", stored / plain, "x")
+        print()
+
+    if "replay" in only:
+        count = 200_000 if args.quick else 1_000_000
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "replay.db"
+            trio.run(fill_store, path, count)
+            baseline = best(runs, lambda: store_replay(path, count))
+            through = best(runs, lambda: broker_replay(path, count, prof("replay")))
+        print(f"replay of {count:,} stored events, subscribe('>', since=0) (best of {runs})")
+        ratio_line("SQLiteStore.read, pages of 1000, in process", baseline, "events/s")
+        ratio_line("through the broker to a remote subscriber", through, "events/s")
+        ratio_line("ratio", through / baseline, "x")
 
 
 if __name__ == "__main__":
