@@ -360,16 +360,10 @@ class Bus:
             route = self._compute_route(event.topic)
         delivered = 0
         blocked: list[Sink] | None = None
-        for sink in route.singles:
-            outcome = sink._offer(event)
-            if outcome > 0:
-                delivered += 1
-            elif outcome < 0:
-                if blocked is None:
-                    blocked = []
-                blocked.append(sink)
-        for members in route.groups:
-            sink = self._pick(members)
+        sinks = route.singles
+        if route.groups:  # one member of each queue group
+            sinks = [*sinks, *map(self._pick, route.groups)]
+        for sink in sinks:
             outcome = sink._offer(event)
             if outcome > 0:
                 delivered += 1
