@@ -155,7 +155,7 @@ def check_frame(frame: object) -> Frame:
     elif kind == "gap":
         assert _is_int(frame["sub"]), frame
         assert _is_int(frame["missed"]), frame
-        assert _is_int(frame.get("stored", 0)), frame
+        assert frame.get("stored") is None or _is_int(frame["stored"]), frame
     elif kind == "error":
         assert frame["code"] in ERROR_CODES, f"not a PROTOCOL.md error code: {frame!r}"
         assert frame.get("ref") is None or _is_int(frame["ref"]), frame

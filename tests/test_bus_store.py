@@ -261,3 +261,14 @@ async def test_unstored_events_lost_during_a_long_replay_are_counted(
             assert sub.missed == 6
             await bus.publish("q.unstored", "live")
             assert (await sub.receive()).data == "live"
+
+
+async def test_unstored_retained_events_follow_a_replay() -> None:
+    """subscribe(since=…) gets stored retained events in the replay, the others after it."""
+    async with open_bus(store=MemoryStore(), persist=["p.>"]) as bus:
+        await bus.publish("p.x", "stored", retain=True)
+        await bus.publish("cfg.x", "not stored", retain=True)
+        async with bus.subscribe(">", since=0) as sub:
+            assert [(await sub.receive()).data for _ in range(2)] == ["stored", "not stored"]
+            with pytest.raises(trio.WouldBlock):
+                sub.receive_nowait()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 import trio
+import trio_websocket
 
 from trio_realtime import Broker, EpochChanged, Event, open_client
 from trio_realtime.store import MemoryStore, SQLiteStore
@@ -123,3 +125,42 @@ async def test_a_subscription_that_got_nothing_yet_resumes_from_when_it_subscrib
                 assert (got.topic, got.data) == ("orders.new", "while the client was away")
                 assert sub.missed == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_only_subscriptions_outside_queue_groups_get_a_resume_point() -> None:
+    """subscribed carries the store's last seq, but not for a queue group member."""
+    broker = Broker(store=MemoryStore(), stats_interval=None)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(broker.serve, "127.0.0.1", 0)
+            for i in range(3):
+                await broker.bus.publish("jobs.x", i)
+            async with trio_websocket.open_websocket_url(server.url) as ws:
+                await ws.send_message('{"type": "hello"}')
+                await ws.get_message()
+                await ws.send_message(
+                    '[{"type": "subscribe", "id": 1, "pattern": "jobs.>"},'
+                    ' {"type": "subscribe", "id": 2, "pattern": "jobs.>", "group": "w"}]'
+                )
+                frames = orjson.loads(await ws.get_message())
+                assert frames == [
+                    {"type": "subscribed", "id": 1, "seq": 3},
+                    {"type": "subscribed", "id": 2, "seq": None},
+                ]
+            nursery.cancel_scope.cancel()
+
+
+def test_resume_point_is_the_later_one_and_none_in_a_group() -> None:
+    """A subscription resumes after the later of its last seq and its subscribe-time seq."""
+    from trio_realtime._client_conn import RemoteSub
+
+    sub = RemoteSub("orders.>")
+    assert sub.resume_point() is None
+    sub.resume_seq = 51
+    sub.last_seq = 1  # an old retained event arrived first
+    assert sub.resume_point() == 51
+    sub.last_seq = 60
+    assert sub.resume_point() == 60
+    member = RemoteSub("jobs.>", group="w")
+    member.last_seq = member.resume_seq = 5
+    assert member.resume_point() is None

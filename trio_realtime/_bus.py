@@ -503,10 +503,9 @@ class Bus:
             logger.exception("storing %d events failed", len(batch))
             return [exc] * len(batch)
         self._stored += len(stored)
-        if stored:
-            last = stored[-1]
-            if isinstance(last, Event) and last.seq is not None:
-                self._last_seq = last.seq
+        seqs = [e.seq for e in stored if isinstance(e, Event) and e.seq is not None]
+        if seqs:
+            self._last_seq = max(self._last_seq, *seqs)
         return stored
 
     # -- retained values ------------------------------------------------------------------
@@ -572,8 +571,8 @@ class Bus:
             overflow: ``"block"`` (default), ``"drop_oldest"``, ``"drop_newest"`` or
                 ``"disconnect"`` (or an :class:`Overflow`); see :doc:`/backpressure`.
             since: Replay stored events after this ``seq`` (or from this time) first, then
-                continue live with no gap and no duplicate. Needs a store; retained events
-                are not delivered then (the replay covers them).
+                continue live with no gap and no duplicate. Needs a store. Stored retained
+                events come with the replay; retained events of unstored topics follow it.
 
         Raises:
             InvalidTopic: if *pattern* is not a valid pattern.
@@ -661,6 +660,10 @@ class Bus:
                     if stand_in.overflowed:
                         stand_in.reset()
                         continue
+                    # Retained events the store does not have are not in the replay.
+                    for event in self.retained(sub.pattern):
+                        if event.seq is None:
+                            sub._offer(event, force=True)
                     stand_in.go_live(after)
                     return
             except Exception as exc:

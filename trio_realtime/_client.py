@@ -664,9 +664,9 @@ class Client:
         welcome = link.conn.welcome
         assert welcome is not None
         if not first and welcome.epoch != self.epoch:
-            # Another store: our seqs mean nothing there. A subscription that was resuming by
-            # seq is told (once, after what it has received) and replays the new store from
-            # its start; the others go on as they were.
+            # Another store: our seqs mean nothing there. Every subscription that was resuming
+            # from the store replays the new one from its start; one that had received stored
+            # events or asked for a since is told (once, after what it has received).
             for rs in self._subs:
                 if rs.last_seq is None and rs.since is None and rs.resume_seq is None:
                     continue

@@ -198,7 +198,7 @@ class RemoteSub:
 
     def frame(self, sub_id: int) -> Subscribe:
         """The ``subscribe`` frame that (re-)creates it as *sub_id*, resuming where it was."""
-        resume = self.last_seq if self.last_seq is not None else self.resume_seq
+        resume = self.resume_point()
         if resume is not None:
             return Subscribe(id=sub_id, pattern=self.pattern, group=self.group, since=resume)
         return Subscribe(
@@ -208,6 +208,15 @@ class RemoteSub:
             since=self.since,
             since_time=self.since_time,
         )
+
+    def resume_point(self) -> int | None:
+        """The seq to resume after: the later of the last stored event received and the
+        store's position when the subscription went live. None for a queue group member,
+        which must not replay what the other members handled."""
+        if self.group is not None:
+            return None
+        points = [s for s in (self.last_seq, self.resume_seq) if s is not None]
+        return max(points) if points else None
 
     def settle(self, error: BaseException | None = None) -> None:
         """The first ``subscribe`` was answered (*error*: refused)."""
@@ -668,11 +677,12 @@ class Link:
         elif cls is Gap:
             rs = self.by_id.get(item.sub)
             if rs is not None and rs.sub is not None:
-                stored = min(item.stored, item.missed)
+                # A broker that does not say how many were stored: assume all may be.
+                stored = item.missed if item.stored is None else min(item.stored, item.missed)
                 if item.missed > stored:
                     rs.sub._add_missed(item.missed - stored)  # not stored: lost for good
                 if stored:
-                    if rs.last_seq is None and rs.resume_seq is None:
+                    if rs.resume_point() is None:
                         rs.sub._add_missed(stored)
                     else:
                         self.catch_up(rs)  # the store has them

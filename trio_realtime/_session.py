@@ -401,6 +401,7 @@ class Session:
         """
         self._closing = True
         self._writer_lot.unpark_all()
+        self._room_lot.unpark_all()
         await self.transport.aclose(code, reason, timeout=self.broker.shutdown_timeout)
 
     def _drop_subscriptions(self) -> None:
@@ -483,7 +484,7 @@ class Session:
             self._last_received = trio.current_time()
             # A client that sends requests but does not read the answers is not read either
             # until it does: TCP then pushes back on it.
-            while self._queued_control > MAX_ANSWER_BACKLOG:
+            while self._queued_control > MAX_ANSWER_BACKLOG and not (self._closing or self._slow):
                 await self._room_lot.park()
             try:
                 text = await self.transport.receive()
@@ -577,7 +578,12 @@ class Session:
         sub = RemoteSubscription(self, frame.id, frame.pattern, frame.group)
         self.subscriptions[frame.id] = sub
         # Where to resume if the connection drops before a stored event arrives.
-        resume = self.bus.last_seq if self.bus.store is not None and since is None else None
+        # (Not for a queue group member: it would replay what the other members handled.)
+        resume = (
+            self.bus.last_seq
+            if self.bus.store is not None and since is None and frame.group is None
+            else None
+        )
         self._enqueue(Subscribed(id=frame.id, seq=resume))
         if since is None:
             self.bus.add_sink(sub)

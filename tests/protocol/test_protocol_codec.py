@@ -139,7 +139,7 @@ def one_error(text: str | bytes) -> RemoteProtocolError:
         (Subscribed(id=3, seq=40), {"type": "subscribed", "id": 3, "seq": 40}),
         (Unsubscribed(id=3), {"type": "unsubscribed", "id": 3}),
         (Ack(ref=5, id="e1", seq=42), {"type": "ack", "ref": 5, "id": "e1", "seq": 42}),
-        (Gap(sub=1, missed=9), {"type": "gap", "sub": 1, "missed": 9, "stored": 0}),
+        (Gap(sub=1, missed=9), {"type": "gap", "sub": 1, "missed": 9, "stored": None}),
         (Gap(sub=1, missed=9, stored=4), {"type": "gap", "sub": 1, "missed": 9, "stored": 4}),
         (
             Error(ref=None, code="internal", message="oops"),

@@ -371,14 +371,15 @@ class Gap:
         sub: The subscription's id.
         missed: How many events it lost since the last gap report.
         stored: (Extension) How many of those were stored events, which a client can read
-            again from the store (see ``subscribe.since``); the rest are lost for good.
+            again from the store (see ``subscribe.since``); the rest are lost for good. None
+            when the broker does not say.
     """
 
     TYPE: ClassVar[str] = "gap"
 
     sub: int
     missed: int
-    stored: int = 0
+    stored: int | None = None
 
 
 @attrs.frozen(kw_only=True)
