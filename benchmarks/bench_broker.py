@@ -45,8 +45,9 @@ from pathlib import Path
 import orjson
 import trio
 import trio_websocket
+from bench_bus import bus_fanout  # the in-process baseline of the fan-out
 
-from trio_realtime import Event, open_bus, open_client
+from trio_realtime import Event, open_client
 from trio_realtime.store import SQLiteStore
 
 EVENT = Event(topic="bench.events", data={"n": 0, "payload": "x" * 32})
@@ -330,34 +331,6 @@ async def broker_fanout(n_subs: int, n: int) -> float:
             for i in range(n):
                 await publisher.publish("bench.fan", i)
     return n_subs * n / (time.perf_counter() - start)
-
-
-async def bus_fanout(n_subs: int, n: int) -> float:
-    """Deliveries/s through the in-process bus at the same fan-out (the baseline)."""
-    async with open_bus() as bus:
-        ready = trio.Event()
-        subscribed = 0
-        async with trio.open_nursery() as nursery:
-
-            async def subscriber() -> None:
-                nonlocal subscribed
-                async with bus.subscribe("bench.fan", max_buffer_size=n) as sub:
-                    subscribed += 1
-                    if subscribed == n_subs:
-                        ready.set()
-                    count = 0
-                    async for _ in sub:
-                        count += 1
-                        if count == n:
-                            return
-
-            for _ in range(n_subs):
-                nursery.start_soon(subscriber)
-            await ready.wait()
-            start = time.perf_counter()
-            for i in range(n):
-                await bus.publish("bench.fan", i)
-        return n_subs * n / (time.perf_counter() - start)
 
 
 # -- 4. persisted, acknowledged publishes ----------------------------------------------------
