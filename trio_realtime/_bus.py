@@ -27,8 +27,8 @@ from ._channel import (
     Subscription,
 )
 from ._errors import NoResponders, RequestFailed
-from ._event import Event, check_json, new_event_id, registered_type
-from ._topics import PatternIndex, validate_pattern, validate_topic
+from ._event import REPLY_ERROR_HEADER, Event, check_json, new_event_id, registered_type
+from ._topics import INBOX_PREFIX, PatternIndex, validate_pattern, validate_topic
 from ._util import open_service_nursery
 
 if TYPE_CHECKING:
@@ -52,8 +52,6 @@ DEDUPE_WINDOW: Final = 100_000
 REPLAY_PAGE: Final = 1000
 #: Live events a replaying subscription holds back before it re-reads the store instead.
 MAX_HELD_DURING_REPLAY: Final = 10000
-#: The header a responder sets on a reply when its handler failed.
-ERROR_HEADER: Final = "error"
 
 
 class Sink(Protocol):
@@ -136,12 +134,12 @@ class PendingCommit:
 
 def new_inbox() -> str:
     """A fresh, unique ``_inbox.`` topic for replies."""
-    return f"_inbox.{new_event_id()}"
+    return f"{INBOX_PREFIX}{new_event_id()}"
 
 
 def check_reply(topic: str, reply: Event) -> Event:
     """*reply*, or :exc:`RequestFailed` if the responder reported that its handler failed."""
-    error = reply.headers.get(ERROR_HEADER)
+    error = reply.headers.get(REPLY_ERROR_HEADER)
     if error is not None:
         raise RequestFailed(topic, error)
     return reply
@@ -431,7 +429,7 @@ class Bus:
         cached = self._persisted_cache.get(topic)
         if cached is None:
             if self._persist is None:
-                cached = not topic.startswith(("$", "_inbox."))
+                cached = not topic.startswith(("$", INBOX_PREFIX))
             else:
                 cached = bool(self._persist.match(topic))
             if len(self._persisted_cache) >= 4096:
@@ -869,14 +867,14 @@ async def answer_requests(
                 message = str(exc) or type(exc).__name__
                 logger.warning("request handler for %r failed: %s", event.topic, message)
                 if event.reply_to is not None:
-                    await channel.publish(event.reply_to, headers={ERROR_HEADER: message})
+                    await channel.publish(event.reply_to, headers={REPLY_ERROR_HEADER: message})
                 return
             if event.reply_to is not None:
                 try:
                     await channel.publish(event.reply_to, result)
                 except TypeError as exc:
                     await channel.publish(
-                        event.reply_to, headers={ERROR_HEADER: f"bad reply: {exc}"}
+                        event.reply_to, headers={REPLY_ERROR_HEADER: f"bad reply: {exc}"}
                     )
         except trio.ClosedResourceError:
             pass  # the channel closed under us: nobody is left to reply to

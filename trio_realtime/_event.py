@@ -30,6 +30,9 @@ __all__ = [
     "type_for_name",
 ]
 
+#: The header a reply carries when the responder's handler failed; its value is the message.
+REPLY_ERROR_HEADER: Final = "error"
+
 #: The cattrs converter that (un)structures typed payloads; register hooks on it for field
 #: types that need them.
 converter: Final = make_converter()

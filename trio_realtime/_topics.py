@@ -20,6 +20,7 @@ from typing import Final, Generic, TypeVar
 from ._errors import InvalidTopic
 
 __all__ = [
+    "INBOX_PREFIX",
     "MAX_TOPIC_LENGTH",
     "PatternIndex",
     "is_reserved",
@@ -28,6 +29,9 @@ __all__ = [
     "validate_topic",
 ]
 
+#: Reply topics start with this prefix: a requester subscribes ``_inbox.<unique>`` and sets it
+#: as the request's ``reply_to``.
+INBOX_PREFIX: Final = "_inbox."
 #: Longest topic or pattern accepted, in characters.
 MAX_TOPIC_LENGTH: Final = 1024
 

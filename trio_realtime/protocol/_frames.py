@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, ClassVar, Final, TypeAlias, get_args
 
 import attrs
 
-from .._event import Event
+from .._event import REPLY_ERROR_HEADER, Event
+from .._topics import INBOX_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -157,11 +158,8 @@ def close_code_for(code: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # Request/reply conventions (plain publish; these are names, not frames)
 
-#: Reply topics start with this prefix: a requester subscribes ``_inbox.<unique>`` and sets it
-#: as the request's ``reply_to``.
-INBOX_PREFIX: Final = "_inbox."
-#: The header a reply carries when the responder's handler failed; its value is the message.
-REPLY_ERROR_HEADER: Final = "error"
+# INBOX_PREFIX and REPLY_ERROR_HEADER are defined with the topics and the events, and are
+# re-exported from here.
 
 # ---------------------------------------------------------------------------------------------
 # Client → broker frames
