@@ -975,6 +975,37 @@ async def test_event_frames_fan_out_and_gaps_count_as_missed() -> None:
             assert client.statistics().received == 1
 
 
+async def test_a_gap_of_stored_events_is_caught_up_from_the_store() -> None:
+    """A gap's stored events are re-read (resubscribe after the resume point); the rest count."""
+    caught_up: list[Subscribe] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome(epoch="e")
+        first = await peer.expect(Subscribe)
+        await peer.send(Subscribed(id=first.id, seq=10), Gap(sub=first.id, missed=3, stored=2))
+        unsubscribe = await peer.expect(Unsubscribe)
+        assert unsubscribe.id == first.id
+        again = await peer.expect(Subscribe)
+        caught_up.append(again)
+        await peer.send(
+            Unsubscribed(id=first.id),
+            Subscribed(id=again.id),
+            EventFrame(subs=(again.id,), event=Event(topic="g.x", data="from the store", seq=11)),
+        )
+        await peer.idle()
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            scripted_server(script) as server,
+            open_client(server.url) as client,
+            client.subscribe("g.>") as sub,
+        ):
+            assert (await sub.receive()).data == "from the store"
+            assert sub.missed == 1  # the one dropped event that was not stored
+            assert client.statistics().catch_ups == 1
+    assert [(s.pattern, s.since) for s in caught_up] == [("g.>", 10)]
+
+
 async def test_binary_messages_are_read_as_utf8_text() -> None:
     """A binary message is decoded as UTF-8; one that is not UTF-8 is counted, not fatal."""
 
