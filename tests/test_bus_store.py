@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 import trio_realtime._bus as bus_module
+import trio_realtime._replay as replay_module
 from trio_realtime import Event, EventChannel, StoreError, open_bus
 from trio_realtime.store import MemoryStore, SQLiteStore, Store
 from trio_realtime.testing import check_channel
@@ -85,7 +86,7 @@ async def test_replay_rereads_when_too_much_is_held(
     make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Live events beyond the hold limit during replay are re-read from the store, not lost."""
-    monkeypatch.setattr(bus_module, "MAX_HELD_DURING_REPLAY", 3)
+    monkeypatch.setattr(replay_module, "MAX_HELD_DURING_REPLAY", 3)
     monkeypatch.setattr(bus_module, "REPLAY_PAGE", 5)
     async with open_bus(store=make_store()) as bus:
         for i in range(20):
@@ -247,7 +248,7 @@ async def test_unstored_events_lost_during_a_long_replay_are_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Held-back events of unstored topics that a replay had to let go count as missed."""
-    monkeypatch.setattr(bus_module, "MAX_HELD_DURING_REPLAY", 3)
+    monkeypatch.setattr(replay_module, "MAX_HELD_DURING_REPLAY", 3)
     async with open_bus(store=MemoryStore(), persist=["p.>"]) as bus:
         for i in range(5):
             await bus.publish("p.x", i)

@@ -8,7 +8,6 @@ overflow policy. There is no second routing table anywhere.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -25,9 +24,12 @@ from ._channel import (
     Overflow,
     OverflowLike,
     Subscription,
+    pattern_and_type,
 )
-from ._errors import NoResponders, RequestFailed
-from ._event import REPLY_ERROR_HEADER, Event, check_json, new_event_id, registered_type
+from ._errors import NoResponders
+from ._event import Event, make_event
+from ._replay import ReplaySink
+from ._requests import DEFAULT_MAX_CONCURRENCY, answer_requests, check_reply, new_inbox
 from ._topics import INBOX_PREFIX, PatternIndex, validate_pattern, validate_topic
 from ._util import open_service_nursery
 
@@ -40,8 +42,6 @@ logger = logging.getLogger("trio_realtime.bus")
 
 #: A publisher that never has to wait yields to the scheduler once per this many publishes.
 PUBLISH_BATCH: Final = 64
-#: Requests a ``serve`` block answers at the same time, by default.
-DEFAULT_MAX_CONCURRENCY: Final = 64
 #: Most events the bus hands the store in one append (group commit).
 MAX_COMMIT_BATCH: Final = 1024
 #: Persisted publishes that may wait for the store before publishers have to wait too.
@@ -50,8 +50,6 @@ MAX_PENDING_COMMITS: Final = 16384
 DEDUPE_WINDOW: Final = 100_000
 #: Events read from the store per page while replaying a subscription's history.
 REPLAY_PAGE: Final = 1000
-#: Live events a replaying subscription holds back before it re-reads the store instead.
-MAX_HELD_DURING_REPLAY: Final = 10000
 
 
 class Sink(Protocol):
@@ -132,72 +130,6 @@ class PendingCommit:
         return self.result
 
 
-def new_inbox() -> str:
-    """A fresh, unique ``_inbox.`` topic for replies."""
-    return f"{INBOX_PREFIX}{new_event_id()}"
-
-
-def check_reply(topic: str, reply: Event) -> Event:
-    """*reply*, or :exc:`RequestFailed` if the responder reported that its handler failed."""
-    error = reply.headers.get(REPLY_ERROR_HEADER)
-    if error is not None:
-        raise RequestFailed(topic, error)
-    return reply
-
-
-def pattern_and_type(pattern: str | type) -> tuple[str, type | None]:
-    """The pattern and payload type to subscribe to, from a pattern or a registered class."""
-    if isinstance(pattern, str):
-        return validate_pattern(pattern), None
-    registered = registered_type(pattern)
-    if registered is None:
-        raise TypeError(
-            f"subscribe() takes a pattern or a class registered with @event_type, not {pattern!r}"
-        )
-    return registered[1], pattern
-
-
-def check_headers(headers: object) -> None:
-    """Raise TypeError unless *headers* is a dict of str to str."""
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise TypeError(f"headers must map str to str, got {headers!r}")
-
-
-def make_event(
-    topic: str | object,
-    data: Any,
-    *,
-    headers: dict[str, str] | None,
-    source: str,
-    type: str | None,  # noqa: A002 - the envelope's field
-    reply_to: str | None = None,
-) -> Event:
-    """Build (and check) the event ``publish(topic, data, …)`` describes."""
-    if not isinstance(topic, str):
-        registered = registered_type(topic.__class__)
-        if registered is None:
-            raise TypeError(
-                f"publish() takes a topic, or an instance of a class registered with "
-                f"@event_type; {topic.__class__.__qualname__} is not registered"
-            )
-        if data is not None:
-            raise TypeError("publish(obj) takes no data: the object is the data")
-        topic, data = registered[1], topic
-    validate_topic(topic)
-    check_json(data)
-    if headers is not None:
-        check_headers(headers)
-    if type is None:
-        return Event(
-            topic=topic, data=data, source=source, headers=headers or {}, reply_to=reply_to
-        )
-    return Event(
-        topic=topic, data=data, source=source, type=type, headers=headers or {}, reply_to=reply_to
-    )
-
-
 class Bus:
     """The in-process event router. Get one from :func:`open_bus`.
 
@@ -230,7 +162,7 @@ class Bus:
         self._recent_ids: dict[str, Event] = {}
         self._last_seq = 0
         self._in_flight: dict[str, PendingCommit] = {}
-        self._replays: dict[Sink, _ReplaySink] = {}
+        self._replays: dict[Sink, ReplaySink] = {}
         self._pending_lot = trio.lowlevel.ParkingLot()
         self._pending_room = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -625,14 +557,14 @@ class Bus:
     ) -> None:
         """Feed *sub* the stored events after *since*, then switch it to live events.
 
-        A :class:`_ReplaySink` stands in the index for *sub* from the start: while the store
+        A :class:`ReplaySink` stands in the index for *sub* from the start: while the store
         is read it holds live events back; once caught up it forwards live events, dropping
         the stored ones the replay already delivered (an event is stored before it is routed,
         so the replay can read events the committer has not routed yet).
         """
         store = self.store
         assert store is not None
-        stand_in = _ReplaySink(sub)
+        stand_in = ReplaySink(sub)
         self._replays[sub] = stand_in
         self.add_sink(stand_in, retained=False)
         with trio.CancelScope() as scope:
@@ -766,135 +698,6 @@ class Bus:
         self._pending.clear()
         self._in_flight.clear()
         self._pending_room.unpark_all()
-
-
-class _ReplaySink:
-    """Stands in the index for a subscription replaying from the store (see ``_replay``)."""
-
-    def __init__(self, sub: Sink) -> None:
-        self.sub = sub
-        self.pattern = sub.pattern
-        self.group = sub.group
-        self.held: list[Event] = []
-        self.overflowed = False
-        self.live = False
-        self.after: int | None = None
-
-    @property
-    def missed(self) -> int:
-        return int(getattr(self.sub, "missed", 0))
-
-    def reset(self) -> None:
-        self.held.clear()
-        self.overflowed = False
-
-    def go_live(self, after: int | None) -> None:
-        """Deliver what was held back (past *after*) and forward live events from now on."""
-        self.after = after
-        self.live = True
-        for event in self.held:
-            if event.seq is None or after is None or event.seq > after:
-                self.sub._offer(event, force=True)
-        self.held.clear()
-
-    def _offer(self, event: Event, *, force: bool = False) -> int:
-        if self.sub._ended:
-            return 0
-        if self.live:
-            seq = event.seq
-            if seq is not None and self.after is not None and seq <= self.after:
-                return 0  # the replay delivered it already
-            return self.sub._offer(event, force=force)
-        if not self.overflowed and len(self.held) < MAX_HELD_DURING_REPLAY:
-            self.held.append(event)
-            return 1
-        if not self.overflowed:
-            # Too much held back: let it go and re-read the store, which has the stored
-            # events; those of unstored topics are lost, and counted.
-            self.overflowed = True
-            self._lose([held for held in self.held if held.seq is None])
-            self.held.clear()
-        if event.seq is None:
-            self._lose([event])
-        return 1
-
-    def _lose(self, events: list[Event]) -> None:
-        if events:
-            self.sub._add_missed(len(events))
-
-    async def _wait_room(self) -> None:
-        if self.live:
-            await self.sub._wait_room()
-        else:
-            await trio.lowlevel.checkpoint()
-
-    def _has_room(self) -> bool:
-        return self.sub._has_room() if self.live else True
-
-    def _end(self) -> None:
-        self.sub._end()
-
-    def _fail(self, exc: BaseException) -> None:
-        self.sub._fail(exc)
-
-    def _add_missed(self, n: int) -> None:
-        self.sub._add_missed(n)
-
-    @property
-    def _ended(self) -> bool:
-        return self.sub._ended
-
-
-async def answer_requests(
-    channel: Any,
-    sub: Subscription,
-    handler: Handler,
-    max_concurrency: int,
-    done: trio.Event,
-    *,
-    task_status: trio.TaskStatus[trio.CancelScope],
-) -> None:
-    """Call *handler* for each event of *sub*, publishing replies through *channel*."""
-    semaphore = trio.Semaphore(max_concurrency)
-
-    async def answer(event: Event) -> None:
-        try:
-            try:
-                result = handler(event)
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception as exc:  # noqa: BLE001 - reported to the requester, then go on
-                message = str(exc) or type(exc).__name__
-                logger.warning("request handler for %r failed: %s", event.topic, message)
-                if event.reply_to is not None:
-                    await channel.publish(event.reply_to, headers={REPLY_ERROR_HEADER: message})
-                return
-            if event.reply_to is not None:
-                try:
-                    await channel.publish(event.reply_to, result)
-                except TypeError as exc:
-                    await channel.publish(
-                        event.reply_to, headers={REPLY_ERROR_HEADER: f"bad reply: {exc}"}
-                    )
-        except trio.ClosedResourceError:
-            pass  # the channel closed under us: nobody is left to reply to
-        finally:
-            semaphore.release()
-
-    try:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            async with trio.open_nursery() as nursery:
-                async for event in sub:
-                    # acquire() is a checkpoint even when a slot is free: one more trip
-                    # through the scheduler on every request's path. Wait only when full.
-                    try:
-                        semaphore.acquire_nowait()
-                    except trio.WouldBlock:
-                        await semaphore.acquire()
-                    nursery.start_soon(answer, event)
-    finally:
-        done.set()
 
 
 @asynccontextmanager

@@ -20,7 +20,8 @@ import attrs
 import trio
 
 from ._errors import SlowConsumer
-from ._event import Event, converter
+from ._event import Event, converter, registered_type
+from ._topics import validate_pattern
 
 if TYPE_CHECKING:
     from typing import Self
@@ -88,6 +89,18 @@ def check_buffer_size(size: float) -> float:
     if size != math.inf and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
         raise ValueError(f"max_buffer_size must be a positive int or math.inf, not {size!r}")
     return size
+
+
+def pattern_and_type(pattern: str | type) -> tuple[str, type | None]:
+    """The pattern and payload type to subscribe to, from a pattern or a registered class."""
+    if isinstance(pattern, str):
+        return validate_pattern(pattern), None
+    registered = registered_type(pattern)
+    if registered is None:
+        raise TypeError(
+            f"subscribe() takes a pattern or a class registered with @event_type, not {pattern!r}"
+        )
+    return registered[1], pattern
 
 
 @attrs.frozen(kw_only=True)

@@ -21,14 +21,6 @@ from typing import Any, Final, TypeVar
 import attrs
 import trio
 
-from ._bus import (
-    DEFAULT_MAX_CONCURRENCY,
-    answer_requests,
-    check_reply,
-    make_event,
-    new_inbox,
-    pattern_and_type,
-)
 from ._channel import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_REQUEST_TIMEOUT,
@@ -36,6 +28,7 @@ from ._channel import (
     Overflow,
     OverflowLike,
     Subscription,
+    pattern_and_type,
 )
 from ._client_conn import (
     HistoryQuery,
@@ -52,7 +45,8 @@ from ._client_conn import (
     since_fields,
 )
 from ._errors import ConnectionClosed, EpochChanged
-from ._event import Event
+from ._event import Event, make_event
+from ._requests import DEFAULT_MAX_CONCURRENCY, answer_requests, check_reply, new_inbox
 from ._topics import validate_pattern
 from ._transport import (
     CLOSE_TIMEOUT,

@@ -331,6 +331,47 @@ class Event:
         )
 
 
+def check_headers(headers: object) -> None:
+    """Raise TypeError unless *headers* is a dict of str to str."""
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise TypeError(f"headers must map str to str, got {headers!r}")
+
+
+def make_event(
+    topic: str | object,
+    data: Any,
+    *,
+    headers: dict[str, str] | None,
+    source: str,
+    type: str | None,  # noqa: A002 - the envelope's field
+    reply_to: str | None = None,
+) -> Event:
+    """Build (and check) the event ``publish(topic, data, …)`` describes."""
+    if not isinstance(topic, str):
+        registered = registered_type(topic.__class__)
+        if registered is None:
+            raise TypeError(
+                f"publish() takes a topic, or an instance of a class registered with "
+                f"@event_type; {topic.__class__.__qualname__} is not registered"
+            )
+        if data is not None:
+            raise TypeError("publish(obj) takes no data: the object is the data")
+        topic, data = registered[1], topic
+    validate_topic(topic)
+    check_json(data)
+    if headers is not None:
+        check_headers(headers)
+    if type is None:
+        return Event(
+            topic=topic, data=data, source=source, headers=headers or {}, reply_to=reply_to
+        )
+    return Event(
+        topic=topic, data=data, source=source, type=type, headers=headers or {}, reply_to=reply_to
+    )
+
+
 def parse_time(value: object) -> datetime:
     """Parse an ISO 8601 time; a time without an offset is taken as UTC.
 

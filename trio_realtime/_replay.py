@@ -1,0 +1,94 @@
+"""The stand-in sink of a subscription that replays stored events before going live."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ._event import Event
+
+if TYPE_CHECKING:
+    from ._bus import Sink
+
+__all__ = ["MAX_HELD_DURING_REPLAY", "ReplaySink"]
+
+#: Live events a replaying subscription holds back before it re-reads the store instead.
+MAX_HELD_DURING_REPLAY: Final = 10000
+
+
+class ReplaySink:
+    """Stands in the index for a subscription replaying from the store (see ``_replay``)."""
+
+    def __init__(self, sub: Sink) -> None:
+        self.sub = sub
+        self.pattern = sub.pattern
+        self.group = sub.group
+        self.held: list[Event] = []
+        self.overflowed = False
+        self.live = False
+        self.after: int | None = None
+
+    @property
+    def missed(self) -> int:
+        return int(getattr(self.sub, "missed", 0))
+
+    def reset(self) -> None:
+        self.held.clear()
+        self.overflowed = False
+
+    def go_live(self, after: int | None) -> None:
+        """Deliver what was held back (past *after*) and forward live events from now on."""
+        self.after = after
+        self.live = True
+        for event in self.held:
+            if event.seq is None or after is None or event.seq > after:
+                self.sub._offer(event, force=True)
+        self.held.clear()
+
+    def _offer(self, event: Event, *, force: bool = False) -> int:
+        if self.sub._ended:
+            return 0
+        if self.live:
+            seq = event.seq
+            if seq is not None and self.after is not None and seq <= self.after:
+                return 0  # the replay delivered it already
+            return self.sub._offer(event, force=force)
+        if not self.overflowed and len(self.held) < MAX_HELD_DURING_REPLAY:
+            self.held.append(event)
+            return 1
+        if not self.overflowed:
+            # Too much held back: let it go and re-read the store, which has the stored
+            # events; those of unstored topics are lost, and counted.
+            self.overflowed = True
+            self._lose([held for held in self.held if held.seq is None])
+            self.held.clear()
+        if event.seq is None:
+            self._lose([event])
+        return 1
+
+    def _lose(self, events: list[Event]) -> None:
+        if events:
+            self.sub._add_missed(len(events))
+
+    async def _wait_room(self) -> None:
+        if self.live:
+            await self.sub._wait_room()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def _has_room(self) -> bool:
+        return self.sub._has_room() if self.live else True
+
+    def _end(self) -> None:
+        self.sub._end()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.sub._fail(exc)
+
+    def _add_missed(self, n: int) -> None:
+        self.sub._add_missed(n)
+
+    @property
+    def _ended(self) -> bool:
+        return self.sub._ended
