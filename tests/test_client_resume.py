@@ -152,7 +152,7 @@ async def test_only_subscriptions_outside_queue_groups_get_a_resume_point() -> N
 
 def test_resume_point_is_the_later_one_and_none_in_a_group() -> None:
     """A subscription resumes after the later of its last seq and its subscribe-time seq."""
-    from trio_realtime._client_conn import RemoteSub
+    from trio_realtime._client_state import RemoteSub
 
     sub = RemoteSub("orders.>")
     assert sub.resume_point() is None

@@ -30,9 +30,9 @@ from ._channel import (
     Subscription,
     pattern_and_type,
 )
-from ._client_conn import (
+from ._client_conn import Link, handshake
+from ._client_state import (
     HistoryQuery,
-    Link,
     Outbox,
     Pending,
     PublishAck,
@@ -40,7 +40,6 @@ from ._client_conn import (
     RequestPending,
     backoff_delay,
     check_int,
-    handshake,
     is_fatal,
     since_fields,
 )

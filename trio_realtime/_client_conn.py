@@ -1,10 +1,9 @@
-"""The remote client's connections: what it keeps across them, and the tasks that run one.
+"""The remote client's connections: the tasks that run one.
 
 A :class:`~trio_realtime._client.Client` outlives its connections. What must survive a
-reconnect lives in the client: its subscriptions (:class:`RemoteSub`), the :class:`Outbox` of
-frames and operations waiting to be sent, and the operations waiting for an answer
-(:class:`Pending`). Each connection is a :class:`Link`: a WebSocket transport, a sans-IO
-:class:`~trio_realtime.protocol.ClientConnection` (all encoding, decoding and protocol
+reconnect lives in the client (see ``_client_state``): its subscriptions, the outbox, the
+operations waiting for an answer. Each connection is a :class:`Link`: a WebSocket transport,
+a sans-IO :class:`~trio_realtime.protocol.ClientConnection` (all encoding, decoding and protocol
 bookkeeping), the ids this connection gave the subscriptions, and three tasks in one nursery
 (reader, writer, heartbeat). When a link ends, the client requeues what it had in flight and,
 when allowed, opens the next one.
@@ -13,31 +12,20 @@ when allowed, opens the next one.
 from __future__ import annotations
 
 import logging
-import random
-from collections import deque
 from collections.abc import Iterable
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import attrs
 import trio
 
+from ._client_state import OutboxItem, Pending, RemoteSub, error_from_frame
 from ._errors import (
     ConnectionClosed,
     HandshakeError,
-    InvalidTopic,
-    NoResponders,
-    PermissionDenied,
     RemoteProtocolError,
 )
-from ._event import Event, parse_time
+from ._event import Event
 from .protocol import (
     CLOSE_GOING_AWAY,
-    CLOSE_POLICY,
-    CLOSE_PROTOCOL,
-    FORBIDDEN,
-    INVALID_TOPIC,
-    NO_RESPONDERS,
     Ack,
     ClientConnection,
     ClientFrame,
@@ -45,7 +33,6 @@ from .protocol import (
     EventFrame,
     Gap,
     Hello,
-    History,
     HistoryResult,
     Ping,
     Pong,
@@ -64,22 +51,7 @@ if TYPE_CHECKING:
     from ._client import Client
     from ._transport import WebSocketTransport
 
-__all__ = [
-    "WRITE_BATCH",
-    "HistoryQuery",
-    "Link",
-    "Outbox",
-    "Pending",
-    "PublishAck",
-    "RemoteSub",
-    "RequestPending",
-    "backoff_delay",
-    "check_int",
-    "error_from_frame",
-    "handshake",
-    "is_fatal",
-    "since_fields",
-]
+__all__ = ["WRITE_BATCH", "Link", "handshake"]
 
 logger = logging.getLogger("trio_realtime.client")
 
@@ -87,348 +59,6 @@ logger = logging.getLogger("trio_realtime.client")
 WRITE_BATCH: Final = 512
 
 T = TypeVar("T")
-
-
-def error_from_frame(error: Error, topic: str) -> Exception:
-    """The exception that reports the broker's *error* about an operation on *topic*.
-
-    ``invalid_topic`` is :exc:`InvalidTopic`, ``forbidden`` :exc:`PermissionDenied`,
-    ``no_responders`` :exc:`NoResponders`; any other code is a :exc:`RemoteProtocolError`
-    carrying it.
-    """
-    code = error.code
-    if code == INVALID_TOPIC:
-        return InvalidTopic(topic, f"refused by the broker: {error.message}")
-    if code == FORBIDDEN:
-        return PermissionDenied(f"the broker refused it: {error.message}")
-    if code == NO_RESPONDERS:
-        return NoResponders(topic)
-    return RemoteProtocolError(f"the broker refused it ({code}): {error.message}", code=code)
-
-
-# ---------------------------------------------------------------------------------------------
-# Arguments, and the rules of reconnecting
-
-
-def since_fields(since: object) -> tuple[int | None, str | None]:
-    """The ``(since, since_time)`` frame fields for a ``since`` argument (seq or datetime)."""
-    if since is None:
-        return None, None
-    if isinstance(since, datetime):
-        return None, parse_time(since).isoformat()
-    if isinstance(since, bool) or not isinstance(since, int):
-        raise TypeError(f"since must be a seq (int), a datetime or None, not {since!r}")
-    if since < 0:
-        raise ValueError(f"since must not be negative, not {since!r}")
-    return since, None
-
-
-def check_int(value: object, what: str, *, minimum: int) -> None:
-    """Raise ValueError unless *value* is an int of at least *minimum*."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an int of at least {minimum}, not {value!r}")
-
-
-def is_fatal(exc: ConnectionClosed) -> bool:
-    """Whether reconnecting after *exc* is pointless: closed by policy (1008), or a handshake
-    the broker refused as a protocol mismatch."""
-    if exc.code == CLOSE_POLICY:
-        return True
-    return isinstance(exc, HandshakeError) and exc.code == CLOSE_PROTOCOL
-
-
-def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Seconds to wait before reconnect attempt *attempt* (0, 1, …): exponential backoff with
-    full jitter, uniform in ``[0, min(maximum, initial * 2**attempt)]``."""
-    return random.uniform(0, min(maximum, initial * 2 ** min(attempt, 32)))
-
-
-# ---------------------------------------------------------------------------------------------
-# What survives a reconnect
-
-
-class RemoteSub:
-    """One subscription of the client: its local :class:`Subscription`, and what it takes to
-    (re-)create it on the broker.
-
-    The client's request inbox is a ``RemoteSub`` without a local subscription: the reader
-    hands its events to the waiting requests instead.
-    """
-
-    __slots__ = (
-        "error",
-        "group",
-        "id",
-        "last_seq",
-        "pattern",
-        "resume_seq",
-        "settled",
-        "since",
-        "since_time",
-        "sub",
-    )
-
-    def __init__(
-        self,
-        pattern: str,
-        *,
-        group: str | None = None,
-        since: int | None = None,
-        since_time: str | None = None,
-    ) -> None:
-        self.pattern = pattern
-        self.group = group
-        self.since = since
-        self.since_time = since_time
-        self.sub: Subscription | None = None
-        #: Its id on the current connection (None while it has none).
-        self.id: int | None = None
-        #: The ``seq`` of the last stored event it received: a resubscribe resumes after it.
-        self.last_seq: int | None = None
-        #: Where the broker's store was when the subscription went live: the resume point
-        #: until a stored event arrives.
-        self.resume_seq: int | None = None
-        #: Set once the broker answered the first ``subscribe`` (or the client closed).
-        self.settled = trio.Event()
-        #: Why the first ``subscribe`` failed, once settled.
-        self.error: BaseException | None = None
-
-    def __repr__(self) -> str:
-        return f"<RemoteSub {self.pattern!r} id={self.id} last_seq={self.last_seq}>"
-
-    def frame(self, sub_id: int) -> Subscribe:
-        """The ``subscribe`` frame that (re-)creates it as *sub_id*, resuming where it was."""
-        resume = self.resume_point()
-        if resume is not None:
-            return Subscribe(id=sub_id, pattern=self.pattern, group=self.group, since=resume)
-        return Subscribe(
-            id=sub_id,
-            pattern=self.pattern,
-            group=self.group,
-            since=self.since,
-            since_time=self.since_time,
-        )
-
-    def resume_point(self) -> int | None:
-        """The seq to resume after: the later of the last stored event received and the
-        store's position when the subscription went live. None for a queue group member,
-        which must not replay what the other members handled."""
-        if self.group is not None:
-            return None
-        points = [s for s in (self.last_seq, self.resume_seq) if s is not None]
-        return max(points) if points else None
-
-    def settle(self, error: BaseException | None = None) -> None:
-        """The first ``subscribe`` was answered (*error*: refused)."""
-        if not self.settled.is_set():
-            self.error = error
-            self.settled.set()
-
-
-class Pending(Generic[T]):
-    """An operation that sends a frame with a ``ref`` and waits for the broker's answer.
-
-    Until it is sent it waits in the :class:`Outbox`; then the link that sent it keeps it by
-    ``ref``. If that link ends first, the client puts it back at the front of the outbox and
-    it is sent again on the next connection.
-    """
-
-    __slots__ = ("abandoned", "done", "error", "ref", "result", "topic")
-
-    def __init__(self, topic: str) -> None:
-        #: The topic or pattern it is about (for error messages).
-        self.topic = topic
-        self.done = trio.Event()
-        self.result: T | None = None
-        self.error: BaseException | None = None
-        #: Its ref on the connection that sent it, while it waits for the answer there.
-        self.ref: int | None = None
-        #: Nobody waits for it any more: not worth sending (requests and history only).
-        self.abandoned = False
-
-    def frame(self, ref: int) -> ClientFrame:
-        """The frame to send, with *ref*."""
-        raise NotImplementedError
-
-    def answer(self, frame: Ack | HistoryResult) -> None:
-        """The broker answered with *frame*."""
-        raise NotImplementedError
-
-    def succeed(self, result: T) -> None:
-        if not self.done.is_set():
-            self.result = result
-            self.done.set()
-
-    def fail(self, error: BaseException) -> None:
-        if not self.done.is_set():
-            self.error = error
-            self.done.set()
-
-    async def wait(self) -> T:
-        """Its result, once answered.
-
-        Raises:
-            Exception: what the broker's error maps to, or :exc:`ConnectionClosed`.
-        """
-        await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return cast("T", self.result)
-
-
-class PublishAck(Pending[Event]):
-    """A ``publish(…, ack=True)``: its result is the event with the broker's id and ``seq``."""
-
-    __slots__ = ("event", "retain")
-
-    def __init__(self, event: Event, retain: bool) -> None:
-        super().__init__(event.topic)
-        self.event = event
-        self.retain = retain
-
-    def frame(self, ref: int) -> ClientFrame:
-        return Publish(event=self.event, retain=self.retain, ref=ref)
-
-    def answer(self, frame: Ack | HistoryResult) -> None:
-        if type(frame) is Ack:
-            self.succeed(attrs.evolve(self.event, id=frame.id, seq=frame.seq))
-        else:
-            self.fail(RemoteProtocolError(f"the broker answered a publish with {frame.TYPE!r}"))
-
-
-class RequestPending(Pending[Event]):
-    """A request: a publish with ``reply_to``; its result is the reply event.
-
-    Its ``ack`` only means the request was routed (it is then not sent again after a
-    reconnect); the reply arrives on the client's inbox subscription.
-    """
-
-    __slots__ = ("event",)
-
-    def __init__(self, event: Event) -> None:
-        super().__init__(event.topic)
-        self.event = event
-
-    def frame(self, ref: int) -> ClientFrame:
-        return Publish(event=self.event, ref=ref)
-
-    def answer(self, frame: Ack | HistoryResult) -> None:
-        pass  # routed; the reply comes as an event
-
-
-class HistoryQuery(Pending[list[Event]]):
-    """A ``history`` read: its result is the list of stored events."""
-
-    __slots__ = ("limit", "since", "since_time")
-
-    def __init__(
-        self, pattern: str, *, since: int | None, since_time: str | None, limit: int
-    ) -> None:
-        super().__init__(pattern)
-        self.since = since
-        self.since_time = since_time
-        self.limit = limit
-
-    def frame(self, ref: int) -> ClientFrame:
-        return History(
-            ref=ref,
-            pattern=self.topic,
-            since=self.since,
-            since_time=self.since_time,
-            limit=self.limit,
-        )
-
-    def answer(self, frame: Ack | HistoryResult) -> None:
-        if type(frame) is HistoryResult:
-            self.succeed(list(frame.events))
-        else:
-            self.fail(
-                RemoteProtocolError(f"the broker answered a history read with {frame.TYPE!r}")
-            )
-
-
-#: What waits in the outbox: frames ready to send, and operations that get a ref when sent.
-OutboxItem = ClientFrame | Pending[Any]
-
-#: Frames that belong to one connection (their ids mean nothing on the next one).
-_CONTROL: Final = frozenset({Subscribe, Unsubscribe, Ping, Pong})
-
-
-class Outbox:
-    """Frames and operations waiting to be sent, in order; survives reconnects.
-
-    Bounded for publishers: :meth:`full` tells ``publish`` to :meth:`wait_room`. Control frames
-    (subscribe, unsubscribe, ping, pong) are never refused, and are dropped when the
-    connection they were meant for ends.
-    """
-
-    def __init__(self, max_size: int) -> None:
-        self.max_size: Final = max_size
-        self.items: deque[OutboxItem] = deque()
-        self._room = trio.lowlevel.ParkingLot()
-        self._ready = trio.lowlevel.ParkingLot()
-        self._drained = trio.lowlevel.ParkingLot()
-        self.closed = False
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def full(self) -> bool:
-        return len(self.items) >= self.max_size
-
-    def append(self, item: OutboxItem) -> None:
-        self.items.append(item)
-        if self._ready:
-            self._ready.unpark()
-
-    def push_front(self, items: Iterable[OutboxItem]) -> None:
-        """Put *items* (in their order) before everything waiting."""
-        self.items.extendleft(reversed(list(items)))
-        if self.items and self._ready:
-            self._ready.unpark()
-
-    def take(self, n: int) -> list[OutboxItem]:
-        """Remove and return up to *n* items from the front."""
-        items = self.items
-        if len(items) <= n:
-            batch = list(items)
-            items.clear()
-        else:
-            batch = [items.popleft() for _ in range(n)]
-        if self._room:
-            self._room.unpark_all()
-        return batch
-
-    def drop_control(self) -> None:
-        """Forget the control frames: the connection they were meant for has ended."""
-        if any(type(item) in _CONTROL for item in self.items):
-            self.items = deque(item for item in self.items if type(item) not in _CONTROL)
-
-    async def wait_room(self) -> None:
-        """Wait until the outbox has room (or is closed)."""
-        await self._room.park()
-
-    async def wait_ready(self) -> None:
-        """Wait until something is appended (the writer)."""
-        await self._ready.park()
-
-    async def wait_drained(self) -> None:
-        """Wait until the writer reports it sent everything (or its connection ended)."""
-        await self._drained.park()
-
-    def notify_drained(self) -> None:
-        if self._drained:
-            self._drained.unpark_all()
-
-    def close(self) -> list[OutboxItem]:
-        """Empty it for good, waking everyone; return what was waiting."""
-        self.closed = True
-        items = list(self.items)
-        self.items.clear()
-        self._room.unpark_all()
-        self._ready.unpark_all()
-        self._drained.unpark_all()
-        return items
 
 
 # ---------------------------------------------------------------------------------------------
