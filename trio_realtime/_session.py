@@ -234,8 +234,8 @@ class Session:
     async def _writer(self) -> None:
         queue = self._queue
         while True:
-            if self._closing:
-                return  # the close frame goes next: no new batches
+            if self._closing or self.conn.state is ConnectionState.CLOSED:
+                return  # the close frame (or a fatal error's) goes next: no new batches
             if self._slow:
                 await self._close_slow()
                 return
