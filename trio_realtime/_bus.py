@@ -29,7 +29,7 @@ from ._channel import (
 from ._errors import NoResponders
 from ._event import Event, make_event
 from ._replay import ReplaySink
-from ._requests import DEFAULT_MAX_CONCURRENCY, answer_requests, check_reply, new_inbox
+from ._requests import DEFAULT_MAX_CONCURRENCY, check_reply, new_inbox, serving
 from ._topics import INBOX_PREFIX, PatternIndex, validate_pattern, validate_topic
 from ._util import open_service_nursery
 
@@ -618,17 +618,11 @@ class Bus:
         serving goes on. Up to *max_concurrency* requests are handled at once. Events without
         ``reply_to`` are handled too; their result is discarded.
         """
-        async with self.subscribe(pattern, group=group) as sub:
-            done = trio.Event()
-            scope = await self._nursery.start(
-                answer_requests, self, sub, handler, max_concurrency, done
-            )
-            try:
-                yield
-            finally:
-                scope.cancel()
-                with trio.CancelScope(shield=True):
-                    await done.wait()
+        async with (
+            self.subscribe(pattern, group=group) as sub,
+            serving(self._nursery, self, sub, handler, max_concurrency),
+        ):
+            yield
 
     async def request(
         self,

@@ -45,7 +45,7 @@ from ._client_state import (
 )
 from ._errors import ConnectionClosed, EpochChanged
 from ._event import Event, make_event
-from ._requests import DEFAULT_MAX_CONCURRENCY, answer_requests, check_reply, new_inbox
+from ._requests import DEFAULT_MAX_CONCURRENCY, check_reply, new_inbox, serving
 from ._topics import validate_pattern
 from ._transport import (
     CLOSE_TIMEOUT,
@@ -462,37 +462,11 @@ class Client:
             PermissionDenied: if the broker refused the subscription.
             ConnectionClosed: if the client is closed.
         """
-        async with self.subscribe(pattern, group=group) as sub:
-            done = trio.Event()
-            scope: trio.CancelScope = await self._nursery.start(
-                self._answer, sub, handler, max_concurrency, done
-            )
-            try:
-                yield
-            finally:
-                scope.cancel()
-                with trio.CancelScope(shield=True):
-                    await done.wait()
-
-    async def _answer(
-        self,
-        sub: Subscription,
-        handler: Handler,
-        max_concurrency: int,
-        done: trio.Event,
-        *,
-        task_status: trio.TaskStatus[trio.CancelScope],
-    ) -> None:
-        try:
-            await answer_requests(
-                self, sub, handler, max_concurrency, done, task_status=task_status
-            )
-        except ConnectionClosed:
-            pass  # the client closed for good: nobody is left to answer
-        except BaseExceptionGroup as group:
-            rest = group.split(ConnectionClosed)[1]
-            if rest is not None:
-                raise rest from None
+        async with (
+            self.subscribe(pattern, group=group) as sub,
+            serving(self._nursery, self, sub, handler, max_concurrency),
+        ):
+            yield
 
     async def request(
         self,

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import trio
 
 from ._channel import Handler, Subscription
-from ._errors import RequestFailed
+from ._errors import ConnectionClosed, RequestFailed
 from ._event import REPLY_ERROR_HEADER, Event, new_event_id
 from ._topics import INBOX_PREFIX
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "answer_requests", "check_reply", "new_inbox"]
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "answer_requests", "check_reply", "new_inbox", "serving"]
 
 logger = logging.getLogger("trio_realtime.bus")
 
@@ -70,7 +72,7 @@ async def answer_requests(
                     await channel.publish(
                         event.reply_to, headers={REPLY_ERROR_HEADER: f"bad reply: {exc}"}
                     )
-        except trio.ClosedResourceError:
+        except (trio.ClosedResourceError, ConnectionClosed):
             pass  # the channel closed under us: nobody is left to reply to
         finally:
             semaphore.release()
@@ -78,14 +80,41 @@ async def answer_requests(
     try:
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            async with trio.open_nursery() as nursery:
-                async for event in sub:
-                    # acquire() is a checkpoint even when a slot is free: one more trip
-                    # through the scheduler on every request's path. Wait only when full.
-                    try:
-                        semaphore.acquire_nowait()
-                    except trio.WouldBlock:
-                        await semaphore.acquire()
-                    nursery.start_soon(answer, event)
+            try:
+                async with trio.open_nursery() as nursery:
+                    async for event in sub:
+                        # acquire() is a checkpoint even when a slot is free: one more trip
+                        # through the scheduler on every request's path. Wait only when full.
+                        try:
+                            semaphore.acquire_nowait()
+                        except trio.WouldBlock:
+                            await semaphore.acquire()
+                        nursery.start_soon(answer, event)
+            except* ConnectionClosed:
+                pass  # the channel closed for good: nobody is left to answer
     finally:
         done.set()
+
+
+@asynccontextmanager
+async def serving(
+    nursery: trio.Nursery,
+    channel: Any,
+    sub: Subscription,
+    handler: Handler,
+    max_concurrency: int,
+) -> AsyncIterator[None]:
+    """Answer the requests of *sub* in *nursery* (the channel's own) for the block's duration.
+
+    Leaving the block cancels the handlers still running and waits for them.
+    """
+    done = trio.Event()
+    scope: trio.CancelScope = await nursery.start(
+        answer_requests, channel, sub, handler, max_concurrency, done
+    )
+    try:
+        yield
+    finally:
+        scope.cancel()
+        with trio.CancelScope(shield=True):
+            await done.wait()
