@@ -33,6 +33,7 @@ from ._util import open_service_nursery
 from .protocol import (
     BAD_FRAME,
     CLOSE_GOING_AWAY,
+    CLOSE_HEARTBEAT,
     CLOSE_PROTOCOL,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG,
@@ -80,8 +81,6 @@ MAX_BATCH: Final = 512
 MAX_ANSWER_BACKLOG: Final = 10_000
 #: Characters a frame adds around its event (type, subs, punctuation), counted generously.
 FRAME_OVERHEAD: Final = 64
-#: Close code for a peer that stayed silent for two heartbeat intervals (an extension).
-CLOSE_HEARTBEAT: Final = 4002
 #: Most events one ``history`` request returns.
 MAX_HISTORY: Final = 10_000
 

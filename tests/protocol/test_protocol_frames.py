@@ -120,7 +120,7 @@ def test_frame_defaults() -> None:
 
 
 def test_error_codes_are_the_protocol_list() -> None:
-    """ERROR_CODES holds exactly the twelve codes of protocol version 1."""
+    """ERROR_CODES holds the twelve codes of protocol version 1 and the extension ``limit``."""
     assert {
         "bad_frame",
         "unknown_type",
@@ -134,6 +134,7 @@ def test_error_codes_are_the_protocol_list() -> None:
         "slow_consumer",
         "no_responders",
         "internal",
+        "limit",
     } == ERROR_CODES
 
 

@@ -38,7 +38,9 @@ from ._frames import AUTH_FAILED as AUTH_FAILED
 from ._frames import BAD_FRAME as BAD_FRAME
 from ._frames import CLIENT_FRAME_TYPES as CLIENT_FRAME_TYPES
 from ._frames import CLOSE_GOING_AWAY as CLOSE_GOING_AWAY
+from ._frames import CLOSE_HEARTBEAT as CLOSE_HEARTBEAT
 from ._frames import CLOSE_INTERNAL as CLOSE_INTERNAL
+from ._frames import CLOSE_INVALID_PAYLOAD as CLOSE_INVALID_PAYLOAD
 from ._frames import CLOSE_NORMAL as CLOSE_NORMAL
 from ._frames import CLOSE_POLICY as CLOSE_POLICY
 from ._frames import CLOSE_PROTOCOL as CLOSE_PROTOCOL
@@ -49,6 +51,7 @@ from ._frames import FORBIDDEN as FORBIDDEN
 from ._frames import FRAME_TYPES as FRAME_TYPES
 from ._frames import INBOX_PREFIX as INBOX_PREFIX
 from ._frames import INTERNAL as INTERNAL
+from ._frames import LIMIT as LIMIT
 from ._frames import INVALID_TOPIC as INVALID_TOPIC
 from ._frames import NO_RESPONDERS as NO_RESPONDERS
 from ._frames import PROTOCOL as PROTOCOL
@@ -85,7 +88,9 @@ __all__ = [
     "BAD_FRAME",
     "CLIENT_FRAME_TYPES",
     "CLOSE_GOING_AWAY",
+    "CLOSE_HEARTBEAT",
     "CLOSE_INTERNAL",
+    "CLOSE_INVALID_PAYLOAD",
     "CLOSE_NORMAL",
     "CLOSE_POLICY",
     "CLOSE_PROTOCOL",
@@ -96,6 +101,7 @@ __all__ = [
     "FRAME_TYPES",
     "INBOX_PREFIX",
     "INTERNAL",
+    "LIMIT",
     "INVALID_TOPIC",
     "NO_RESPONDERS",
     "PROTOCOL",

@@ -530,14 +530,17 @@ def _encode_ack(frame: Ack) -> str:
     # The converter's form ({"type", "ref", "id", "seq"}), joined by hand: one per persisted
     # publish, so as hot as the events. orjson quotes the id (any string, escaped).
     seq = "null" if frame.seq is None else f"{frame.seq:d}"
+    duplicate = ',"duplicate":true' if frame.duplicate else ""
     return (
-        f'{{"type":"ack","ref":{frame.ref:d},"id":{orjson.dumps(frame.id).decode()},"seq":{seq}}}'
+        f'{{"type":"ack","ref":{frame.ref:d},"id":{orjson.dumps(frame.id).decode()},'
+        f'"seq":{seq}{duplicate}}}'
     )
 
 
 def _encode_history_result(frame: HistoryResult) -> str:
     events = ",".join([_event_json(event) for event in frame.events])
-    return f'{{"type":"history_result","ref":{frame.ref:d},"events":[{events}]}}'
+    more = ',"more":true' if frame.more else ""
+    return f'{{"type":"history_result","ref":{frame.ref:d},"events":[{events}]{more}}}'
 
 
 def _encode_general(frame: Frame) -> str:
@@ -551,7 +554,7 @@ _ENCODERS: Final[dict[type, Callable[[Any], str]]] = {
     # (The hand-joined form is used only while Ack has exactly the fields it writes.)
     Ack: (
         _encode_ack
-        if tuple(f.name for f in attrs.fields(Ack)) == ("ref", "id", "seq")
+        if tuple(f.name for f in attrs.fields(Ack)) == ("ref", "id", "seq", "duplicate")
         else _encode_general
     ),
     HistoryResult: _encode_history_result,

@@ -98,6 +98,9 @@ SLOW_CONSUMER: Final = "slow_consumer"
 NO_RESPONDERS: Final = "no_responders"
 #: The broker failed; not the client's fault.
 INTERNAL: Final = "internal"
+#: (Extension) A configured limit refused the frame, such as the most subscriptions one
+#: connection may hold; the message names the limit. The connection stays usable.
+LIMIT: Final = "limit"
 
 #: Every error code of protocol version 1.
 ERROR_CODES: Final[frozenset[str]] = frozenset(
@@ -114,6 +117,7 @@ ERROR_CODES: Final[frozenset[str]] = frozenset(
         SLOW_CONSUMER,
         NO_RESPONDERS,
         INTERNAL,
+        LIMIT,
     }
 )
 
@@ -128,12 +132,16 @@ CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 #: A message was larger than the receiver accepts.
 CLOSE_TOO_BIG: Final = 1009
+#: A text message was not valid UTF-8.
+CLOSE_INVALID_PAYLOAD: Final = 1007
 #: The broker failed internally.
 CLOSE_INTERNAL: Final = 1011
 #: The peer broke the protocol (``hello`` not first, a second ``hello``, a bad version).
 CLOSE_PROTOCOL: Final = 4000
 #: The client read too slowly and was disconnected.
 CLOSE_SLOW_CONSUMER: Final = 4001
+#: (Extension) The peer stayed silent for two heartbeat intervals: it did not answer a ping.
+CLOSE_HEARTBEAT: Final = 4002
 
 _CLOSE_CODES: Final[Mapping[str, int]] = {
     AUTH_FAILED: CLOSE_POLICY,
@@ -352,6 +360,9 @@ class Ack:
         ref: The publish's ``ref``.
         id: The event's id (the broker's, when the client left it out).
         seq: The event's position in the store, or None when it was not stored.
+        duplicate: (Extension) The publish repeated an event this publisher had already
+            stored (same ``id``): it was not stored or routed again, and ``seq`` is the
+            original's.
     """
 
     TYPE: ClassVar[str] = "ack"
@@ -359,6 +370,7 @@ class Ack:
     ref: int
     id: str
     seq: int | None = None
+    duplicate: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -409,12 +421,16 @@ class HistoryResult:
     Attributes:
         ref: The request's ``ref``.
         events: The stored events, oldest first.
+        more: The result stopped short of ``limit`` to keep the message under the size
+            limit, and more events may match: ask again with ``since`` set to the last
+            event's ``seq`` (and ``limit`` lowered by the events received).
     """
 
     TYPE: ClassVar[str] = "history_result"
 
     ref: int
     events: tuple[Event, ...]
+    more: bool = False
 
 
 #: Frames a client sends.
