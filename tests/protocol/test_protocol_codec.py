@@ -90,7 +90,10 @@ def one_error(text: str | bytes) -> RemoteProtocolError:
 @pytest.mark.parametrize(
     ("frame", "wire"),
     [
-        (Hello(token="t"), {"type": "hello", "protocol": 1, "token": "t", "client": None}),
+        (
+            Hello(token="t"),
+            {"type": "hello", "protocol": 1, "token": "t", "client": None, "instance": None},
+        ),
         (
             Subscribe(id=3, pattern="orders.>", group="g", since=10),
             {

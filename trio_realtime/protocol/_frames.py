@@ -181,6 +181,10 @@ class Hello:
         protocol: The protocol version; only 1 exists.
         token: The credential the broker checks, or None.
         client: A free-form name for the client (for logs and metrics), or None.
+        instance: (Extension) A random id the client keeps across its reconnects, or None.
+            The broker deduplicates a re-sent publish (same event ``id``) only within the
+            publisher that sent it first: this connection, or an earlier one with the same
+            *instance*.
     """
 
     TYPE: ClassVar[str] = "hello"
@@ -188,6 +192,7 @@ class Hello:
     protocol: int = PROTOCOL_VERSION
     token: str | None = None
     client: str | None = None
+    instance: str | None = None
 
 
 @attrs.frozen(kw_only=True)
