@@ -86,11 +86,20 @@ def shipments() -> st.SearchStrategy[Shipment]:
 
 
 def test_new_event_id_unique_increasing_fixed_length() -> None:
-    """10,000 ids are unique, 30 lowercase hex characters, and strictly increasing in order."""
+    """10,000 ids are unique, 38 lowercase hex characters, and strictly increasing in order."""
     ids = [new_event_id() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)
-    assert all(re.fullmatch(r"[0-9a-f]{30}", i) for i in ids)
+    assert all(re.fullmatch(r"[0-9a-f]{38}", i) for i in ids)
     assert all(a < b for a, b in pairwise(ids))
+
+
+def test_new_event_ids_carry_64_random_bits() -> None:
+    """Issue 7, finding 8: an id's last 16 hex digits are random, so ids cannot be guessed."""
+    tails = [int(new_event_id()[-16:], 16) for _ in range(2000)]
+    assert len(set(tails)) == len(tails)
+    # Not a counter: consecutive tails are far apart, and every bit position varies.
+    assert sum(1 for a, b in pairwise(tails) if abs(a - b) < 2**32) < 5
+    assert all(len({(t >> bit) & 1 for t in tails}) == 2 for bit in range(64))
 
 
 def test_new_event_id_keeps_increasing_when_the_clock_steps_back(
@@ -121,7 +130,7 @@ def test_event_defaults() -> None:
     before = datetime.now(UTC)
     event = Event(topic="orders.created")
     after = datetime.now(UTC)
-    assert len(event.id) == 30
+    assert len(event.id) == 38
     assert event.id != Event(topic="orders.created").id
     assert event.topic == "orders.created"
     assert event.type == "orders.created"  # defaults to the topic

@@ -784,14 +784,14 @@ async def test_unsupported_protocol_version_is_refused() -> None:
 async def test_message_over_max_size_closes_1009() -> None:
     """A message larger than `max_message_size` closes the connection with code 1009."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(max_message_size=1024) as (broker, url):
+        async with open_broker(max_message_size=4096) as (broker, url):
             async with broker.bus.subscribe("$sys.disconnect") as disconnects:
 
                 def run() -> int:
                     with open_peer(url) as peer:
                         peer.publish(1, topic="small", data="x" * 900)
                         peer.send(
-                            {"type": "publish", "event": {"topic": "big", "data": "x" * 2000}}
+                            {"type": "publish", "event": {"topic": "big", "data": "x" * 5000}}
                         )
                         return peer.close_code()
 

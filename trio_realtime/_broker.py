@@ -26,7 +26,7 @@ from ._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
 from ._event import Event
 from ._session import Session
 from ._topics import validate_pattern
-from ._transport import listen
+from ._transport import ConnectionGate, listen
 from ._util import only_leaf
 from .protocol import CLOSE_GOING_AWAY
 
@@ -43,6 +43,44 @@ DEFAULT_HEARTBEAT: Final = 30.0
 DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024
 #: Events queued for one client before the slow-consumer policy applies, by default.
 DEFAULT_SESSION_BUFFER: Final = 10_000
+#: Bytes of frames queued for one client before the slow-consumer policy applies to its
+#: events and the broker stops reading its requests, by default.
+DEFAULT_MAX_PENDING_BYTES: Final = 16 * 1024 * 1024
+#: Subscriptions one connection may hold, by default.
+DEFAULT_MAX_SUBSCRIPTIONS: Final = 4096
+#: ``history`` requests and ``since`` replays one connection may have under way at once, by
+#: default; further ones wait their turn.
+DEFAULT_MAX_REPLAYS: Final = 4
+#: Bytes an event frame may add around its event (type, ``subs``, punctuation): an event
+#: whose encoding is larger than ``max_message_size`` less this (less half of it, for a
+#: small limit) is refused as ``too_large``.
+EVENT_FRAME_RESERVE: Final = 1024
+#: The smallest ``max_message_size`` a broker accepts.
+MIN_MESSAGE_SIZE: Final = 512
+#: File descriptors left for other uses (the store, listeners, logs, refusals under way) when
+#: ``max_connections`` is derived from the process's descriptor limit.
+FD_RESERVE: Final = 128
+#: The most connections by default, whatever the descriptor limit (as NATS's default).
+MAX_CONNECTIONS_CAP: Final = 65_536
+
+
+def descriptor_limit() -> int | None:
+    """The process's soft limit on open file descriptors, or None if unlimited or unknown."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def default_max_connections() -> int:
+    """``max_connections`` when not given: below the descriptor limit, at most 65,536."""
+    limit = descriptor_limit()
+    if limit is None:
+        return MAX_CONNECTIONS_CAP
+    return max(1, min(MAX_CONNECTIONS_CAP, limit - FD_RESERVE))
+
 
 Actor = Callable[[Event], Awaitable[Any] | Any]
 
@@ -76,7 +114,14 @@ class BrokerStatistics:
         dropped: Events lost to overflow (slow remote clients and local subscriptions).
         stored: Events stored.
         actor_errors: Exceptions raised by actors.
-        errors: Bad input and failures by error code (``bad_frame``, ``invalid_topic`` …).
+        errors: Bad input and failures by error code (``bad_frame``, ``invalid_topic`` …),
+            and ``handshake_timeout``, ``heartbeat_timeout`` and ``accept_failed`` (the
+            listener could not accept a connection, such as when out of file descriptors).
+        limits: How often each configured limit was hit, by the setting's name
+            (``max_connections``: connections refused; ``max_subscriptions``,
+            ``max_event_size``: frames refused; ``max_retained``: retained values evicted;
+            ``max_pending_bytes``: events dropped or clients disconnected for reading too
+            slowly).
     """
 
     connections: int
@@ -89,6 +134,7 @@ class BrokerStatistics:
     stored: int
     actor_errors: int
     errors: dict[str, int]
+    limits: dict[str, int]
 
 
 @attrs.define
@@ -122,8 +168,25 @@ class Broker:
         persist: Patterns of the topics to store (default: all but ``$…`` and ``_inbox.…``).
         name: The broker's name, sent to clients in ``welcome``.
         heartbeat: Seconds between heartbeats; a client silent for two is closed.
-        handshake_timeout: Seconds a new connection has to send ``hello``.
-        max_message_size: Largest message (bytes) a client may send; bigger closes it (1009).
+        handshake_timeout: Seconds a new connection has to complete the WebSocket handshake
+            and send ``hello``.
+        max_message_size: Largest message (bytes) a client may send, and the largest the
+            broker sends; a bigger one received closes the connection (1009). An event must
+            fit in one message: one whose encoding exceeds :attr:`max_event_size` is refused.
+        max_connections: Most connections at once; one more is refused at the handshake with
+            HTTP 503. By default, the process's file-descriptor limit less
+            :data:`FD_RESERVE`, at most 65,536.
+        max_subscriptions: Most subscriptions one connection may hold; one more is refused
+            with error code ``limit``.
+        max_retained: Most retained values (by topic); retaining one more evicts the value
+            updated longest ago. By default the bus's
+            :data:`~trio_realtime._bus.DEFAULT_MAX_RETAINED` (pass it to :func:`open_bus`
+            when you pass a *bus*).
+        max_pending_bytes: Bytes of frames queued for one client. Past it, its events meet
+            *slow_consumer*, and the broker reads no more of its requests until it reads
+            the answers.
+        max_replays: ``history`` requests and ``since`` replays one connection may have
+            under way at once; further ones wait.
         session_buffer: Events queued for one client before *slow_consumer* applies.
         slow_consumer: ``"drop_oldest"`` (the client loses the oldest queued events and gets a
             ``gap`` frame with the count) or ``"disconnect"`` (it is closed with code 4001).
@@ -141,13 +204,22 @@ class Broker:
         heartbeat: float = DEFAULT_HEARTBEAT,
         handshake_timeout: float = 10.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_connections: int | None = None,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        max_retained: int | None = None,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_replays: int = DEFAULT_MAX_REPLAYS,
         session_buffer: int = DEFAULT_SESSION_BUFFER,
         slow_consumer: Literal["drop_oldest", "disconnect"] = "drop_oldest",
         stats_interval: float | None = 5.0,
         shutdown_timeout: float = 5.0,
     ) -> None:
-        if bus is not None and (store is not None or persist is not None):
-            raise ValueError("pass store= and persist= to open_bus() when you pass a bus")
+        if bus is not None and (
+            store is not None or persist is not None or max_retained is not None
+        ):
+            raise ValueError(
+                "pass store=, persist= and max_retained= to open_bus() when you pass a bus"
+            )
         if slow_consumer not in ("drop_oldest", "disconnect"):
             raise ValueError(
                 f"slow_consumer must be 'drop_oldest' or 'disconnect', not {slow_consumer!r}"
@@ -155,8 +227,25 @@ class Broker:
         for value, what in ((heartbeat, "heartbeat"), (handshake_timeout, "handshake_timeout")):
             if not value > 0:
                 raise ValueError(f"{what} must be positive, not {value!r}")
-        if session_buffer < 1:
-            raise ValueError(f"session_buffer must be at least 1, not {session_buffer!r}")
+        for count, what in (
+            (session_buffer, "session_buffer"),
+            (max_subscriptions, "max_subscriptions"),
+            (max_replays, "max_replays"),
+            (max_connections if max_connections is not None else 1, "max_connections"),
+            (max_retained if max_retained is not None else 1, "max_retained"),
+        ):
+            if count < 1:
+                raise ValueError(f"{what} must be at least 1, not {count!r}")
+        if max_message_size < MIN_MESSAGE_SIZE:
+            raise ValueError(
+                f"max_message_size must be at least {MIN_MESSAGE_SIZE} bytes, "
+                f"not {max_message_size!r}"
+            )
+        if max_pending_bytes < max_message_size:
+            raise ValueError(
+                f"max_pending_bytes ({max_pending_bytes}) must be at least max_message_size "
+                f"({max_message_size})"
+            )
         self._bus = bus
         self._store = store
         self._persist = persist
@@ -164,6 +253,18 @@ class Broker:
         self.heartbeat: Final = float(heartbeat)
         self.handshake_timeout: Final = float(handshake_timeout)
         self.max_message_size: Final = max_message_size
+        #: The largest event (its JSON encoding, in bytes) a client may publish: what always
+        #: fits in one ``event`` frame.
+        self.max_event_size: Final = max_message_size - min(
+            EVENT_FRAME_RESERVE, max_message_size // 2
+        )
+        self.max_connections: Final = (
+            max_connections if max_connections is not None else default_max_connections()
+        )
+        self.max_subscriptions: Final = max_subscriptions
+        self._max_retained = max_retained
+        self.max_pending_bytes: Final = max_pending_bytes
+        self.max_replays: Final = max_replays
         self.session_buffer: Final = session_buffer
         self.slow_consumer: Final = slow_consumer
         self.stats_interval: Final = stats_interval
@@ -179,6 +280,8 @@ class Broker:
         self._events_out = 0
         self._actor_errors = 0
         self._errors: Counter[str] = Counter()
+        self._limits: Counter[str] = Counter()
+        self._gate = ConnectionGate(self.max_connections)
         self._serving = False
         self._shutting_down = False
         self._sys_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
@@ -249,7 +352,12 @@ class Broker:
         try:
             if self._bus is not None:
                 await self._serve(self._bus, host, port, ssl_context, task_status)
-            async with open_bus(source=self.name, store=self._store, persist=self._persist) as bus:
+            async with open_bus(
+                source=self.name,
+                store=self._store,
+                persist=self._persist,
+                max_retained=self._max_retained,
+            ) as bus:
                 self._bus = bus
                 try:
                     await self._serve(bus, host, port, ssl_context, task_status)
@@ -338,6 +446,8 @@ class Broker:
                 ssl_context=ssl_context,
                 handler_nursery=sessions,
                 max_message_size=self.max_message_size,
+                handshake_timeout=self.handshake_timeout,
+                gate=self._gate,
                 task_status=task_status,
             )
 
@@ -406,6 +516,9 @@ class Broker:
     def _count_error(self, code: str) -> None:
         self._errors[code] += 1
 
+    def _count_limit(self, name: str, n: int = 1) -> None:
+        self._limits[name] += n
+
     async def _run_actor(
         self, bus: Bus, spec: _ActorSpec, *, task_status: trio.TaskStatus[None]
     ) -> None:
@@ -439,6 +552,13 @@ class Broker:
     def statistics(self) -> BrokerStatistics:
         """A snapshot of what the broker has seen."""
         bus = self._bus.statistics() if self._bus is not None else None
+        gate = self._gate
+        errors = Counter(self._errors)
+        errors["handshake_timeout"] += gate.handshake_timeouts
+        errors["accept_failed"] += gate.accept_failures
+        limits = Counter(self._limits)
+        limits["max_connections"] += gate.refused
+        limits["max_retained"] += bus.retained_evicted if bus else 0
         return BrokerStatistics(
             connections=len(self._sessions),
             connections_total=self._connections_total,
@@ -449,7 +569,8 @@ class Broker:
             dropped=bus.dropped if bus else 0,
             stored=bus.stored if bus else 0,
             actor_errors=self._actor_errors,
-            errors=dict(self._errors),
+            errors={code: n for code, n in errors.items() if n},
+            limits={name: n for name, n in limits.items() if n},
         )
 
 

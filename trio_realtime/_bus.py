@@ -8,10 +8,12 @@ overflow policy. There is no second routing table anywhere.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -30,7 +32,7 @@ from ._errors import NoResponders
 from ._event import Event, make_event
 from ._replay import ReplaySink
 from ._requests import DEFAULT_MAX_CONCURRENCY, check_reply, new_inbox, serving
-from ._topics import INBOX_PREFIX, PatternIndex, validate_pattern, validate_topic
+from ._topics import INBOX_PREFIX, PatternIndex, TopicTree, validate_pattern, validate_topic
 from ._util import open_service_nursery
 
 if TYPE_CHECKING:
@@ -46,10 +48,25 @@ PUBLISH_BATCH: Final = 64
 MAX_COMMIT_BATCH: Final = 1024
 #: Persisted publishes that may wait for the store before publishers have to wait too.
 MAX_PENDING_COMMITS: Final = 16384
-#: How many of the latest stored event ids the bus remembers, to store a re-sent event once.
+#: How many of the latest stored event ids the bus remembers (with their publisher and seq,
+#: not their payload), to store a re-sent event once.
 DEDUPE_WINDOW: Final = 100_000
 #: Events read from the store per page while replaying a subscription's history.
 REPLAY_PAGE: Final = 1000
+#: Bytes of events (as the store estimates them) read per page while replaying.
+REPLAY_PAGE_BYTES: Final = 1024 * 1024
+#: Retained values a bus holds by default; retaining one more evicts the oldest-updated.
+DEFAULT_MAX_RETAINED: Final = 100_000
+
+
+_first: Final = itemgetter(0)
+
+
+def _taken(event_id: str) -> ValueError:
+    return ValueError(
+        f"event id {event_id!r} was already stored by another publisher; event ids must be "
+        "unique (leave the id out and the broker assigns one)"
+    )
 
 
 class Sink(Protocol):
@@ -88,6 +105,7 @@ class BusStatistics:
         dropped: Events subscriptions lost to overflow.
         retained: Retained events held now.
         stored: Events appended to the store.
+        retained_evicted: Retained events evicted to stay within ``max_retained``.
     """
 
     subscriptions: int
@@ -96,6 +114,7 @@ class BusStatistics:
     dropped: int
     retained: int
     stored: int
+    retained_evicted: int = 0
 
 
 @attrs.define
@@ -105,16 +124,22 @@ class _Route:
 
 
 class PendingCommit:
-    """A persisted publish on its way through the store; ``await wait()`` for the result."""
+    """A persisted publish on its way through the store; ``await wait()`` for the result.
 
-    __slots__ = ("done", "error", "event", "result", "retain")
+    ``duplicate`` is true when the publish repeated an event its publisher had already
+    stored: it is not stored again, and the result carries the original's ``seq``.
+    """
 
-    def __init__(self, event: Event, retain: bool) -> None:
+    __slots__ = ("done", "duplicate", "error", "event", "publisher", "result", "retain")
+
+    def __init__(self, event: Event, retain: bool, publisher: str | None = None) -> None:
         self.event = event
         self.retain = retain
+        self.publisher = publisher
         self.done = trio.Event()
         self.result: Event | None = None
         self.error: BaseException | None = None
+        self.duplicate = False
 
     async def wait(self) -> Event:
         """The stored event (with its ``seq``), once stored and routed.
@@ -144,8 +169,10 @@ class Bus:
         source: str,
         store: Store | None,
         persist: Sequence[str] | None,
+        max_retained: int = DEFAULT_MAX_RETAINED,
     ) -> None:
         self._nursery = nursery
+        self.max_retained: Final = max_retained
         self.source: Final = source
         self.store: Final = store
         self._persist: PatternIndex[str] | None = None
@@ -157,9 +184,13 @@ class Bus:
         self._index: PatternIndex[Sink] = PatternIndex()
         self._routes: dict[str, _Route] = {}
         self._rotation: dict[str, int] = {}
-        self._retained: dict[str, Event] = {}
+        self._retained: dict[str, Event] = {}  # oldest-updated first
+        self._retained_tree: TopicTree[tuple[int, Event]] = TopicTree()
+        self._retained_order = itertools.count()
+        self._retained_evicted = 0
         self._pending: list[PendingCommit] = []
-        self._recent_ids: dict[str, Event] = {}
+        # id -> (publisher, seq) of the latest stored events.
+        self._recent_ids: dict[str, tuple[str | None, int | None]] = {}
         self._last_seq = 0
         self._in_flight: dict[str, PendingCommit] = {}
         self._replays: dict[Sink, ReplaySink] = {}
@@ -232,7 +263,7 @@ class Bus:
         return await result.wait()
 
     async def publish_pipelined(
-        self, event: Event, *, retain: bool = False
+        self, event: Event, *, retain: bool = False, publisher: str | None = None
     ) -> Event | PendingCommit:
         """Publish *event* without waiting for the store.
 
@@ -241,6 +272,11 @@ class Bus:
         order), and a :class:`PendingCommit` is returned: ``await pending.wait()`` for the
         stored event. Publishes from one task keep their order. This is how a broker session
         keeps reading while earlier publishes are being stored.
+
+        *publisher* scopes deduplication: an event whose id was stored recently is a
+        duplicate (not stored again; the commit is done with ``duplicate`` set) only if the
+        same *publisher* stored it; from another publisher it is refused with
+        :exc:`ValueError`, so that nobody can suppress another's events by reusing their ids.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
@@ -248,35 +284,44 @@ class Bus:
         if event.reply_to is not None and not self._has_route(event.topic):
             raise NoResponders(event.topic)
         if self.store is not None and self._is_persisted(event.topic):
-            return await self._submit(event, retain)
+            return await self._submit(event, retain, publisher)
         self._published += 1
         if retain:
-            self._retained.pop(event.topic, None)  # the latest retained is last: seq order
-            self._retained[event.topic] = event
+            self._retain(event)
         await self._route(event)
         return event
 
-    async def _submit(self, event: Event, retain: bool) -> PendingCommit:
+    async def _submit(self, event: Event, retain: bool, publisher: str | None) -> PendingCommit:
         """Queue a persisted event for the committer, waiting only if the queue is full.
 
-        An event whose id was stored recently (a client re-sending a publish it could not see
-        acknowledged) is not stored or routed again: its pending commit is already done, with
-        the stored event.
+        An event whose id was stored recently by the same publisher (a client re-sending a
+        publish it could not see acknowledged) is not stored or routed again: its pending
+        commit is already done, as a duplicate with the original's seq.
         """
-        stored = self._recent_ids.get(event.id)
-        if stored is not None:
-            pending = PendingCommit(event, retain)
-            pending.result = stored
+        recent = self._recent_ids.get(event.id)
+        if recent is not None:
+            pending = PendingCommit(event, retain, publisher)
+            original_publisher, seq = recent
+            if original_publisher == publisher:
+                pending.result = attrs.evolve(event, seq=seq)
+                pending.duplicate = True
+            else:
+                pending.error = _taken(event.id)
             pending.done.set()
             return pending
         in_flight = self._in_flight.get(event.id)
         if in_flight is not None:  # re-sent while the first copy is still being stored
-            return in_flight
+            if in_flight.publisher == publisher:
+                return in_flight
+            pending = PendingCommit(event, retain, publisher)
+            pending.error = _taken(event.id)
+            pending.done.set()
+            return pending
         while len(self._pending) >= MAX_PENDING_COMMITS:
             await self._pending_room.park()
             if self._closed:
                 raise trio.ClosedResourceError("the bus is closed")
-        pending = PendingCommit(event, retain)
+        pending = PendingCommit(event, retain, publisher)
         self._pending.append(pending)
         self._in_flight[event.id] = pending
         if self._pending_lot:
@@ -396,12 +441,11 @@ class Bus:
                     if isinstance(outcome, Event):
                         self._published += 1
                         recent = self._recent_ids
-                        recent[outcome.id] = outcome
+                        recent[outcome.id] = (p.publisher, outcome.seq)
                         if len(recent) > DEDUPE_WINDOW:
                             del recent[next(iter(recent))]
                         if p.retain:
-                            self._retained.pop(outcome.topic, None)
-                            self._retained[outcome.topic] = outcome
+                            self._retain(outcome)
                         await self._route(outcome)
                         p.result = outcome
                     else:
@@ -440,15 +484,35 @@ class Bus:
 
     # -- retained values ------------------------------------------------------------------
 
+    def _retain(self, event: Event) -> None:
+        """Make *event* its topic's retained value, evicting the oldest past the limit."""
+        topic = event.topic
+        retained = self._retained
+        retained.pop(topic, None)  # the latest retained is last
+        retained[topic] = event
+        self._retained_tree.set(topic, (next(self._retained_order), event))
+        if len(retained) > self.max_retained:
+            oldest = next(iter(retained))
+            del retained[oldest]
+            self._retained_tree.pop(oldest)
+            self._retained_evicted += 1
+
     def clear_retained(self, topic: str) -> bool:
         """Forget the retained event of *topic*; return whether there was one."""
-        return self._retained.pop(validate_topic(topic), None) is not None
+        topic = validate_topic(topic)
+        self._retained_tree.pop(topic)
+        return self._retained.pop(topic, None) is not None
 
     def retained(self, pattern: str = ">") -> list[Event]:
-        """The retained events whose topics match *pattern*, in the order they were retained."""
-        probe: PatternIndex[str] = PatternIndex()
-        probe.add(pattern, pattern)
-        return [e for t, e in self._retained.items() if probe.match(t)]
+        """The retained events whose topics match *pattern*, in the order they were retained.
+
+        Found through an index: the cost grows with the events that match, not with the
+        number of retained topics.
+        """
+        validate_pattern(pattern)
+        found = self._retained_tree.match(pattern)
+        found.sort(key=_first)
+        return [event for _, event in found]
 
     # -- subscribing ----------------------------------------------------------------------
 
@@ -531,12 +595,20 @@ class Bus:
             self.remove_sink(sub)
             sub._close()
 
-    async def add_sink_since(self, sink: Sink, since: int | datetime) -> trio.CancelScope:
+    async def add_sink_since(
+        self,
+        sink: Sink,
+        since: int | datetime,
+        *,
+        on_done: Callable[[], object] | None = None,
+    ) -> trio.CancelScope:
         """Replay stored events after *since* to *sink*, then route live events to it.
 
         Replay runs in a task of the bus and is lossless whatever the sink's policy (it waits
         for room); the switch to live events has no gap and no duplicate. Cancel the returned
         scope to stop a replay early (then remove the sink with :meth:`remove_sink`).
+        *on_done* is called once the replay task ends, for whatever reason (caught up,
+        cancelled, failed), if this returned.
 
         Raises:
             ValueError: if the bus has no store.
@@ -545,14 +617,27 @@ class Bus:
             raise ValueError("subscribe(since=…) needs a bus with a store")
         if self._closed:
             raise trio.ClosedResourceError("the bus is closed")
-        scope: trio.CancelScope = await self._nursery.start(self._replay, sink, since)
+        scope: trio.CancelScope = await self._nursery.start(self._replay, sink, since, on_done)
         return scope
 
     async def _replay(
         self,
         sub: Sink,
         since: int | datetime,
+        on_done: Callable[[], object] | None,
         *,
+        task_status: trio.TaskStatus[trio.CancelScope],
+    ) -> None:
+        try:
+            await self._replay_until_live(sub, since, task_status)
+        finally:
+            if on_done is not None:
+                on_done()
+
+    async def _replay_until_live(
+        self,
+        sub: Sink,
+        since: int | datetime,
         task_status: trio.TaskStatus[trio.CancelScope],
     ) -> None:
         """Feed *sub* the stored events after *since*, then switch it to live events.
@@ -573,7 +658,13 @@ class Bus:
             when = since if isinstance(since, datetime) else None
             try:
                 while True:
-                    page = await store.read(sub.pattern, after=after, since=when, limit=REPLAY_PAGE)
+                    page = await store.read(
+                        sub.pattern,
+                        after=after,
+                        since=when,
+                        limit=REPLAY_PAGE,
+                        max_bytes=REPLAY_PAGE_BYTES,
+                    )
                     for event in page:
                         # Replay is lossless whatever the policy: wait for room.
                         while not sub._has_room():
@@ -583,7 +674,7 @@ class Bus:
                         sub._offer(event)
                         after = event.seq
                     when = None if after is not None else when
-                    if len(page) == REPLAY_PAGE:
+                    if page:  # (a page may be short for its bytes: only an empty one is the end)
                         continue
                     # Caught up with the store at this instant: go live with no await between
                     # this check and the switch.
@@ -650,9 +741,18 @@ class Bus:
         return check_reply(topic, reply)
 
     async def history(
-        self, pattern: str, *, since: int | datetime | None = None, limit: int = 100
+        self,
+        pattern: str,
+        *,
+        since: int | datetime | None = None,
+        limit: int = 100,
+        max_bytes: int | None = None,
     ) -> list[Event]:
         """Stored events matching *pattern* after *since* (a ``seq`` or a time), oldest first.
+
+        With *max_bytes*, at most about that many bytes of events (as the store estimates
+        their size; at least one event): fewer than *limit* events then do not mean that no
+        more match.
 
         Raises:
             ValueError: if the bus has no store.
@@ -661,8 +761,8 @@ class Bus:
         if self.store is None:
             raise ValueError("history() needs a bus with a store")
         if isinstance(since, datetime):
-            return await self.store.read(pattern, since=since, limit=limit)
-        return await self.store.read(pattern, after=since, limit=limit)
+            return await self.store.read(pattern, since=since, limit=limit, max_bytes=max_bytes)
+        return await self.store.read(pattern, after=since, limit=limit, max_bytes=max_bytes)
 
     # -- the rest -------------------------------------------------------------------------
 
@@ -676,6 +776,7 @@ class Bus:
             dropped=self._dropped_by_gone + sum(getattr(s, "missed", 0) for s in subs),
             retained=len(self._retained),
             stored=self._stored,
+            retained_evicted=self._retained_evicted,
         )
 
     def _all_sinks(self) -> list[Sink]:
@@ -700,6 +801,7 @@ async def open_bus(
     source: str = "trio-realtime",
     store: Store | None = None,
     persist: Sequence[str] | None = None,
+    max_retained: int | None = None,
 ) -> AsyncIterator[Bus]:
     """Open an in-process event bus for the duration of an ``async with`` block.
 
@@ -712,7 +814,14 @@ async def open_bus(
             yet) and closes it on exit.
         persist: Patterns of the topics to store. By default, with a store, every topic
             except ``$…`` and ``_inbox.…``.
+        max_retained: The most retained values (one per topic) the bus holds; retaining one
+            more evicts the value updated longest ago (default
+            :data:`DEFAULT_MAX_RETAINED`).
     """
+    if max_retained is None:
+        max_retained = DEFAULT_MAX_RETAINED
+    if max_retained < 1:
+        raise ValueError(f"max_retained must be at least 1, not {max_retained!r}")
     if persist is not None:
         for pattern in persist:
             validate_pattern(pattern)
@@ -720,7 +829,9 @@ async def open_bus(
         if store is not None:
             await store.open()
         async with open_service_nursery() as nursery:
-            bus = Bus(nursery, source=source, store=store, persist=persist)
+            bus = Bus(
+                nursery, source=source, store=store, persist=persist, max_retained=max_retained
+            )
             if store is not None:
                 bus._last_seq = await store.last_seq()
                 await nursery.start(bus._commit_loop)

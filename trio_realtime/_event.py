@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import secrets
 import time as _time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -40,31 +39,45 @@ converter: Final = make_converter()
 C = TypeVar("C", bound=type)
 
 # ---------------------------------------------------------------------------------------------
-# Event ids: <12 hex digits of ms since the epoch><8 hex digits of process><10 hex digits count>.
-# Within a process they sort strictly in creation order; across processes, by millisecond.
+# Event ids: <12 hex digits of ms since the epoch><10 hex digits of a counter><16 hex digits of
+# randomness>. Within a process they sort strictly in creation order; across processes, by
+# millisecond. The 64 random bits make an id unguessable, so that no peer can claim the id of
+# an event another is about to publish.
 
-_node = secrets.token_hex(4)
 _counter = itertools.count(1)
 _last_ms = 0
+#: Hex digits of randomness drawn from the OS at a time (16 per id).
+_RANDOM_BATCH: Final = 16 * 512
+_random = ""
+_random_at = _RANDOM_BATCH
 
 
-def _new_node() -> None:
-    global _node
-    _node = secrets.token_hex(4)
+def _forget_random() -> None:
+    global _random, _random_at
+    _random, _random_at = "", _RANDOM_BATCH  # a forked child must not repeat its parent's
 
 
-os.register_at_fork(after_in_child=_new_node)
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_event_id() -> str:
-    """A new event id: a 30-character string, unique, that sorts in creation order."""
-    global _last_ms
+    """A new event id: a 38-character string, unique, that sorts in creation order.
+
+    It holds 64 random bits (from the operating system's secure source), so it cannot be
+    predicted from earlier ids.
+    """
+    global _last_ms, _random, _random_at
     ms = _time.time_ns() // 1_000_000
     if ms < _last_ms:  # the wall clock stepped back: keep ids increasing
         ms = _last_ms
     else:
         _last_ms = ms
-    return f"{ms:012x}{_node}{next(_counter):010x}"
+    at = _random_at
+    if at >= _RANDOM_BATCH:
+        _random = os.urandom(_RANDOM_BATCH // 2).hex()
+        at = 0
+    _random_at = at + 16
+    return f"{ms:012x}{next(_counter) & 0xFFFFFFFFFF:010x}{_random[at : at + 16]}"
 
 
 def _utcnow() -> datetime:

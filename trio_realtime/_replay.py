@@ -7,14 +7,17 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from ._event import Event
+from .protocol import encoded_size
 
 if TYPE_CHECKING:
     from ._bus import Sink
 
-__all__ = ["MAX_HELD_DURING_REPLAY", "ReplaySink"]
+__all__ = ["MAX_HELD_BYTES_DURING_REPLAY", "MAX_HELD_DURING_REPLAY", "ReplaySink"]
 
 #: Live events a replaying subscription holds back before it re-reads the store instead.
 MAX_HELD_DURING_REPLAY: Final = 10000
+#: Bytes of live events (encoded) a replaying subscription holds back, at most.
+MAX_HELD_BYTES_DURING_REPLAY: Final = 8 * 1024 * 1024
 
 
 class ReplaySink:
@@ -25,6 +28,7 @@ class ReplaySink:
         self.pattern = sub.pattern
         self.group = sub.group
         self.held: list[Event] = []
+        self.held_bytes = 0
         self.overflowed = False
         self.live = False
         self.after: int | None = None
@@ -35,6 +39,7 @@ class ReplaySink:
 
     def reset(self) -> None:
         self.held.clear()
+        self.held_bytes = 0
         self.overflowed = False
 
     def go_live(self, after: int | None) -> None:
@@ -45,6 +50,7 @@ class ReplaySink:
             if event.seq is None or after is None or event.seq > after:
                 self.sub._offer(event, force=True)
         self.held.clear()
+        self.held_bytes = 0
 
     def _offer(self, event: Event, *, force: bool = False) -> int:
         if self.sub._ended:
@@ -55,14 +61,18 @@ class ReplaySink:
                 return 0  # the replay delivered it already
             return self.sub._offer(event, force=force)
         if not self.overflowed and len(self.held) < MAX_HELD_DURING_REPLAY:
-            self.held.append(event)
-            return 1
+            size = encoded_size(event)
+            if self.held_bytes + size <= MAX_HELD_BYTES_DURING_REPLAY:
+                self.held.append(event)
+                self.held_bytes += size
+                return 1
         if not self.overflowed:
             # Too much held back: let it go and re-read the store, which has the stored
             # events; those of unstored topics are lost, and counted.
             self.overflowed = True
             self._lose([held for held in self.held if held.seq is None])
             self.held.clear()
+            self.held_bytes = 0
         if event.seq is None:
             self._lose([event])
         return 1

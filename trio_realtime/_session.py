@@ -40,6 +40,7 @@ from .protocol import (
     FORBIDDEN,
     INTERNAL,
     INVALID_TOPIC,
+    LIMIT,
     NO_RESPONDERS,
     SLOW_CONSUMER,
     TOO_LARGE,
@@ -63,6 +64,7 @@ from .protocol import (
     Welcome,
     close_code_for,
     encode_event,
+    encoded_size,
 )
 from .protocol._codec import encode_event_frame_text
 
@@ -77,12 +79,20 @@ logger = logging.getLogger("trio_realtime.broker")
 #: Frames the writer puts in one message at most.
 MAX_BATCH: Final = 512
 #: Answers (weighted: a history result by its events) queued for a client before the broker
-#: stops reading from it until it reads them.
+#: stops reading from it until it reads them (and, whatever their count, ``max_pending_bytes``
+#: of them).
 MAX_ANSWER_BACKLOG: Final = 10_000
-#: Characters a frame adds around its event (type, subs, punctuation), counted generously.
+#: Bytes a frame adds around its event (type, punctuation), counted generously; ``subs``
+#: adds :data:`SUB_ID_SIZE` per subscription id.
 FRAME_OVERHEAD: Final = 64
+#: Bytes one subscription id takes in ``subs`` at most (a 64-bit integer and a comma).
+SUB_ID_SIZE: Final = 21
+#: Bytes of a message the writer leaves unused (the batch's brackets, rounding).
+MESSAGE_MARGIN: Final = 64
 #: Most events one ``history`` request returns.
 MAX_HISTORY: Final = 10_000
+#: The longest ``hello.instance`` used to scope deduplication; longer ones are cut.
+MAX_INSTANCE_LENGTH: Final = 256
 
 
 def cost_of_answer(frame: ServerFrame) -> int:
@@ -90,14 +100,24 @@ def cost_of_answer(frame: ServerFrame) -> int:
     return 1 + len(frame.events) if isinstance(frame, HistoryResult) else 1
 
 
+def size_of_answer(frame: ServerFrame) -> int:
+    """Bytes a queued answer counts against ``max_pending_bytes`` (at least its size)."""
+    if isinstance(frame, HistoryResult):
+        return FRAME_OVERHEAD + sum(encoded_size(e) + 1 for e in frame.events)
+    if isinstance(frame, Error):
+        return FRAME_OVERHEAD + len(frame.message) * 4
+    return FRAME_OVERHEAD
+
+
 class _EventItem:
     """An event queued for the client, with the ids of the subscriptions it matched."""
 
-    __slots__ = ("event", "subs")
+    __slots__ = ("event", "size", "subs")
 
-    def __init__(self, event: Event, sub: int) -> None:
+    def __init__(self, event: Event, sub: int, size: int) -> None:
         self.event = event
         self.subs = [sub]
+        self.size = size  # counted against max_pending_bytes (the subs too)
 
 
 class RemoteSubscription:
@@ -155,6 +175,10 @@ class Session:
         self.dropped = 0
         self._queue: deque[ServerFrame | _EventItem] = deque()
         self._queued_events = 0
+        self._queued_bytes = 0  # of the queued events
+        self._answer_bytes = 0  # of the queued answers
+        self._publisher: str = f"session:{session_id}"  # who deduplication knows it as
+        self._replay_slots = trio.Semaphore(broker.max_replays)
         self._gaps: dict[int, int] = {}
         self._gaps_stored: dict[int, int] = {}  # of the gaps, how many were stored events
         self._writer_lot = trio.lowlevel.ParkingLot()
@@ -177,6 +201,7 @@ class Session:
     def _enqueue(self, frame: ServerFrame) -> None:
         self._queue.append(frame)
         self._queued_control += cost_of_answer(frame)
+        self._answer_bytes += size_of_answer(frame)
         if self._writer_lot:
             self._writer_lot.unpark()
 
@@ -186,13 +211,25 @@ class Session:
             last = queue[-1]
             if type(last) is _EventItem and last.event is event:
                 last.subs.append(sub_id)  # one frame for every subscription it matched
+                self._queued_bytes += SUB_ID_SIZE
                 return
-        if self._queued_events >= self.broker.session_buffer:
+        broker = self.broker
+        size = encoded_size(event) + FRAME_OVERHEAD
+        while self._queued_events and (
+            self._queued_events >= broker.session_buffer
+            or self._queued_bytes + size > broker.max_pending_bytes
+        ):
+            broker._count_limit(
+                "session_buffer"
+                if self._queued_events >= broker.session_buffer
+                else "max_pending_bytes"
+            )
             self._overflow()
             if self._slow:
                 return
-        queue.append(_EventItem(event, sub_id))
+        queue.append(_EventItem(event, sub_id, size))
         self._queued_events += 1
+        self._queued_bytes += size
         if self._writer_lot:
             self._writer_lot.unpark()
 
@@ -211,6 +248,7 @@ class Session:
             if type(item) is _EventItem:
                 del self._queue[i]
                 self._queued_events -= 1
+                self._queued_bytes -= item.size
                 self.dropped += 1
                 stored = item.event.seq is not None
                 for sub_id in item.subs:
@@ -223,11 +261,14 @@ class Session:
                 return
 
     def _has_room(self) -> bool:
-        return self._queued_events < self.broker.session_buffer
+        return (
+            self._queued_events < self.broker.session_buffer
+            and self._queued_bytes < self.broker.max_pending_bytes
+        )
 
     async def _wait_room(self) -> None:
         await trio.lowlevel.checkpoint()
-        while self._queued_events >= self.broker.session_buffer and not self._slow:
+        while not self._has_room() and not self._slow:
             await self._room_lot.park()
 
     async def _writer(self) -> None:
@@ -266,38 +307,52 @@ class Session:
                     frames.extend(gaps)
                 count = len(gaps)
             events = 0
-            # A batch stays well under the client's message size limit: at most a quarter of
-            # it in characters, so that even 4-byte UTF-8 text fits.
-            budget = self.broker.max_message_size // 4
+            # A batch stays under the client's message size limit (the broker's own): an
+            # event always fits alone (it was refused at publish otherwise), and an event
+            # that matched more subscriptions than fit in one frame goes in several.
+            budget = self.broker.max_message_size - MESSAGE_MARGIN
             size = 0
+            freed = 0
             while queue and count < MAX_BATCH:
                 item = queue[0]
                 if type(item) is _EventItem:
-                    event_text = encode_event(item.event)  # cached since the publish
-                    cost = len(event_text) + FRAME_OVERHEAD
-                    if count and size + cost > budget:
-                        break
-                    queue.popleft()
-                    events += 1
-                    if fast:
-                        parts.append(encode_event_frame_text(item.subs, event_text))
+                    event_size = encoded_size(item.event)
+                    subs = item.subs
+                    cost = event_size + FRAME_OVERHEAD + SUB_ID_SIZE * len(subs)
+                    fit = len(subs)
+                    if size + cost > budget:
+                        if count:
+                            break
+                        # Alone and still too big: send the subscriptions that fit now and
+                        # leave the rest at the head of the queue for the next message.
+                        fit = max(1, (budget - event_size - FRAME_OVERHEAD) // SUB_ID_SIZE)
+                    if fit < len(subs):
+                        subs, item.subs = subs[:fit], subs[fit:]
+                        cost = event_size + FRAME_OVERHEAD + SUB_ID_SIZE * fit
                     else:
-                        frames.append(EventFrame(subs=tuple(item.subs), event=item.event))
+                        queue.popleft()
+                        events += 1
+                        freed += item.size
+                    event_text = encode_event(item.event)  # cached since the publish
+                    if fast:
+                        parts.append(encode_event_frame_text(subs, event_text))
+                    else:
+                        frames.append(EventFrame(subs=tuple(subs), event=item.event))
                 else:
-                    cost = FRAME_OVERHEAD
-                    if type(item) is HistoryResult:
-                        cost += sum(len(encode_event(e)) for e in item.events)
+                    answer = cast("ServerFrame", item)
+                    cost = size_of_answer(answer)
                     if count and size + cost > budget:
                         break
                     queue.popleft()
-                    answer = cast("ServerFrame", item)
                     self._queued_control -= cost_of_answer(answer)
+                    self._answer_bytes -= cost
                     if fast:
                         parts.append(conn.send(answer))
                     else:
                         frames.append(answer)
                 count += 1
-                size += cost
+                size += cost + 1
+            self._queued_bytes -= freed
             self._queued_events -= events
             if self._room_lot:
                 self._room_lot.unpark_all()
@@ -371,6 +426,8 @@ class Session:
                 for item in self.conn.frames():
                     if isinstance(item, Hello):
                         self.client = item.client
+                        if item.instance:
+                            self._publisher = f"instance:{item.instance[:MAX_INSTANCE_LENGTH]}"
                         welcome = Welcome(
                             session=self.id,
                             broker=self.broker.name,
@@ -461,7 +518,7 @@ class Session:
             except (ValueError, TypeError) as exc:  # refused by the store, such as a reused id
                 self._error(ref, BAD_FRAME, f"the event was not stored: {exc}")
             else:
-                self._enqueue(Ack(ref=ref, id=event.id, seq=event.seq))
+                self._enqueue(Ack(ref=ref, id=event.id, seq=event.seq, duplicate=pending.duplicate))
 
     # -- reading and acting ---------------------------------------------------------------
 
@@ -479,12 +536,15 @@ class Session:
                     self._enqueue(Error.from_exception(item))
                 else:
                     await self._handle(item)
+                    # One message may hold thousands of frames: let other connections in
+                    # between them. (Publishes yield in the bus, every few.)
+                    await trio.lowlevel.checkpoint()
+                # A client that sends requests but does not read the answers is not read
+                # either until it does (TCP then pushes back on it): checked between frames,
+                # since one message may ask for many answers.
+                await self._wait_answers_read()
             self._processing = False
             self._last_received = trio.current_time()
-            # A client that sends requests but does not read the answers is not read either
-            # until it does: TCP then pushes back on it.
-            while self._queued_control > MAX_ANSWER_BACKLOG and not (self._closing or self._slow):
-                await self._room_lot.park()
             try:
                 text = await self.transport.receive()
             except ConnectionClosed as exc:
@@ -498,6 +558,13 @@ class Session:
                 continue
             self._last_received = trio.current_time()
             conn.receive_text(text)
+
+    async def _wait_answers_read(self) -> None:
+        limit = self.broker.max_pending_bytes
+        while (self._queued_control > MAX_ANSWER_BACKLOG or self._answer_bytes > limit) and not (
+            self._closing or self._slow
+        ):
+            await self._room_lot.park()
 
     def _error(self, ref: int | None, code: str, message: str) -> None:
         self.broker._count_error(code)
@@ -528,10 +595,11 @@ class Session:
         ref = frame.ref
         self.events_in += 1
         self.broker._events_in += 1
+        reply_to = event.reply_to
         try:
             validate_topic(event.topic)
-            if event.reply_to is not None:
-                validate_topic(event.reply_to)
+            if reply_to is not None:
+                validate_topic(reply_to)
         except InvalidTopic as exc:
             self._error(ref, INVALID_TOPIC, str(exc))
             return
@@ -540,15 +608,34 @@ class Session:
                 ref, FORBIDDEN, f"topic {event.topic!r}: '$' topics are reserved for the broker"
             )
             return
+        if reply_to is not None and reply_to.startswith("$"):
+            self._error(
+                ref,
+                FORBIDDEN,
+                f"reply_to {reply_to!r}: '$' topics are reserved for the broker; replies go "
+                "to a topic the requester subscribes to, such as an '_inbox.' topic",
+            )
+            return
         try:
             # Encoding now (it is cached for the writers) refuses here, to the publisher, what
             # could be decoded but not encoded again (such as data nested too deeply).
-            encode_event(event)
+            size = encoded_size(event)
         except (TypeError, LocalProtocolError) as exc:
             self._error(ref, BAD_FRAME, f"the event cannot be relayed: {exc}")
             return
+        if size > self.broker.max_event_size:
+            self.broker._count_limit("max_event_size")
+            self._error(
+                ref,
+                TOO_LARGE,
+                f"the event takes {size} bytes encoded; the most is {self.broker.max_event_size} "
+                "(max_event_size: the message size limit less room for the frame)",
+            )
+            return
         try:
-            result = await self.bus.publish_pipelined(event, retain=frame.retain)
+            result = await self.bus.publish_pipelined(
+                event, retain=frame.retain, publisher=self._publisher
+            )
         except NoResponders as exc:
             self._error(ref, NO_RESPONDERS, str(exc))
             return
@@ -568,11 +655,26 @@ class Session:
         except InvalidTopic as exc:
             self._error(frame.id, INVALID_TOPIC, str(exc))
             return
+        if frame.since is not None and frame.since < 0:
+            self._error(
+                frame.id, BAD_FRAME, f"'since' must be a seq (0 or more), not {frame.since}"
+            )
+            return
         since: int | datetime | None = frame.since
         if frame.since_time is not None:
             since = parse_time(frame.since_time)
         if since is not None and self.bus.store is None:
             self._error(frame.id, INTERNAL, "this broker has no store: 'since' cannot be served")
+            return
+        limit = self.broker.max_subscriptions
+        if len(self.subscriptions) >= limit:
+            self.broker._count_limit("max_subscriptions")
+            self._error(
+                frame.id,
+                LIMIT,
+                f"this connection holds {limit} subscriptions, the most it may "
+                "(max_subscriptions): unsubscribe one first",
+            )
             return
         sub = RemoteSubscription(self, frame.id, frame.pattern, frame.group)
         self.subscriptions[frame.id] = sub
@@ -586,18 +688,48 @@ class Session:
         self._enqueue(Subscribed(id=frame.id, seq=resume))
         if since is None:
             self.bus.add_sink(sub)
-        else:
-            sub.replay = await self.bus.add_sink_since(sub, since)
+            return
+        # Replays run in the bus; a connection has at most max_replays under way (each
+        # holding a page of stored events), and waits for one to finish before the next.
+        await self._replay_slots.acquire()
+        try:
+            sub.replay = await self.bus.add_sink_since(
+                sub, since, on_done=self._replay_slots.release
+            )
+        except BaseException:
+            self._replay_slots.release()
+            raise
 
     async def _history(self, frame: History) -> None:
+        """Answer with the stored events that fit in one message (``more`` if others match)."""
         since: int | datetime | None = frame.since
+        if frame.since is not None and frame.since < 0:
+            self._error(
+                frame.ref, BAD_FRAME, f"'since' must be a seq (0 or more), not {frame.since}"
+            )
+            return
+        limit = max(0, min(frame.limit, MAX_HISTORY))
+        budget = self.broker.max_message_size - MESSAGE_MARGIN - FRAME_OVERHEAD
         try:
             validate_pattern(frame.pattern)
             if frame.since_time is not None:
                 since = parse_time(frame.since_time)
             events = await self.bus.history(
-                frame.pattern, since=since, limit=max(0, min(frame.limit, MAX_HISTORY))
+                frame.pattern, since=since, limit=limit, max_bytes=budget
             )
+            # The store's sizes are estimates: keep what really fits.
+            size = 0
+            fit = 0
+            for event in events:
+                size += encoded_size(event) + 1
+                if fit and size > budget:
+                    break
+                fit += 1
+            more = fit < len(events)
+            events = events[:fit]
+            if not more and 0 < fit < limit:  # did the store stop for want of room?
+                last = events[-1].seq
+                more = bool(await self.bus.history(frame.pattern, since=last, limit=1))
         except InvalidTopic as exc:
             self._error(frame.ref, INVALID_TOPIC, str(exc))
         except ValueError as exc:
@@ -605,4 +737,4 @@ class Session:
         except StoreError as exc:
             self._error(frame.ref, INTERNAL, f"reading the store failed: {exc}")
         else:
-            self._enqueue(HistoryResult(ref=frame.ref, events=tuple(events)))
+            self._enqueue(HistoryResult(ref=frame.ref, events=tuple(events), more=more))

@@ -23,6 +23,7 @@ __all__ = [
     "INBOX_PREFIX",
     "MAX_TOPIC_LENGTH",
     "PatternIndex",
+    "TopicTree",
     "is_reserved",
     "topic_matches",
     "validate_pattern",
@@ -261,3 +262,109 @@ class PatternIndex(Generic[T]):
                 return
             node = child
             i += 1
+
+
+class _TopicNode(Generic[T]):
+    __slots__ = ("children", "value")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _TopicNode[T]] = {}
+        self.value: T | None = None
+
+    def is_empty(self) -> bool:
+        return self.value is None and not self.children
+
+
+class TopicTree(Generic[T]):
+    """Values keyed by topic, found by pattern: the reverse of :class:`PatternIndex`.
+
+    :meth:`match` walks only the branches a pattern can match: a literal token follows one
+    child, ``*`` every child at its level, ``>`` the whole subtree below. Its cost grows with
+    the topics matched (and the wildcard branches tried), not with the number of topics held.
+    Values must not be None.
+    """
+
+    __slots__ = ("_root", "_size")
+
+    def __init__(self) -> None:
+        self._root: _TopicNode[T] = _TopicNode()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def get(self, topic: str) -> T | None:
+        """The value of *topic*, or None."""
+        node: _TopicNode[T] | None = self._root
+        for token in topic.split("."):
+            assert node is not None
+            node = node.children.get(token)
+            if node is None:
+                return None
+        assert node is not None
+        return node.value
+
+    def set(self, topic: str, value: T) -> None:
+        """Set the value of *topic* (a topic, not a pattern)."""
+        node = self._root
+        for token in topic.split("."):
+            child = node.children.get(token)
+            if child is None:
+                child = node.children[token] = _TopicNode()
+            node = child
+        if node.value is None:
+            self._size += 1
+        node.value = value
+
+    def pop(self, topic: str) -> T | None:
+        """Remove *topic* and return its value (None if it had none)."""
+        path: list[tuple[_TopicNode[T], str]] = []
+        node: _TopicNode[T] | None = self._root
+        for token in topic.split("."):
+            assert node is not None
+            path.append((node, token))
+            node = node.children.get(token)
+            if node is None:
+                return None
+        assert node is not None
+        value = node.value
+        if value is None:
+            return None
+        node.value = None
+        self._size -= 1
+        # Prune empty nodes so that a churn of topics does not leak memory.
+        while path and node.is_empty():
+            parent, token = path.pop()
+            del parent.children[token]
+            node = parent
+        return value
+
+    def match(self, pattern: str) -> list[T]:
+        """The values of the topics *pattern* (not validated) matches, in no set order."""
+        found: list[T] = []
+        self._walk(self._root, pattern.split("."), 0, found)
+        return found
+
+    def _walk(self, node: _TopicNode[T], tokens: list[str], i: int, found: list[T]) -> None:
+        n = len(tokens)
+        while i < n:
+            token = tokens[i]
+            if token == ">":
+                stack = list(node.children.values())
+                while stack:
+                    below = stack.pop()
+                    if below.value is not None:
+                        found.append(below.value)
+                    stack.extend(below.children.values())
+                return
+            if token == "*":
+                for below in node.children.values():
+                    self._walk(below, tokens, i + 1, found)
+                return
+            child = node.children.get(token)
+            if child is None:
+                return
+            node = child
+            i += 1
+        if node.value is not None:
+            found.append(node.value)

@@ -14,15 +14,20 @@ and trio-websocket's errors translated to ours at this edge:
 
 from __future__ import annotations
 
+import errno
+import logging
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 import trio
 import trio_websocket
+import wsproto
+import wsproto.connection
+import wsproto.events
 
 from ._errors import ConnectionClosed, HandshakeError, RemoteProtocolError
 from ._util import open_service_nursery
@@ -33,13 +38,16 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MESSAGE_QUEUE_SIZE",
     "RECEIVE_BUFFER_SIZE",
+    "ConnectionGate",
     "WebSocketTransport",
     "listen",
     "open_transport",
     "parse_url",
 ]
 
-#: The largest message (in characters of text) accepted by default: 1 MiB. A larger one closes
+logger = logging.getLogger("trio_realtime.broker")
+
+#: The largest message (in bytes of UTF-8 text) accepted by default: 1 MiB. A larger one closes
 #: the connection with 1009.
 DEFAULT_MAX_MESSAGE_SIZE: Final = 2**20
 #: Seconds to connect (TCP, TLS and the WebSocket handshake) by default.
@@ -53,6 +61,16 @@ RECEIVE_BUFFER_SIZE: Final = 64 * 1024
 #: Received messages trio-websocket buffers before it stops reading the socket. Small, so that
 #: a receiver that does not keep up pushes back on the sender through TCP.
 MESSAGE_QUEUE_SIZE: Final = 4
+
+
+#: The close code of a message larger than the receiver's limit.
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+
+
+def _utf8_size(message: str | bytes) -> int:
+    if isinstance(message, bytes):
+        return len(message)
+    return len(message.encode("utf-8", "surrogatepass"))
 
 
 def _endpoint(endpoint: trio_websocket.Endpoint | str) -> str:
@@ -93,9 +111,16 @@ class WebSocketTransport:
         remote: The peer's ``host:port``.
     """
 
-    def __init__(self, connection: trio_websocket.WebSocketConnection) -> None:
+    def __init__(
+        self,
+        connection: trio_websocket.WebSocketConnection,
+        *,
+        remote: str | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
         self._ws = connection
-        self.remote: Final = _endpoint(connection.remote)
+        self.remote: Final = remote if remote is not None else _endpoint(connection.remote)
+        self._max_message_size = max_message_size
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -126,6 +151,17 @@ class WebSocketTransport:
             message = await self._ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
             raise _closed(exc, self.remote) from None
+        # trio-websocket counts characters; the limit is in bytes (UTF-8 takes up to 4 a
+        # character). Only a message with more than a quarter of the limit in characters can
+        # be over it, so most are never encoded for the check.
+        limit = self._max_message_size
+        if len(message) > limit // 4 and _utf8_size(message) > limit:
+            await self.aclose(CLOSE_MESSAGE_TOO_BIG, f"message larger than {limit} bytes")
+            raise ConnectionClosed(
+                f"{self.remote} sent a message larger than {limit} bytes",
+                code=CLOSE_MESSAGE_TOO_BIG,
+                reason="message too big",
+            )
         if isinstance(message, bytes):
             try:
                 return message.decode()
@@ -221,8 +257,8 @@ async def open_transport(
 
     Args:
         url: A ``ws://`` or ``wss://`` URL.
-        max_message_size: The largest message accepted, in characters; a larger one closes
-            the connection with code 1009.
+        max_message_size: The largest message accepted, in bytes; a larger one closes the
+            connection with code 1009.
         connect_timeout: Seconds to connect, TLS and WebSocket handshakes included.
         ssl_context: For ``wss://`` URLs (default: the system's trusted certificates).
 
@@ -280,7 +316,7 @@ async def open_transport(
                     ) from None
                 except (OSError, trio.BrokenResourceError) as exc:
                     raise ConnectionClosed(f"could not connect to {url}: {exc}") from exc
-                transport = WebSocketTransport(ws)
+                transport = WebSocketTransport(ws, max_message_size=max_message_size)
                 try:
                     yield transport
                 finally:
@@ -300,6 +336,81 @@ async def open_transport(
         ) from refused
 
 
+class ConnectionGate:
+    """The broker's door: how many connections it holds, admits and refuses.
+
+    A connection is counted from the moment it is accepted (while it does the WebSocket
+    handshake too), so that a flood of half-open connections cannot exceed the limit. One
+    over *max_connections* is refused at the handshake with HTTP 503; while more than
+    :data:`REFUSE_SLACK` refusals are already under way, further connections are closed at
+    once without reading them.
+
+    Attributes:
+        max_connections: The most connections served at once.
+        held: Connections held now (handshaking or served).
+        refused: Connections refused because of *max_connections* since the start.
+        accept_failures: Times ``accept()`` failed (such as when out of file descriptors).
+        handshake_timeouts: Connections closed for not completing the WebSocket handshake in
+            time.
+    """
+
+    def __init__(self, max_connections: int) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
+        self.max_connections: Final = max_connections
+        self.held = 0
+        self.refused = 0
+        self.accept_failures = 0
+        self.handshake_timeouts = 0
+        self._refusing = 0
+
+
+#: Refusals (HTTP 503 answers) under way at once; past that, connections are closed unread.
+REFUSE_SLACK: Final = 32
+_REFUSED_BODY: Final = b"too many connections: this broker is at its max_connections limit\n"
+#: Seconds to wait before accepting again after ``accept()`` failed, first and at most.
+ACCEPT_BACKOFF: Final = (0.05, 1.0)
+#: ``accept()`` errors that mean the process or system ran out of something (descriptors,
+#: memory): wait and try again, they pass.
+_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Errors that end one connection, and only it: the peer left or broke the connection.
+_CONNECTION_ERRORS: Final = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio_websocket.ConnectionClosed,
+)
+
+
+class _ServerConnection(trio_websocket.WebSocketConnection):
+    """trio-websocket's connection, sending the close frame wsproto asks for on bad input.
+
+    wsproto reports a frame it cannot accept (a text message that is not UTF-8, a bad
+    opcode) as a :class:`~wsproto.events.CloseConnection` with the code to close with (1007,
+    1002 …), but trio-websocket then drops the TCP connection without sending that close
+    frame. This sends it first, so that the peer learns why.
+    """
+
+    async def _handle_close_connection_event(self, event: wsproto.events.CloseConnection) -> None:
+        if (
+            self._wsproto.state is wsproto.connection.ConnectionState.OPEN
+        ):  # not the peer's close frame
+            try:
+                await self._send(wsproto.events.CloseConnection(event.code, event.reason))
+            except trio_websocket.ConnectionClosed:
+                pass
+        await super()._handle_close_connection_event(event)
+
+
+def _peer_address(stream: trio.SocketStream) -> str | None:
+    """The peer's ``host:port``, or None if it is already gone."""
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return None
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
 async def listen(
     handler: Callable[[WebSocketTransport], Awaitable[None]],
     host: str,
@@ -308,34 +419,157 @@ async def listen(
     ssl_context: ssl.SSLContext | None,
     handler_nursery: trio.Nursery,
     max_message_size: int,
+    handshake_timeout: float,
+    gate: ConnectionGate,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket clients on *host*:*port*, running ``handler(transport)`` for each.
 
     A startable task: ``port = await nursery.start(listen, …)`` returns once listening, with
-    the port (the real one when *port* is 0). Handlers run in *handler_nursery*.
+    the port (the real one when *port* is 0). Connections run in *handler_nursery*; whatever
+    happens to one of them (the peer leaves mid-handshake, sends garbage, resets the
+    connection) ends that connection only. When ``accept()`` fails for want of resources
+    (file descriptors above all), the listener logs one warning, keeps serving the
+    connections it has, and tries again with a growing delay until it succeeds.
+
+    Raises:
+        OSError: if it cannot listen on *host*:*port*.
     """
-
-    async def accept(request: trio_websocket.WebSocketRequest) -> None:
-        try:
-            connection = await request.accept()
-        except trio_websocket.ConnectionClosed:
-            return  # the client left during the WebSocket handshake
-        await handler(WebSocketTransport(connection))
-
+    listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+    if ssl_context is not None:
+        listeners = [
+            trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners
+        ]
+    serve = partial(
+        _serve_connection,
+        handler,
+        max_message_size=max_message_size,
+        handshake_timeout=handshake_timeout,
+        gate=gate,
+    )
     async with trio.open_nursery() as nursery:
-        server: trio_websocket.WebSocketServer = await nursery.start(
-            partial(
-                trio_websocket.serve_websocket,
-                accept,
-                host,
-                port,
-                ssl_context,
-                handler_nursery=handler_nursery,
-                max_message_size=max_message_size,
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, serve, handler_nursery, gate)
+        sock = _socket_of(listeners[0])
+        task_status.started(sock.getsockname()[1])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _socket_of(listener: trio.abc.Listener[Any]) -> trio.socket.SocketType:
+    if isinstance(listener, trio.SSLListener):
+        listener = listener.transport_listener
+    assert isinstance(listener, trio.SocketListener)
+    return listener.socket
+
+
+async def _accept_loop(
+    listener: trio.abc.Listener[Any],
+    serve: Callable[[Any], Awaitable[None]],
+    handler_nursery: trio.Nursery,
+    gate: ConnectionGate,
+) -> NoReturn:
+    failures = 0
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                gate.accept_failures += 1
+                if failures == 0:
+                    resource = (
+                        "out of file descriptors"
+                        if exc.errno in (errno.EMFILE, errno.ENFILE)
+                        else "out of resources"
+                        if exc.errno in _RESOURCE_ERRNOS
+                        else "failed"
+                    )
+                    logger.warning(
+                        "cannot accept connections (%s: %s); serving the %d connections held "
+                        "and retrying",
+                        resource,
+                        exc.strerror or exc,
+                        gate.held,
+                    )
+                failures += 1
+                low, high = ACCEPT_BACKOFF
+                await trio.sleep(min(high, low * 2 ** min(failures - 1, 16)))
+                continue
+            if failures:
+                logger.warning("accepting connections again (after %d failed attempts)", failures)
+                failures = 0
+            handler_nursery.start_soon(serve, stream)
+
+
+async def _serve_connection(
+    handler: Callable[[WebSocketTransport], Awaitable[None]],
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+    *,
+    max_message_size: int,
+    handshake_timeout: float,
+    gate: ConnectionGate,
+) -> None:
+    """One accepted connection: WebSocket handshake, admission, then *handler*."""
+    socket_stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    remote = _peer_address(socket_stream)
+    admitted = gate.held < gate.max_connections
+    if remote is None or (not admitted and gate._refusing >= REFUSE_SLACK):
+        if remote is not None:
+            gate.refused += 1
+        await trio.aclose_forcefully(stream)
+        return
+    gate.held += 1
+    if not admitted:
+        gate._refusing += 1
+    try:
+        async with trio.open_nursery() as nursery:  # trio-websocket's reader task
+            connection = _ServerConnection(
+                stream,
+                wsproto.WSConnection(wsproto.ConnectionType.SERVER),
                 message_queue_size=MESSAGE_QUEUE_SIZE,
+                # In characters; WebSocketTransport.receive() checks the bytes.
+                max_message_size=max_message_size,
                 receive_buffer_size=RECEIVE_BUFFER_SIZE,
             )
-        )
-        task_status.started(server.port)
-    raise AssertionError("unreachable")  # pragma: no cover
+            nursery.start_soon(connection._reader_task)
+            served = False
+            try:
+                with trio.move_on_after(handshake_timeout) as handshake:
+                    request = await connection._get_request()
+                    if not admitted:
+                        gate.refused += 1
+                        await request.reject(503, body=_REFUSED_BODY)
+                        return
+                    await request.accept()
+                if handshake.cancelled_caught:
+                    gate.handshake_timeouts += 1
+                    logger.debug("connection from %s: no WebSocket handshake in time", remote)
+                    return
+                transport = WebSocketTransport(
+                    connection, remote=remote, max_message_size=max_message_size
+                )
+                served = True
+                try:
+                    await handler(transport)
+                finally:
+                    # Not shielded (the handler closes gracefully as it wants): a broker
+                    # shutting down cancels this after its own grace period. (A close already
+                    # under way returns at once.)
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await connection.aclose()
+            finally:
+                if served:
+                    # The reader ends by itself once the close handshake is done (the
+                    # handler's, or another task's still under way): give it that long.
+                    nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+                else:
+                    nursery.cancel_scope.cancel()
+    except* _CONNECTION_ERRORS as group:
+        logger.debug("connection from %s ended: %r", remote, group.exceptions[0])
+    except* Exception as group:
+        logger.warning("connection from %s failed: %r", remote, group.exceptions[0])
+        logger.debug("connection from %s failed", remote, exc_info=group)
+    finally:
+        gate.held -= 1
+        if not admitted:
+            gate._refusing -= 1
+        await trio.aclose_forcefully(stream)

@@ -268,7 +268,7 @@ def test_decode_minimal_publish_fills_the_event() -> None:
     assert event.source == "trio-realtime"
     assert event.seq is None
     assert event.reply_to is None
-    assert len(event.id) == 30
+    assert len(event.id) == 38
     assert before <= event.time <= datetime.now(UTC)
     assert frame.retain is False
     assert frame.ref is None

@@ -31,6 +31,7 @@ from __future__ import annotations
 from ._codec import decode as decode
 from ._codec import encode as encode
 from ._codec import encode_event as encode_event
+from ._codec import encoded_size as encoded_size
 from ._connection import ClientConnection as ClientConnection
 from ._connection import ConnectionState as ConnectionState
 from ._connection import ServerConnection as ServerConnection
@@ -51,8 +52,8 @@ from ._frames import FORBIDDEN as FORBIDDEN
 from ._frames import FRAME_TYPES as FRAME_TYPES
 from ._frames import INBOX_PREFIX as INBOX_PREFIX
 from ._frames import INTERNAL as INTERNAL
-from ._frames import LIMIT as LIMIT
 from ._frames import INVALID_TOPIC as INVALID_TOPIC
+from ._frames import LIMIT as LIMIT
 from ._frames import NO_RESPONDERS as NO_RESPONDERS
 from ._frames import PROTOCOL as PROTOCOL
 from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
@@ -101,8 +102,8 @@ __all__ = [
     "FRAME_TYPES",
     "INBOX_PREFIX",
     "INTERNAL",
-    "LIMIT",
     "INVALID_TOPIC",
+    "LIMIT",
     "NO_RESPONDERS",
     "PROTOCOL",
     "PROTOCOL_VERSION",
@@ -138,4 +139,5 @@ __all__ = [
     "decode",
     "encode",
     "encode_event",
+    "encoded_size",
 ]

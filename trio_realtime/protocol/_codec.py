@@ -25,10 +25,12 @@ building the :class:`~trio_realtime.Event` 1.2 µs (the converter alone: 4.8 µs
 
 from __future__ import annotations
 
+import json
+import re
 from collections import deque
 from datetime import UTC, datetime
 from types import NoneType, UnionType
-from typing import TYPE_CHECKING, Any, Final, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Union, get_args, get_origin
 
 import attrs
 import orjson
@@ -56,12 +58,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 __all__ = [
+    "EVENT_CACHE_BYTES",
     "EVENT_CACHE_SIZE",
     "converter",
     "decode",
     "encode",
     "encode_event",
     "encode_event_frame_text",
+    "encoded_size",
     "structure_event",
     "structure_frame",
 ]
@@ -72,6 +76,8 @@ converter: Final = make_converter(detailed_validation=True)
 
 #: How many encoded events :func:`encode_event` keeps.
 EVENT_CACHE_SIZE: Final = 1024
+#: Most bytes of encoded events the cache holds (the events themselves are kept alive too).
+EVENT_CACHE_BYTES: Final = 32 * 1024 * 1024
 
 _DEFAULT_SOURCE: Final = str(attrs.fields(Event).source.default)
 
@@ -112,8 +118,26 @@ def _json_type(value: object) -> str:
     return f"a {type(value).__name__}"  # only from Python callers; JSON has no other types
 
 
+#: Integers a frame field may hold: signed 64-bit, as in SQLite and most languages.
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**63 - 1
+#: Integers the ``data`` of an event may hold: what orjson encodes exactly (i64 and u64).
+_DATA_INT_MIN: Final = -(2**63)
+_DATA_INT_MAX: Final = 2**64 - 1
+#: A run of digits long enough to be an integer outside those ranges. orjson reads such an
+#: integer as a float, silently changing it: a message with one is read exactly instead.
+_LONG_NUMBER: Final = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES: Final = re.compile(rb"\d{19}")
+
+
+def _out_of_range(value: int) -> _Invalid:
+    return _Invalid(f"is outside the 64-bit integer range ({value})")
+
+
 def _structure_int(value: Any, _: object) -> int:
     if type(value) is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise _out_of_range(value)
         return value
     raise _Invalid(f"must be an integer, not {_json_type(value)}")
 
@@ -137,7 +161,11 @@ def _structure_float(value: Any, _: object) -> float:
 
 
 def _structure_optional_int(value: Any, _: object) -> int | None:
-    if value is None or type(value) is int:
+    if value is None:
+        return value
+    if type(value) is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise _out_of_range(value)
         return value
     raise _Invalid(f"must be an integer or null, not {_json_type(value)}")
 
@@ -162,6 +190,8 @@ def _structure_int_tuple(value: Any, _: object) -> tuple[int, ...]:
     for i, item in enumerate(value):
         if type(item) is not int:
             raise _Invalid(f"must be an integer, not {_json_type(item)}", f"[{i}]")
+        if not _INT_MIN <= item <= _INT_MAX:
+            raise _Invalid(_out_of_range(item).problem, f"[{i}]")
     return tuple(value)
 
 
@@ -244,8 +274,11 @@ def structure_event(obj: Any, _: object = None) -> Event:
             if type(header) is not str:
                 raise _Invalid(f"must be a string, not {_json_type(header)}", f"headers.{key[:64]}")
     seq = get("seq")
-    if seq is not None and type(seq) is not int:
-        raise _Invalid(f"must be an integer or null, not {_json_type(seq)}", "seq")
+    if seq is not None:
+        if type(seq) is not int:
+            raise _Invalid(f"must be an integer or null, not {_json_type(seq)}", "seq")
+        if not _INT_MIN <= seq <= _INT_MAX:
+            raise _Invalid(_out_of_range(seq).problem, "seq")
     reply_to = get("reply_to")
     if reply_to is not None and type(reply_to) is not str:
         raise _Invalid(f"must be a string or null, not {_json_type(reply_to)}", "reply_to")
@@ -336,10 +369,10 @@ def _problems(exc: BaseException, path: str) -> list[str]:
 def _ref_of(obj: dict[str, Any]) -> int | None:
     """The integer ``ref`` (else ``id``) of a frame that failed to decode, so it can be named."""
     ref = obj.get("ref")
-    if type(ref) is int:
+    if type(ref) is int and _INT_MIN <= ref <= _INT_MAX:
         return ref
     id_ = obj.get("id")
-    if type(id_) is int:
+    if type(id_) is int and _INT_MIN <= id_ <= _INT_MAX:
         return id_
     return None
 
@@ -411,6 +444,49 @@ def _decode_frame(obj: object) -> Frame | RemoteProtocolError:
     return frame
 
 
+def _exact(text: str | bytes, parsed: object) -> object:
+    """*text* parsed again with its integers exact (orjson turns huge ones into floats)."""
+
+    def refuse(constant: str) -> NoReturn:
+        raise ValueError(f"not JSON: {constant}")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError:  # orjson read it: keep what it read
+        return parsed
+
+
+def _big_int_path(value: object, path: str) -> tuple[str, int] | None:
+    """The path of the first integer in *value* outside what an event's data may hold."""
+    stack: list[tuple[object, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if type(item) is int:
+            if not _DATA_INT_MIN <= item <= _DATA_INT_MAX:
+                return where, item
+        elif type(item) is dict:
+            stack.extend((v, _join(where, str(k)[:64])) for k, v in item.items())
+        elif type(item) is list:
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+def _checked_frame(obj: object) -> Frame | RemoteProtocolError:
+    """:func:`_decode_frame`, refusing integers outside 64 bits (never changing them)."""
+    if type(obj) is dict:
+        found = _big_int_path(obj, "")
+        if found is not None:
+            where, value = found
+            tag = obj.get("type")
+            return RemoteProtocolError(
+                f"bad {tag!r} frame: {where}: {value} is outside the 64-bit integer range "
+                "(send it as a string)",
+                code=BAD_FRAME,
+                ref=_ref_of(obj),
+            )
+    return _decode_frame(obj)
+
+
 def decode(text: str | bytes) -> list[Frame | RemoteProtocolError]:
     """Decode one received WebSocket message into its frames, in order.
 
@@ -424,6 +500,10 @@ def decode(text: str | bytes) -> list[Frame | RemoteProtocolError]:
       field is missing or of the wrong type (the message names the field);
     * ``code="unknown_type"``: the ``"type"`` is not one of protocol version 1.
 
+    Integers are never changed: one outside the signed 64-bit range in a frame's field, or
+    outside what orjson encodes exactly (from -2**63 to 2**64-1) in an event's ``data``, is a
+    ``bad_frame`` naming the field.
+
     When the offending object has an integer ``ref`` (or else ``id``), the error's ``ref``
     carries it, so the answer can be ``error {ref}``. Unknown fields are ignored; fields that
     are nullable or have a default may be missing. An empty batch yields no items.
@@ -432,10 +512,17 @@ def decode(text: str | bytes) -> list[Frame | RemoteProtocolError]:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         return [RemoteProtocolError(f"bad message: not JSON ({exc})", code=BAD_FRAME)]
+    decode_frame = _decode_frame
+    found = (
+        _LONG_NUMBER_BYTES.search(text) if isinstance(text, bytes) else _LONG_NUMBER.search(text)
+    )
+    if found is not None:  # rare: read it again exactly, and check every integer
+        obj = _exact(text, obj)
+        decode_frame = _checked_frame
     if type(obj) is list:
-        return [_decode_frame(item) for item in obj]
+        return [decode_frame(item) for item in obj]
     if type(obj) is dict:
-        return [_decode_frame(obj)]
+        return [decode_frame(obj)]
     return [
         RemoteProtocolError(
             "bad message: a message must be a JSON object (a frame) or an array of objects "
@@ -448,13 +535,14 @@ def decode(text: str | bytes) -> list[Frame | RemoteProtocolError]:
 # ---------------------------------------------------------------------------------------------
 # Encoding
 
-_event_cache: dict[str, tuple[Event, str]] = {}
+_event_cache: dict[str, tuple[Event, str, int]] = {}
 #: The cache's ids, oldest first (evicting through the dict's own order, ``next(iter(…))``,
 #: costs a scan over the slots its earlier evictions left empty).
 _event_cache_order: deque[str] = deque()
+_event_cache_bytes = 0
 
 
-def _event_json(event: Event) -> str:
+def _event_bytes(event: Event) -> bytes:
     # Event.to_dict(), inlined (without copying headers that are a dict already): this is
     # every event's first encoding, on both sides.
     headers = event.headers
@@ -470,30 +558,58 @@ def _event_json(event: Event) -> str:
             "seq": event.seq,
             "reply_to": event.reply_to,
         }
-    ).decode()
+    )
+
+
+def _event_json(event: Event) -> str:
+    return _event_bytes(event).decode()
+
+
+def _encoded(event: Event) -> tuple[Event, str, int]:
+    """*event*'s cache entry: the event, its wire text and that text's size in bytes."""
+    global _event_cache_bytes
+    cached = _event_cache.get(event.id)
+    if cached is not None and cached[0] is event:
+        return cached
+    raw = _event_bytes(event)
+    entry = (event, raw.decode(), len(raw))
+    order = _event_cache_order
+    if cached is None:
+        order.append(event.id)
+    else:
+        _event_cache_bytes -= cached[2]
+    _event_cache[event.id] = entry  # (an equal id: replaces the entry in place)
+    _event_cache_bytes += entry[2]
+    while len(order) > EVENT_CACHE_SIZE or (
+        _event_cache_bytes > EVENT_CACHE_BYTES and len(order) > 1
+    ):
+        evicted = _event_cache.pop(order.popleft(), None)  # the oldest entry
+        if evicted is not None:
+            _event_cache_bytes -= evicted[2]
+    return entry
 
 
 def encode_event(event: Event) -> str:
     """*event*'s wire form (a JSON object), as text.
 
-    The text is cached for the last :data:`EVENT_CACHE_SIZE` events (by identity: an equal but
-    distinct event is encoded anew), so fanning one event out to many connections serialises it
-    once. Events are immutable; do not mutate an event's ``data`` after publishing it.
+    The text is cached for the last :data:`EVENT_CACHE_SIZE` events, and at most
+    :data:`EVENT_CACHE_BYTES` of them (by identity: an equal but distinct event is encoded
+    anew), so fanning one event out to many connections serialises it once. Events are
+    immutable; do not mutate an event's ``data`` after publishing it.
 
     Raises:
         TypeError: if the event's data is not JSON-compatible.
     """
-    cached = _event_cache.get(event.id)
-    if cached is not None and cached[0] is event:
-        return cached[1]
-    text = _event_json(event)
-    if cached is None:
-        order = _event_cache_order
-        if len(order) >= EVENT_CACHE_SIZE:
-            _event_cache.pop(order.popleft(), None)  # the oldest entry
-        order.append(event.id)
-    _event_cache[event.id] = (event, text)  # (an equal id: replaces the entry in place)
-    return text
+    return _encoded(event)[1]
+
+
+def encoded_size(event: Event) -> int:
+    """The size in bytes (UTF-8) of *event*'s wire form; cached as :func:`encode_event` is.
+
+    Raises:
+        TypeError: if the event's data is not JSON-compatible.
+    """
+    return _encoded(event)[2]
 
 
 def encode_event_frame_text(subs: Sequence[int], event_text: str) -> str:
