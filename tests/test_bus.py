@@ -353,3 +353,28 @@ async def test_subscription_repr_and_receive_nowait() -> None:
     sub._end()
     with pytest.raises(trio.EndOfChannel):
         sub.receive_nowait()
+
+
+async def test_max_retained_evicts_the_value_updated_longest_ago() -> None:
+    """Issue 7, finding 5: past max_retained, the oldest-updated retained value goes, counted."""
+    async with open_bus(max_retained=3) as bus:
+        for topic in ("r.a", "r.b", "r.c"):
+            await bus.publish(topic, topic, retain=True)
+        await bus.publish("r.a", "a again", retain=True)  # r.a is now the newest
+        await bus.publish("r.d", "d", retain=True)  # evicts r.b, updated longest ago
+        assert [e.data for e in bus.retained()] == ["r.c", "a again", "d"]
+        assert [e.topic for e in bus.retained("r.*")] == ["r.c", "r.a", "r.d"]
+        stats = bus.statistics()
+        assert (stats.retained, stats.retained_evicted) == (3, 1)
+        assert bus.clear_retained("r.a")
+        assert not bus.clear_retained("r.b")
+        assert [e.topic for e in bus.retained()] == ["r.c", "r.d"]
+        async with bus.subscribe("r.>") as sub:
+            assert [(await sub.receive()).topic for _ in range(2)] == ["r.c", "r.d"]
+
+
+async def test_max_retained_must_be_positive() -> None:
+    """open_bus refuses a max_retained below 1."""
+    with pytest.raises(ValueError, match="max_retained"):
+        async with open_bus(max_retained=0):
+            pass  # pragma: no cover

@@ -136,6 +136,37 @@ async def test_store_failure_reaches_the_publisher_and_the_bus_goes_on() -> None
         assert (await sub.receive()).data == 2  # the failed one was never routed
 
 
+async def test_resent_event_id_is_a_duplicate_only_for_its_publisher(
+    make_store: StoreFactory,
+) -> None:
+    """Issue 7, finding 8: a recent id re-sent by its publisher is a duplicate (original seq);
+    the same id from another publisher is refused, never acknowledged as the other's event."""
+    async with open_bus(store=make_store()) as bus, bus.subscribe("d") as sub:
+        first = await bus.publish("d", 1)
+        event = attrs.evolve(first, seq=None, data="forged")
+        pending = await bus.publish_pipelined(event, publisher="someone else")
+        assert isinstance(pending, bus_module.PendingCommit)
+        with pytest.raises(ValueError, match="another publisher"):
+            await pending.wait()
+        mine = await bus.publish_pipelined(attrs.evolve(first, seq=None), publisher=None)
+        assert isinstance(mine, bus_module.PendingCommit)
+        assert mine.duplicate
+        assert (await mine.wait()).seq == first.seq
+        # In flight: the committer has not stored it yet.
+        new = attrs.evolve(first, id="in-flight-id", seq=None)
+        held = await bus.publish_pipelined(new, publisher="a")
+        assert isinstance(held, bus_module.PendingCommit)
+        again = await bus.publish_pipelined(new, publisher="a")
+        other = await bus.publish_pipelined(new, publisher="b")
+        assert again is held
+        assert isinstance(other, bus_module.PendingCommit)
+        with pytest.raises(ValueError, match="another publisher"):
+            await other.wait()
+        assert (await held.wait()).seq == first.seq + 1  # type: ignore[operator]
+        assert [(await sub.receive()).data for _ in range(2)] == [1, 1]
+        assert bus.statistics().stored == 2
+
+
 async def test_resent_event_id_is_stored_once(make_store: StoreFactory) -> None:
     """Publishing an event whose id was just stored returns the stored event, not a copy."""
     async with open_bus(store=make_store()) as bus, bus.subscribe("d") as sub:

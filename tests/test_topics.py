@@ -36,7 +36,7 @@ from trio_realtime import (
     validate_pattern,
     validate_topic,
 )
-from trio_realtime._topics import MAX_TOPIC_LENGTH, is_reserved
+from trio_realtime._topics import MAX_TOPIC_LENGTH, TopicTree, is_reserved
 
 # ---------------------------------------------------------------------------------------------
 # Validation: examples for every rule
@@ -630,3 +630,90 @@ def test_visit_counter_sees_every_step() -> None:
         topics = ["orders", "orders.eu", "orders.eu.created"]
         counts = [_visits(_index(10), topic, monkeypatch) for topic in topics]
     assert all(a < b for a, b in pairwise(counts))
+
+
+# ---------------------------------------------------------------------------------------------
+# TopicTree: values by topic, found by pattern (the retained values' index)
+
+
+@given(
+    st.lists(small_topics(), max_size=30),
+    st.lists(small_topics(), max_size=10),
+    small_patterns(),
+)
+def test_topic_tree_matches_like_topic_matches(
+    topics_set: list[str], removed: list[str], pattern: str
+) -> None:
+    """TopicTree.match(pattern) finds exactly the held topics that topic_matches accepts."""
+    tree: TopicTree[str] = TopicTree()
+    held: set[str] = set()
+    for topic in topics_set:
+        tree.set(topic, topic)
+        held.add(topic)
+    for topic in removed:
+        assert tree.pop(topic) == (topic if topic in held else None)
+        held.discard(topic)
+    assert len(tree) == len(held)
+    assert sorted(tree.match(pattern)) == sorted(t for t in held if topic_matches(pattern, t))
+    for topic in held:
+        assert tree.get(topic) == topic
+
+
+def test_topic_tree_prunes_removed_topics() -> None:
+    """Removing every topic leaves an empty root: churn does not leak nodes."""
+    tree: TopicTree[int] = TopicTree()
+    for i in range(100):
+        tree.set(f"a.b{i}.c.d", i)
+    tree.set("a.b1", -1)
+    for i in range(100):
+        assert tree.pop(f"a.b{i}.c.d") == i
+    assert tree.match(">") == [-1]
+    assert tree.pop("a.b1") == -1
+    assert tree.pop("a.b1") is None
+    assert len(tree) == 0
+    assert not tree._root.children
+
+
+def _tree_visits(tree: TopicTree[Any], pattern: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Nodes touched by tree.match(pattern): recursive calls plus children looked at."""
+    calls = 0
+    original = TopicTree._walk
+
+    def counting_walk(self: TopicTree[Any], *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        original(self, *args)
+
+    stack = [tree._root]
+    while stack:
+        node = stack.pop()
+        node.children = _CountingDict(node.children)
+        stack.extend(node.children.values())
+    _CountingDict.touched = 0
+    with monkeypatch.context() as patched:
+        patched.setattr(TopicTree, "_walk", counting_walk)
+        found = tree.match(pattern)
+    return calls + _CountingDict.touched + len(found)
+
+
+def _retained_tree(others: int) -> TopicTree[str]:
+    tree: TopicTree[str] = TopicTree()
+    for topic in ("orders.eu.created", "orders.eu.paid", "users.1.name"):
+        tree.set(topic, topic)
+    for i in range(others):
+        tree.set(f"sensors.s{i}.temperature", str(i))
+    return tree
+
+
+def test_topic_tree_match_cost_grows_with_matches_not_with_topics_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 7, finding 5: finding retained values for a subscribe costs the same with 10 or
+    30,000 other retained topics held."""
+    small, big = _retained_tree(10), _retained_tree(30_000)
+    for pattern in ("orders.eu.created", "orders.*.paid", "orders.>", "users.*.name"):
+        assert sorted(small.match(pattern)) == sorted(big.match(pattern))
+        assert _tree_visits(big, pattern, monkeypatch) == _tree_visits(small, pattern, monkeypatch)
+        assert _tree_visits(big, pattern, monkeypatch) <= 20
+    # Matching everything costs what it finds.
+    assert len(big.match("sensors.*.temperature")) == 30_000
