@@ -374,8 +374,9 @@ class Session:
         text = self.conn.send(
             Error(
                 code=SLOW_CONSUMER,
-                message=f"more than {self.broker.session_buffer} events were waiting to be sent "
-                "to this client: it reads too slowly",
+                message=f"more than {self.broker.session_buffer} events, or "
+                f"{self.broker.max_pending_bytes} bytes, were waiting to be sent to this "
+                "client: it reads too slowly",
             )
         )
         try:

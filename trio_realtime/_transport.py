@@ -530,10 +530,20 @@ async def _serve_connection(
                 max_message_size=max_message_size,
                 receive_buffer_size=RECEIVE_BUFFER_SIZE,
             )
-            nursery.start_soon(connection._reader_task)
+            handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
+            reader_done = trio.Event()
+
+            async def read() -> None:
+                try:
+                    await connection._reader_task()
+                finally:
+                    reader_done.set()
+                    handshake.cancel()  # the peer left: stop waiting for its request
+
+            nursery.start_soon(read)
             served = False
             try:
-                with trio.move_on_after(handshake_timeout) as handshake:
+                with handshake:
                     request = await connection._get_request()
                     if not admitted:
                         gate.refused += 1
@@ -541,8 +551,9 @@ async def _serve_connection(
                         return
                     await request.accept()
                 if handshake.cancelled_caught:
-                    gate.handshake_timeouts += 1
-                    logger.debug("connection from %s: no WebSocket handshake in time", remote)
+                    if not reader_done.is_set():
+                        gate.handshake_timeouts += 1
+                        logger.debug("%s: no WebSocket handshake in time", remote)
                     return
                 transport = WebSocketTransport(
                     connection, remote=remote, max_message_size=max_message_size

@@ -77,7 +77,7 @@ converter: Final = make_converter(detailed_validation=True)
 #: How many encoded events :func:`encode_event` keeps.
 EVENT_CACHE_SIZE: Final = 1024
 #: Most bytes of encoded events the cache holds (the events themselves are kept alive too).
-EVENT_CACHE_BYTES: Final = 32 * 1024 * 1024
+EVENT_CACHE_BYTES: Final = 8 * 1024 * 1024
 
 _DEFAULT_SOURCE: Final = str(attrs.fields(Event).source.default)
 

@@ -1,0 +1,196 @@
+"""Issue 7: the broker's listener, driven with raw sockets (findings 1, 2 and 11).
+
+What one connection does in or around the WebSocket handshake ends that connection only;
+``max_connections`` refuses one more with HTTP 503; the close codes for bad WebSocket input
+are sent, not just a dropped TCP connection. (``test_hardening`` runs the same attacks, and
+descriptor exhaustion, against a ``trio-realtime serve`` process.)
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from test_interop import TEST_TIMEOUT, in_thread, open_peer
+
+from trio_realtime import Broker
+
+UPGRADE = (
+    "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+@asynccontextmanager
+async def serving(**options: Any) -> AsyncIterator[tuple[Broker, int]]:
+    broker = Broker(stats_interval=None, **options)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(broker.serve, "127.0.0.1", 0)
+        yield broker, server.port
+        nursery.cancel_scope.cancel()
+
+
+async def until_held(broker: Broker, count: int) -> None:
+    """Until the broker holds *count* connections (closes arrive through the kernel)."""
+    with trio.fail_after(5):
+        while broker._gate.held != count:
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+
+
+def upgrade_request() -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return UPGRADE.format(key=key).encode()
+
+
+async def read_until(stream: trio.SocketStream, marker: bytes) -> bytes:
+    data = b""
+    while marker not in data:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def upgraded(port: int) -> trio.SocketStream:
+    """A raw TCP stream past the WebSocket handshake and the protocol's hello."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(upgrade_request())
+    answer = await read_until(stream, b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    await stream.send_all(frame(1, b'{"type":"hello"}'))
+    await read_until(stream, b"welcome")
+    return stream
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame (FIN set)."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 2**16:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return header + mask + masked
+
+
+async def close_code(stream: trio.SocketStream) -> int | None:
+    """Read frames until a close frame; its code (None if TCP ended without one)."""
+    data = b""
+    while True:
+        while len(data) >= 2:
+            length = data[1] & 0x7F
+            start = 2
+            if length == 126:
+                length, start = struct.unpack("!H", data[2:4])[0], 4
+            elif length == 127:
+                length, start = struct.unpack("!Q", data[2:10])[0], 10
+            if len(data) < start + length:
+                break
+            opcode, payload = data[0] & 0x0F, data[start : start + length]
+            data = data[start + length :]
+            if opcode == 8:
+                return int(struct.unpack("!H", payload[:2])[0])
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return None
+        data += chunk
+
+
+async def test_peers_leaving_during_the_upgrade_end_only_their_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Finding 1: peers that leave mid-handshake (after one byte of the 101, half-way through
+    the request, with a reset) end their connection only, with no error logged."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving() as (broker, port):
+            for i in range(30):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                request = upgrade_request()
+                if i % 3 == 0:
+                    await stream.send_all(request)
+                    await stream.receive_some(1)
+                elif i % 3 == 1:
+                    await stream.send_all(request[: len(request) // 2])
+                else:
+                    await stream.send_all(request)
+                    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                await stream.aclose()
+            await until_held(broker, 0)
+            await in_thread(lambda: _publish_and_receive(broker, port))
+    assert not [r for r in caplog.records if r.levelno >= 30]
+
+
+def _publish_and_receive(broker: Broker, port: int) -> None:
+    with open_peer(f"ws://127.0.0.1:{port}") as peer:
+        peer.subscribe(1, "alive")
+        peer.send({"type": "publish", "ref": 1, "event": {"topic": "alive", "data": 1}})
+        assert peer.until(lambda f: f["type"] == "event")[-1]["event"]["data"] == 1
+
+
+async def test_max_connections_refuses_one_more_with_503() -> None:
+    """Finding 2: a connection over max_connections gets HTTP 503 and is counted; the others
+    are served, and once one leaves a new one gets in."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving(max_connections=2) as (broker, port):
+            first = await upgraded(port)
+            second = await upgraded(port)
+            extra = await trio.open_tcp_stream("127.0.0.1", port)
+            await extra.send_all(upgrade_request())
+            answer = await read_until(extra, b"\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 503"), answer
+            await extra.aclose()
+            assert broker.statistics().limits == {"max_connections": 1}
+            await first.aclose()
+            await until_held(broker, 1)
+            third = await upgraded(port)
+            await third.aclose()
+            await second.aclose()
+
+
+async def test_a_peer_silent_during_the_upgrade_is_closed_after_the_handshake_timeout() -> None:
+    """Finding 2: a connection that never completes the WebSocket handshake is closed after
+    handshake_timeout, and counted."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving(handshake_timeout=0.2) as (broker, port):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(upgrade_request()[:20])
+            assert await stream.receive_some(10) == b""  # closed by the broker
+            await stream.aclose()
+            assert broker.statistics().errors == {"handshake_timeout": 1}
+
+
+async def test_invalid_utf8_closes_with_1007() -> None:
+    """Finding 11: a text message that is not UTF-8 is answered with close code 1007."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving() as (broker, port):
+            stream = await upgraded(port)
+            await stream.send_all(frame(1, b'{"type":"ping","x":"\xff\xfe"}'))
+            assert await close_code(stream) == 1007
+            await stream.aclose()
+            await in_thread(lambda: _publish_and_receive(broker, port))
+
+
+async def test_the_message_size_limit_counts_bytes() -> None:
+    """Finding 11: 300,000 four-byte characters (1.2 MB, 300,000 characters) are over a
+    1 MiB limit: the connection is closed with 1009."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving() as (broker, port):
+            stream = await upgraded(port)
+            payload = ('{"type":"ping","pad":"' + "\U0001f600" * 300_000 + '"}').encode()
+            await stream.send_all(frame(1, payload))
+            assert await close_code(stream) == 1009
+            await stream.aclose()
+            await in_thread(lambda: _publish_and_receive(broker, port))
+            assert broker.statistics().errors == {"too_large": 1}
