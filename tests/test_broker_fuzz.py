@@ -63,6 +63,7 @@ ERROR_CODES: Final = frozenset(
         "slow_consumer",
         "no_responders",
         "internal",
+        "limit",  # an extension of the project's (a configured limit refused the frame)
     }
 )
 #: The error codes this broker (no store, no auth, no rate limit) can answer a client with.
@@ -75,10 +76,12 @@ REACHABLE_ERROR_CODES: Final = frozenset(
         "invalid_topic",
         "no_responders",
         "internal",
+        "limit",
+        "too_large",
     }
 )
-#: WebSocket close codes.
-CLOSE_CODES: Final = frozenset({1000, 1001, 1008, 1009, 1011, 4000, 4001})
+#: WebSocket close codes (1007 and 4002 are in the project's protocol docs).
+CLOSE_CODES: Final = frozenset({1000, 1001, 1007, 1008, 1009, 1011, 4000, 4001, 4002})
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -87,6 +90,10 @@ CLOSE_CODES: Final = frozenset({1000, 1001, 1008, 1009, 1011, 4000, 4001})
 MAX_EXAMPLES: Final = 100
 #: The broker's ``max_message_size`` in this test: larger messages close the connection.
 MAX_MESSAGE_SIZE: Final = 16 * 1024
+#: The broker's ``max_subscriptions`` in this test (low, so that attacks reach it).
+MAX_SUBSCRIPTIONS: Final = 100
+#: The broker's ``max_retained`` in this test.
+MAX_RETAINED: Final = 50
 #: Nesting at most this deep is relayed; deeper (to the parser limit) is refused as bad_frame.
 SAFE_DEPTH: Final = 200
 #: Nesting the broker's JSON parser refuses (the whole message is then ``bad_frame``).
@@ -355,7 +362,12 @@ class FuzzHarness:
 @asynccontextmanager
 async def open_harness() -> AsyncIterator[FuzzHarness]:
     """A serving broker with its checker client connected; everything stopped on exit."""
-    broker = Broker(stats_interval=None, max_message_size=MAX_MESSAGE_SIZE)
+    broker = Broker(
+        stats_interval=None,
+        max_message_size=MAX_MESSAGE_SIZE,
+        max_subscriptions=MAX_SUBSCRIPTIONS,
+        max_retained=MAX_RETAINED,
+    )
     async with trio.open_nursery() as nursery:
         harness = FuzzHarness(broker, nursery)
         server: BrokerServer = await nursery.start(harness.serve)
@@ -553,6 +565,78 @@ def oversized(draw: st.DrawFn) -> str:
     return json.dumps({"type": "publish", "event": {"topic": "big", "data": "x" * size}})
 
 
+# Attacks (issue 7): batches that ask the broker for much, and values at the edges it checks.
+
+
+def _subscribe_flood(count: int, first_id: int, pattern: str) -> str:
+    return json.dumps(
+        [{"type": "subscribe", "id": first_id + i, "pattern": pattern} for i in range(count)]
+    )
+
+
+def _retain_flood(count: int, prefix: str) -> str:
+    return json.dumps(
+        [
+            {"type": "publish", "retain": True, "event": {"topic": f"{prefix}.t{i}", "data": i}}
+            for i in range(count)
+        ]
+    )
+
+
+def _raw_number_publish(number: str, ref: int) -> str:
+    return f'{{"type":"publish","ref":{ref},"event":{{"topic":"a","data":{{"n":[{number}]}}}}}}'
+
+
+def _near_event_limit(delta: int) -> str:
+    size = MAX_MESSAGE_SIZE - 1024 - 300 + delta  # about the event limit, either side
+    return json.dumps({"type": "publish", "ref": 9, "event": {"topic": "a.b", "data": "e" * size}})
+
+
+attacks = st.one_of(
+    st.builds(_subscribe_flood, st.integers(1, 150), st.integers(0, 10**6), topics),
+    st.builds(_retain_flood, st.integers(40, 120), st.sampled_from(("r", "a", "orders"))),
+    st.builds(
+        _raw_number_publish,
+        st.sampled_from(
+            ("18446744073709551617", "-9223372036854775809", "18446744073709551615", "1" * 40)
+        ),
+        small_ids,
+    ),
+    st.builds(_near_event_limit, st.integers(-200, 600)),
+    st.builds(
+        json.dumps,
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "type": st.sampled_from(("history", "subscribe")),
+                    "id": small_ids,
+                    "ref": small_ids,
+                    "pattern": topics,
+                    "since": st.sampled_from(EDGE_INTS) | small_ids,
+                }
+            ),
+            min_size=1,
+            max_size=40,
+        ),
+    ),
+    st.builds(
+        json.dumps,
+        st.fixed_dictionaries(
+            {
+                "type": st.just("publish"),
+                "ref": small_ids,
+                "event": st.fixed_dictionaries(
+                    {
+                        "topic": st.sampled_from(("a", "svc.x")),
+                        "reply_to": st.sampled_from(("$sys.x", "$x", "_inbox.y", "a")),
+                    }
+                ),
+            }
+        ),
+    ),
+)
+
+
 def encode(value: Any, ascii_only: bool) -> str:
     """JSON as Python writes it: NaN and Infinity included (the broker must refuse those)."""
     return json.dumps(value, ensure_ascii=ascii_only)
@@ -573,6 +657,8 @@ messages = st.one_of(
     st.sampled_from(("", "[]", "{}", "[[]]", "[{}]", "null", '{"type":null}', "\ufeff{}")),
     deep_nesting(),
     oversized(),
+    attacks,
+    attacks,
 )
 
 
@@ -638,16 +724,21 @@ async def test_broker_survives_random_frames() -> None:
                 trio.from_thread.run(harness.run_example, batch)
 
             await trio.to_thread.run_sync(fuzz, abandon_on_cancel=True)
+            limits = harness.broker.statistics().limits  # (retained: while the bus is open)
     errors = harness.broker.statistics().errors
     assert harness.examples >= MAX_EXAMPLES // 2
     # only messages over max_message_size closed the fuzz connection (one explicit example)
     assert set(harness.closes) == {1009}, harness.closes
-    assert errors.pop("too_large") == harness.closes[1009]
-    # every error the broker counted, it reported, and the other way round
-    reported = {
-        kind.removeprefix("error:"): n for kind, n in harness.received.items() if "error:" in kind
-    }
+    # every error the broker counted, it reported, and the other way round (a message too big
+    # to read is counted as too_large and closed without an error frame)
+    reported = Counter(
+        {kind.removeprefix("error:"): n for kind, n in harness.received.items() if "error:" in kind}
+    )
+    reported["too_large"] += harness.closes[1009]
     assert errors == reported
+    # the attacks reached the limits
+    assert limits.get("max_subscriptions", 0) > 0, limits
+    assert limits.get("max_retained", 0) > 0, limits
     # the fuzzing reached the broker's checks, not only its JSON parser
     # (the explicit examples make sure of it; the counts show the fuzzing got past the parser)
     for kind in (*(f"error:{code}" for code in REACHABLE_ERROR_CODES), "ack", "event", "pong"):
