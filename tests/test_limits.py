@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import trio
 from test_interop import TEST_TIMEOUT, Frame, Peer, in_thread, open_broker, open_peer
 
+from trio_realtime._session import Session
 from trio_realtime.store import MemoryStore
 
 
@@ -293,3 +295,35 @@ async def test_since_outside_the_store_range_is_a_bad_frame() -> None:
         ("bad_frame", 4),
     ]
     assert "internal" not in broker.statistics().errors
+
+
+async def test_a_broker_bug_is_logged_with_its_traceback_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 10: a failure a client can trigger again and again logs its traceback once,
+    then one line each time (no log flooding); each client gets 1011, the broker serves on."""
+
+    async def broken(self: Session, frame: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Session, "_handle", broken)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_broker() as (broker, url):
+
+            def run() -> list[int]:
+                codes = []
+                for _ in range(3):
+                    with open_peer(url) as peer:
+                        peer.send({"type": "ping"})
+                        codes.append(peer.close_code())
+                with open_peer(url) as peer:
+                    peer.send({"type": "publish", "ref": 1, "event": {"topic": "ok"}})
+                    peer.expect("ack")
+                return codes
+
+            assert await in_thread(run) == [1011, 1011, 1011]
+            assert broker.statistics().errors == {"internal": 3}
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert [r.levelname for r in failures] == ["ERROR", "WARNING", "WARNING"]
+    assert failures[0].exc_info is not None
+    assert all(r.exc_info is None for r in failures[1:])

@@ -64,6 +64,20 @@ FD_RESERVE: Final = 128
 MAX_CONNECTIONS_CAP: Final = 65_536
 
 
+#: Distinct internal failures whose traceback the broker logs (each once).
+MAX_FAILURES_LOGGED: Final = 100
+
+
+def _failure_site(exc: BaseException) -> tuple[str, str, int]:
+    """What makes a failure the same as another: its type and where it was raised."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return (type(exc).__qualname__, "", 0)
+    return (type(exc).__qualname__, tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+
+
 def descriptor_limit() -> int | None:
     """The process's soft limit on open file descriptors, or None if unlimited or unknown."""
     try:
@@ -281,6 +295,7 @@ class Broker:
         self._actor_errors = 0
         self._errors: Counter[str] = Counter()
         self._limits: Counter[str] = Counter()
+        self._failures_logged: set[tuple[str, str, int]] = set()
         self._gate = ConnectionGate(self.max_connections)
         self._serving = False
         self._shutting_down = False
@@ -462,9 +477,17 @@ class Broker:
         session_id = f"{self._session_prefix}-{next(self._session_ids)}"
         try:
             await Session(self, transport, session_id).run()
-        except Exception:
+        except Exception as exc:
+            # A bug of the broker's. Its traceback is logged the first time only: a client
+            # that can trigger it must not be able to flood the log with it.
             self._count_error("internal")
-            logger.exception("session %s failed", session_id)
+            site = _failure_site(exc)
+            if site in self._failures_logged:
+                logger.warning("session %s failed (%r, logged before)", session_id, exc)
+            else:
+                if len(self._failures_logged) < MAX_FAILURES_LOGGED:
+                    self._failures_logged.add(site)
+                logger.exception("session %s failed", session_id)
             await transport.aclose(1011, "internal error", timeout=self.shutdown_timeout)
 
     async def _session_started(self, session: Session) -> bool:
