@@ -9,11 +9,14 @@ against a ``trio-realtime serve`` process.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from test_interop import TEST_TIMEOUT, Frame, Peer, in_thread, open_broker, open_peer
+from test_listener import frame, upgraded
 
 from trio_realtime._session import Session
 from trio_realtime.store import MemoryStore
@@ -263,9 +266,9 @@ async def test_integers_outside_64_bits_are_refused_not_changed() -> None:
                     return refused
 
             refused = await in_thread(run)
-    for frame, ref in zip(refused, (1, 2), strict=True):
-        assert (frame["code"], frame["ref"]) == ("bad_frame", ref)
-        assert "data.v[0]" in frame["message"]
+    for error, ref in zip(refused, (1, 2), strict=True):
+        assert (error["code"], error["ref"]) == ("bad_frame", ref)
+        assert "data.v[0]" in error["message"]
 
 
 async def test_since_outside_the_store_range_is_a_bad_frame() -> None:
@@ -327,3 +330,27 @@ async def test_a_broker_bug_is_logged_with_its_traceback_once(
     assert [r.levelname for r in failures] == ["ERROR", "WARNING", "WARNING"]
     assert failures[0].exc_info is not None
     assert all(r.exc_info is None for r in failures[1:])
+
+
+async def test_a_client_that_reads_no_answers_is_closed_by_the_heartbeat() -> None:
+    """Finding 4: a client that asks for more than max_pending_bytes of answers and reads
+    none is not read any further, holds no more than that, and is closed once it leaves a
+    ping unanswered for a heartbeat interval; a neighbour is served meanwhile."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_broker(store=MemoryStore(), heartbeat=0.5, max_pending_bytes=2**20) as (
+            broker,
+            url,
+        ):
+            for i in range(40):
+                await broker.bus.publish("h.x", {"i": i, "pad": "p" * 100_000})
+            port = int(url.rsplit(":", 1)[1])
+            stream = await upgraded(port)
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            requests = [{"type": "history", "ref": i, "pattern": "h.>"} for i in range(40)]
+            await stream.send_all(frame(1, json.dumps(requests).encode()))
+            await in_thread(lambda: neighbour_served(url))
+            with trio.fail_after(5):
+                while "heartbeat_timeout" not in broker.statistics().errors:
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            await stream.aclose()
+            await in_thread(lambda: neighbour_served(url))

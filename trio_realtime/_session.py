@@ -562,10 +562,16 @@ class Session:
 
     async def _wait_answers_read(self) -> None:
         limit = self.broker.max_pending_bytes
+        if self._queued_control <= MAX_ANSWER_BACKLOG and self._answer_bytes <= limit:
+            return
+        # Waiting on the client now: its silence counts again, so a client that reads
+        # nothing for a heartbeat interval is closed (it cannot answer the ping unread).
+        self._processing = False
         while (self._queued_control > MAX_ANSWER_BACKLOG or self._answer_bytes > limit) and not (
             self._closing or self._slow
         ):
             await self._room_lot.park()
+        self._processing = True
 
     def _error(self, ref: int | None, code: str, message: str) -> None:
         self.broker._count_error(code)
