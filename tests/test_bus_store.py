@@ -87,7 +87,7 @@ async def test_replay_rereads_when_too_much_is_held(
 ) -> None:
     """Live events beyond the hold limit during replay are re-read from the store, not lost."""
     monkeypatch.setattr(replay_module, "MAX_HELD_DURING_REPLAY", 3)
-    monkeypatch.setattr(bus_module, "REPLAY_PAGE", 5)
+    monkeypatch.setattr(replay_module, "REPLAY_PAGE", 5)
     async with open_bus(store=make_store()) as bus:
         for i in range(20):
             await bus.publish("h.x", i)

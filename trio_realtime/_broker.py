@@ -194,7 +194,7 @@ class Broker:
             with error code ``limit``.
         max_retained: Most retained values (by topic); retaining one more evicts the value
             updated longest ago. By default the bus's
-            :data:`~trio_realtime._bus.DEFAULT_MAX_RETAINED` (pass it to :func:`open_bus`
+            :data:`~trio_realtime._retained.DEFAULT_MAX_RETAINED` (pass it to :func:`open_bus`
             when you pass a *bus*).
         max_pending_bytes: Bytes of frames queued for one client. Past it, its events meet
             *slow_consumer*, and the broker reads no more of its requests until it reads

@@ -8,12 +8,10 @@ overflow policy. There is no second routing table anywhere.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -32,7 +30,8 @@ from ._errors import NoResponders
 from ._event import Event, make_event
 from ._replay import ReplaySink
 from ._requests import DEFAULT_MAX_CONCURRENCY, check_reply, new_inbox, serving
-from ._topics import INBOX_PREFIX, PatternIndex, TopicTree, validate_pattern, validate_topic
+from ._retained import DEFAULT_MAX_RETAINED, RetainedValues
+from ._topics import INBOX_PREFIX, PatternIndex, validate_pattern, validate_topic
 from ._util import open_service_nursery
 
 if TYPE_CHECKING:
@@ -51,15 +50,6 @@ MAX_PENDING_COMMITS: Final = 16384
 #: How many of the latest stored event ids the bus remembers (with their publisher and seq,
 #: not their payload), to store a re-sent event once.
 DEDUPE_WINDOW: Final = 100_000
-#: Events read from the store per page while replaying a subscription's history.
-REPLAY_PAGE: Final = 1000
-#: Bytes of events (as the store estimates them) read per page while replaying.
-REPLAY_PAGE_BYTES: Final = 1024 * 1024
-#: Retained values a bus holds by default; retaining one more evicts the oldest-updated.
-DEFAULT_MAX_RETAINED: Final = 100_000
-
-
-_first: Final = itemgetter(0)
 
 
 def _taken(event_id: str) -> ValueError:
@@ -172,7 +162,7 @@ class Bus:
         max_retained: int = DEFAULT_MAX_RETAINED,
     ) -> None:
         self._nursery = nursery
-        self.max_retained: Final = max_retained
+        self._retained = RetainedValues(max_retained)
         self.source: Final = source
         self.store: Final = store
         self._persist: PatternIndex[str] | None = None
@@ -184,10 +174,6 @@ class Bus:
         self._index: PatternIndex[Sink] = PatternIndex()
         self._routes: dict[str, _Route] = {}
         self._rotation: dict[str, int] = {}
-        self._retained: dict[str, Event] = {}  # oldest-updated first
-        self._retained_tree: TopicTree[tuple[int, Event]] = TopicTree()
-        self._retained_order = itertools.count()
-        self._retained_evicted = 0
         self._pending: list[PendingCommit] = []
         # id -> (publisher, seq) of the latest stored events.
         self._recent_ids: dict[str, tuple[str | None, int | None]] = {}
@@ -287,7 +273,7 @@ class Bus:
             return await self._submit(event, retain, publisher)
         self._published += 1
         if retain:
-            self._retain(event)
+            self._retained.set(event)
         await self._route(event)
         return event
 
@@ -445,7 +431,7 @@ class Bus:
                         if len(recent) > DEDUPE_WINDOW:
                             del recent[next(iter(recent))]
                         if p.retain:
-                            self._retain(outcome)
+                            self._retained.set(outcome)
                         await self._route(outcome)
                         p.result = outcome
                     else:
@@ -484,24 +470,14 @@ class Bus:
 
     # -- retained values ------------------------------------------------------------------
 
-    def _retain(self, event: Event) -> None:
-        """Make *event* its topic's retained value, evicting the oldest past the limit."""
-        topic = event.topic
-        retained = self._retained
-        retained.pop(topic, None)  # the latest retained is last
-        retained[topic] = event
-        self._retained_tree.set(topic, (next(self._retained_order), event))
-        if len(retained) > self.max_retained:
-            oldest = next(iter(retained))
-            del retained[oldest]
-            self._retained_tree.pop(oldest)
-            self._retained_evicted += 1
+    @property
+    def max_retained(self) -> int:
+        """The most retained values this bus holds (see :func:`open_bus`)."""
+        return self._retained.max_retained
 
     def clear_retained(self, topic: str) -> bool:
         """Forget the retained event of *topic*; return whether there was one."""
-        topic = validate_topic(topic)
-        self._retained_tree.pop(topic)
-        return self._retained.pop(topic, None) is not None
+        return self._retained.clear(validate_topic(topic))
 
     def retained(self, pattern: str = ">") -> list[Event]:
         """The retained events whose topics match *pattern*, in the order they were retained.
@@ -509,10 +485,7 @@ class Bus:
         Found through an index: the cost grows with the events that match, not with the
         number of retained topics.
         """
-        validate_pattern(pattern)
-        found = self._retained_tree.match(pattern)
-        found.sort(key=_first)
-        return [event for _, event in found]
+        return self._retained.match(validate_pattern(pattern))
 
     # -- subscribing ----------------------------------------------------------------------
 
@@ -628,69 +601,28 @@ class Bus:
         *,
         task_status: trio.TaskStatus[trio.CancelScope],
     ) -> None:
-        try:
-            await self._replay_until_live(sub, since, task_status)
-        finally:
-            if on_done is not None:
-                on_done()
-
-    async def _replay_until_live(
-        self,
-        sub: Sink,
-        since: int | datetime,
-        task_status: trio.TaskStatus[trio.CancelScope],
-    ) -> None:
         """Feed *sub* the stored events after *since*, then switch it to live events.
 
-        A :class:`ReplaySink` stands in the index for *sub* from the start: while the store
-        is read it holds live events back; once caught up it forwards live events, dropping
-        the stored ones the replay already delivered (an event is stored before it is routed,
-        so the replay can read events the committer has not routed yet).
+        A :class:`ReplaySink` stands in the index for *sub* from the start (see
+        :meth:`ReplaySink.replay`).
         """
         store = self.store
         assert store is not None
-        stand_in = ReplaySink(sub)
-        self._replays[sub] = stand_in
-        self.add_sink(stand_in, retained=False)
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            after = since if isinstance(since, int) else None
-            when = since if isinstance(since, datetime) else None
-            try:
-                while True:
-                    page = await store.read(
-                        sub.pattern,
-                        after=after,
-                        since=when,
-                        limit=REPLAY_PAGE,
-                        max_bytes=REPLAY_PAGE_BYTES,
-                    )
-                    for event in page:
-                        # Replay is lossless whatever the policy: wait for room.
-                        while not sub._has_room():
-                            await sub._wait_room()
-                            if sub._ended:
-                                return
-                        sub._offer(event)
-                        after = event.seq
-                    when = None if after is not None else when
-                    if page:  # (a page may be short for its bytes: only an empty one is the end)
-                        continue
-                    # Caught up with the store at this instant: go live with no await between
-                    # this check and the switch.
-                    if stand_in.overflowed:
-                        stand_in.reset()
-                        continue
-                    # Retained events the store does not have are not in the replay.
-                    for event in self.retained(sub.pattern):
-                        if event.seq is None:
-                            sub._offer(event, force=True)
-                    stand_in.go_live(after)
-                    return
-            except Exception as exc:
-                logger.exception("replaying %r from the store failed", sub.pattern)
-                sub._fail(exc)
-        # Cancelled: the subscription's block exited; it is removed there.
+        try:
+            stand_in = ReplaySink(sub)
+            self._replays[sub] = stand_in
+            self.add_sink(stand_in, retained=False)
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                try:
+                    await stand_in.replay(store, since, self.retained)
+                except Exception as exc:
+                    logger.exception("replaying %r from the store failed", sub.pattern)
+                    sub._fail(exc)
+            # Cancelled: the subscription's block exited; it is removed there.
+        finally:
+            if on_done is not None:
+                on_done()
 
     @asynccontextmanager
     async def serve(
@@ -776,7 +708,7 @@ class Bus:
             dropped=self._dropped_by_gone + sum(getattr(s, "missed", 0) for s in subs),
             retained=len(self._retained),
             stored=self._stored,
-            retained_evicted=self._retained_evicted,
+            retained_evicted=self._retained.evicted,
         )
 
     def _all_sinks(self) -> list[Sink]:
@@ -820,8 +752,7 @@ async def open_bus(
     """
     if max_retained is None:
         max_retained = DEFAULT_MAX_RETAINED
-    if max_retained < 1:
-        raise ValueError(f"max_retained must be at least 1, not {max_retained!r}")
+    RetainedValues(max_retained)  # checks it before anything opens
     if persist is not None:
         for pattern in persist:
             validate_pattern(pattern)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -11,9 +13,20 @@ from .protocol import encoded_size
 
 if TYPE_CHECKING:
     from ._bus import Sink
+    from .store import Store
 
-__all__ = ["MAX_HELD_BYTES_DURING_REPLAY", "MAX_HELD_DURING_REPLAY", "ReplaySink"]
+__all__ = [
+    "MAX_HELD_BYTES_DURING_REPLAY",
+    "MAX_HELD_DURING_REPLAY",
+    "REPLAY_PAGE",
+    "REPLAY_PAGE_BYTES",
+    "ReplaySink",
+]
 
+#: Events read from the store per page while replaying a subscription's history.
+REPLAY_PAGE: Final = 1000
+#: Bytes of events (as the store estimates them) read per page while replaying.
+REPLAY_PAGE_BYTES: Final = 1024 * 1024
 #: Live events a replaying subscription holds back before it re-reads the store instead.
 MAX_HELD_DURING_REPLAY: Final = 10000
 #: Bytes of live events (encoded) a replaying subscription holds back, at most.
@@ -36,6 +49,46 @@ class ReplaySink:
     @property
     def missed(self) -> int:
         return int(getattr(self.sub, "missed", 0))
+
+    async def replay(
+        self, store: Store, since: int | datetime, retained: Callable[[str], list[Event]]
+    ) -> None:
+        """Offer the subscription the stored events after *since*, then go live.
+
+        While the store is read, live events are held back; once caught up, live events are
+        forwarded, dropping the stored ones the replay already delivered (an event is stored
+        before it is routed, so the replay can read events the committer has not routed
+        yet). *retained* gives the retained events of a pattern: those the store does not
+        have are offered when going live.
+        """
+        sub = self.sub
+        after = since if isinstance(since, int) else None
+        when = since if isinstance(since, datetime) else None
+        while True:
+            page = await store.read(
+                sub.pattern, after=after, since=when, limit=REPLAY_PAGE, max_bytes=REPLAY_PAGE_BYTES
+            )
+            for event in page:
+                # Replay is lossless whatever the policy: wait for room.
+                while not sub._has_room():
+                    await sub._wait_room()
+                    if sub._ended:
+                        return
+                sub._offer(event)
+                after = event.seq
+            when = None if after is not None else when
+            if page:  # (a page may be short for its bytes: only an empty one is the end)
+                continue
+            # Caught up with the store at this instant: go live with no await between this
+            # check and the switch.
+            if self.overflowed:
+                self.reset()
+                continue
+            for event in retained(sub.pattern):
+                if event.seq is None:
+                    sub._offer(event, force=True)
+            self.go_live(after)
+            return
 
     def reset(self) -> None:
         self.held.clear()
