@@ -48,8 +48,8 @@ DEFAULT_SESSION_BUFFER: Final = 10_000
 DEFAULT_MAX_PENDING_BYTES: Final = 16 * 1024 * 1024
 #: Subscriptions one connection may hold, by default.
 DEFAULT_MAX_SUBSCRIPTIONS: Final = 4096
-#: ``history`` requests and ``since`` replays one connection may have under way at once, by
-#: default; further ones wait their turn.
+#: ``since`` replays one connection may have under way at once, by default; further ones
+#: wait their turn.
 DEFAULT_MAX_REPLAYS: Final = 4
 #: Bytes an event frame may add around its event (type, ``subs``, punctuation): an event
 #: whose encoding is larger than ``max_message_size`` less this (less half of it, for a
@@ -134,8 +134,8 @@ class BrokerStatistics:
         limits: How often each configured limit was hit, by the setting's name
             (``max_connections``: connections refused; ``max_subscriptions``,
             ``max_event_size``: frames refused; ``max_retained``: retained values evicted;
-            ``max_pending_bytes``: events dropped or clients disconnected for reading too
-            slowly).
+            ``max_pending_bytes`` and ``session_buffer``: events dropped, or clients
+            disconnected, for reading too slowly).
     """
 
     connections: int
@@ -188,19 +188,20 @@ class Broker:
             broker sends; a bigger one received closes the connection (1009). An event must
             fit in one message: one whose encoding exceeds :attr:`max_event_size` is refused.
         max_connections: Most connections at once; one more is refused at the handshake with
-            HTTP 503. By default, the process's file-descriptor limit less
-            :data:`FD_RESERVE`, at most 65,536.
+            HTTP 503. By default, the process's file-descriptor limit less 128 (for the
+            store, the listeners and refusals under way), at most 65,536.
         max_subscriptions: Most subscriptions one connection may hold; one more is refused
             with error code ``limit``.
         max_retained: Most retained values (by topic); retaining one more evicts the value
-            updated longest ago. By default the bus's
-            :data:`~trio_realtime._retained.DEFAULT_MAX_RETAINED` (pass it to :func:`open_bus`
-            when you pass a *bus*).
+            updated longest ago. By default 100,000 (pass it to :func:`open_bus` when you
+            pass a *bus*).
         max_pending_bytes: Bytes of frames queued for one client. Past it, its events meet
             *slow_consumer*, and the broker reads no more of its requests until it reads
             the answers.
-        max_replays: ``history`` requests and ``since`` replays one connection may have
-            under way at once; further ones wait.
+        max_replays: ``since`` replays one connection may have under way at once; a
+            further ``subscribe`` with ``since`` waits for one to finish (and the broker
+            reads nothing else from that client meanwhile). ``history`` requests are
+            answered one at a time.
         session_buffer: Events queued for one client before *slow_consumer* applies.
         slow_consumer: ``"drop_oldest"`` (the client loses the oldest queued events and gets a
             ``gap`` frame with the count) or ``"disconnect"`` (it is closed with code 4001).
