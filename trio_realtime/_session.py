@@ -543,7 +543,11 @@ class Session:
                 # A client that sends requests but does not read the answers is not read
                 # either until it does (TCP then pushes back on it): checked between frames,
                 # since one message may ask for many answers.
-                await self._wait_answers_read()
+                if (
+                    self._answer_bytes > self.broker.max_pending_bytes
+                    or self._queued_control > MAX_ANSWER_BACKLOG
+                ):
+                    await self._wait_answers_read()
             self._processing = False
             self._last_received = trio.current_time()
             try:
@@ -562,8 +566,6 @@ class Session:
 
     async def _wait_answers_read(self) -> None:
         limit = self.broker.max_pending_bytes
-        if self._queued_control <= MAX_ANSWER_BACKLOG and self._answer_bytes <= limit:
-            return
         # Waiting on the client now: its silence counts again, so a client that reads
         # nothing for a heartbeat interval is closed (it cannot answer the ping unread).
         self._processing = False

@@ -13,6 +13,7 @@ from cattrs import ClassValidationError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import trio_realtime.protocol._codec as codec_module
 from trio_realtime import Event, LocalProtocolError, RemoteProtocolError, event_type
 from trio_realtime.protocol import (
     BAD_FRAME,
@@ -715,3 +716,56 @@ def test_decoded_times_are_utc(when: datetime) -> None:
     assert isinstance(item, Publish)
     assert item.event.time == when
     assert item.event.time.tzinfo is UTC
+
+
+# ---------------------------------------------------------------------------------------------
+# Integers are never changed (issue 7, finding 9)
+
+
+@given(st.integers(min_value=-(2**70), max_value=2**70), st.booleans())
+def test_integers_in_data_are_exact_or_refused(number: int, spaced: bool) -> None:
+    """An integer in event data decodes exactly, or, outside what orjson keeps exact (i64 and
+    u64), is a bad_frame naming the field: never silently a float."""
+    gap = " \n " if spaced else ""
+    text = f'{{"type":"publish","ref":7,"event":{{"topic":"a","data":[1,{gap}{number}]}}}}'
+    [result] = decode(text)
+    if -(2**63) <= number <= 2**64 - 1:
+        assert isinstance(result, Publish)
+        assert result.event.data == [1, number]
+        assert type(result.event.data[1]) is int
+    else:
+        assert isinstance(result, RemoteProtocolError)
+        assert result.code == "bad_frame"
+        assert result.ref == 7
+        assert "event.data[1]" in str(result)
+
+
+@given(st.integers(min_value=2**63, max_value=2**70) | st.integers(max_value=-(2**63) - 1))
+def test_frame_fields_outside_64_bits_are_bad_frames(number: int) -> None:
+    """A frame field (a subscription id, a since) outside signed 64 bits is a bad_frame."""
+    for text in (
+        f'{{"type":"subscribe","id":{number},"pattern":"a"}}',
+        f'{{"type":"subscribe","id":1,"pattern":"a","since":{number}}}',
+    ):
+        [result] = decode(text)
+        assert isinstance(result, RemoteProtocolError)
+        assert result.code == "bad_frame"
+
+
+def test_long_digit_runs_inside_strings_take_the_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Digits inside strings (event ids, phone numbers) do not make decode re-read a message."""
+
+    def exact(*_: object) -> object:
+        raise AssertionError("re-read exactly")
+
+    monkeypatch.setattr(codec_module, "_exact", exact)
+    digits = "1234567890" * 3
+    text = (
+        f'{{"type":"publish","event":{{"topic":"a","id":"ab{digits}","data":"{digits}",'
+        f'"headers":{{"n":"x{digits}"}}}}}}'
+    )
+    [result] = decode(text)
+    assert isinstance(result, Publish)
+    assert result.event.data == digits

@@ -124,10 +124,12 @@ _INT_MAX: Final = 2**63 - 1
 #: Integers the ``data`` of an event may hold: what orjson encodes exactly (i64 and u64).
 _DATA_INT_MIN: Final = -(2**63)
 _DATA_INT_MAX: Final = 2**64 - 1
-#: A run of digits long enough to be an integer outside those ranges. orjson reads such an
-#: integer as a float, silently changing it: a message with one is read exactly instead.
-_LONG_NUMBER: Final = re.compile(r"\d{19}")
-_LONG_NUMBER_BYTES: Final = re.compile(rb"\d{19}")
+#: A number long enough to be an integer outside those ranges (where JSON puts a value: after
+#: ``[``, ``:`` or ``,``). orjson reads such an integer as a float, silently changing it: a
+#: message with one is read again exactly. (Digits inside strings, such as in event ids,
+#: mostly do not follow those characters, so they rarely take that slower path.)
+_LONG_NUMBER: Final = re.compile(r"[\[:,]\s*-?\d{19}")
+_LONG_NUMBER_BYTES: Final = re.compile(rb"[\[:,]\s*-?\d{19}")
 
 
 def _out_of_range(value: int) -> _Invalid:
