@@ -86,6 +86,8 @@ class _Connection(Generic[_In, _Out]):
     _RECEIVES: frozenset[type[Frame]]
     _SENDS: frozenset[type[Frame]]
     _SENDS_EVENTS: bool
+    #: Whether received messages are checked for integers orjson would change (see decode).
+    _EXACT_INTEGERS: bool
 
     def __init__(self) -> None:
         self._state = AWAITING_HELLO
@@ -121,7 +123,7 @@ class _Connection(Generic[_In, _Out]):
         :attr:`~ConnectionState.CLOSED`, messages are ignored.
         """
         if self._state is not CLOSED:
-            self._buffer.extend(decode(text))
+            self._buffer.extend(decode(text, exact_integers=self._EXACT_INTEGERS))
 
     def _frames(self) -> Iterator[_In | RemoteProtocolError]:
         buffer = self._buffer
@@ -228,6 +230,7 @@ class ServerConnection(_Connection[ClientFrame, ServerFrame]):
     _RECEIVES = CLIENT_FRAME_TYPES
     _SENDS = SERVER_FRAME_TYPES
     _SENDS_EVENTS = True
+    _EXACT_INTEGERS = True  # clients are not trusted
 
     def __init__(self) -> None:
         super().__init__()
@@ -426,6 +429,7 @@ class ClientConnection(_Connection[ServerFrame, ClientFrame]):
     _RECEIVES = SERVER_FRAME_TYPES
     _SENDS = CLIENT_FRAME_TYPES
     _SENDS_EVENTS = False
+    _EXACT_INTEGERS = False  # the broker refuses such integers: it never sends one
 
     def __init__(self) -> None:
         super().__init__()
