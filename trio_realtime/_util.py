@@ -20,20 +20,55 @@ def only_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     return exc
 
 
+def _same(exc: BaseException, original: BaseException) -> bool:
+    """Whether *exc* is *original*, or a copy of the group *original* with the same leaves (a
+    cancel scope that splits the cancellations out of a group rebuilds the groups in it)."""
+    if exc is original:
+        return True
+    if not (isinstance(exc, BaseExceptionGroup) and isinstance(original, BaseExceptionGroup)):
+        return False
+    return (
+        exc.message == original.message
+        and len(exc.exceptions) == len(original.exceptions)
+        and all(map(_same, exc.exceptions, original.exceptions))
+    )
+
+
 @asynccontextmanager
 async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
     """A nursery for the background tasks of an object that lives for the block.
 
-    Leaving the block cancels the background tasks and waits for them. An exception raised by
-    the body propagates as itself, not wrapped in an :class:`ExceptionGroup` (a crash of a
-    background task still propagates as the nursery reports it).
+    Leaving the block cancels the background tasks and waits for them. What propagates:
+
+    * the body raised and no background task failed: the body's exception, as itself (not
+      wrapped in an :class:`ExceptionGroup`);
+    * a background task failed: the group the nursery reports, which holds the body's
+      exception too when the body raised something other than the cancellation the failure
+      caused (such as an error in its cleanup). Neither exception is lost.
+
+    The nursery combines the exceptions (so Trio decides which cancellations are its own);
+    only a group whose one member is the body's exception is unwrapped.
     """
     body_exc: BaseException | None = None
-    async with trio.open_nursery() as nursery:
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                yield nursery
+            except BaseException as exc:
+                body_exc = exc
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if body_exc is None or len(group.exceptions) != 1:
+            raise
+        if not _same(group.exceptions[0], body_exc):
+            raise
+        # Raise it as itself, keeping its own context rather than the group that held it (as
+        # Trio's nursery does when it raises the group).
+        context = body_exc.__context__
         try:
-            yield nursery
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, outside the nursery
-            body_exc = exc
-        nursery.cancel_scope.cancel()
-    if body_exc is not None:
-        raise body_exc
+            raise body_exc
+        finally:
+            body_exc.__context__ = context
+            del body_exc  # no reference cycle through this frame
