@@ -343,7 +343,9 @@ async def test_refused_handshake_is_a_handshake_error() -> None:
     assert info.value.code == CLOSE_POLICY
     assert server.url in str(info.value)
     assert "auth_failed" in str(info.value)
-    assert hellos == [Hello(token="nope", client="n")]
+    (hello,) = hellos
+    assert (hello.token, hello.client) == ("nope", "n")
+    assert hello.instance is not None
 
 
 async def test_http_rejection_is_a_handshake_error() -> None:
@@ -762,6 +764,36 @@ async def test_acked_publish_in_flight_is_resent_with_the_same_id() -> None:
             event = await client.publish("a.b", 1, ack=True)
     assert event.seq == 7
     assert ids == [event.id, event.id]
+
+
+async def test_instance_is_kept_across_reconnects_and_a_duplicate_ack_resolves() -> None:
+    """hello.instance is one random id per client, sent again on every reconnect; a publish
+    re-sent after its ack was lost is answered ``duplicate`` and returns the original seq."""
+    hellos: list[Hello] = []
+
+    async def script(peer: Peer) -> None:
+        hellos.append(await peer.welcome())
+        publish = await peer.expect(Publish)
+        assert publish.ref is not None
+        if peer.index == 1:  # stored as seq 7, but the ack is lost with the connection
+            await peer.close(CLOSE_GOING_AWAY, "restart")
+            return
+        await peer.send(Ack(ref=publish.ref, id=publish.event.id, seq=7, duplicate=True))
+        await peer.idle()
+
+    with trio.fail_after(TIMEOUT):
+        async with scripted_server(script) as server:
+            async with open_client(server.url, **FAST) as client:
+                event = await client.publish("a.b", 1, ack=True)
+                assert client.statistics().reconnects == 1
+            async with open_client(server.url, **FAST) as other:
+                pass
+    assert (event.seq, event.data) == (7, 1)
+    instances = [hello.instance for hello in hellos]
+    assert instances[:2] == [client.instance, client.instance]
+    assert instances[2] == other.instance != client.instance
+    assert len(client.instance) == 32
+    int(client.instance, 16)  # hex
 
 
 async def test_resubscribe_resumes_after_the_last_seq_of_the_same_epoch() -> None:

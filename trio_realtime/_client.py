@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import secrets
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -142,6 +143,9 @@ class Client:
         epoch: The identity of the broker's store, or None (``seq`` numbers are comparable
             only within one epoch).
         broker: The broker's name.
+        instance: A random id, the same on every connection of this client, sent in
+            ``hello``: the broker recognises by it a publish sent again after a reconnect
+            (its ack then says ``duplicate``, with the seq the event was stored under).
     """
 
     def __init__(
@@ -162,6 +166,7 @@ class Client:
         self._nursery = nursery
         self.url: Final = url
         self.name: Final = name
+        self.instance: Final = secrets.token_hex(16)
         self._token = token
         self._source = name or DEFAULT_SOURCE
         self._reconnect = reconnect
@@ -597,6 +602,7 @@ class Client:
                         token=self._token,
                         name=self.name,
                         timeout=self._connect_timeout,
+                        instance=self.instance,
                     )
                     if not first:
                         self._reconnects += 1

@@ -72,8 +72,12 @@ async def handshake(
     token: str | None,
     name: str | None,
     timeout: float,
+    instance: str | None = None,
 ) -> tuple[ClientConnection, Welcome]:
     """Say ``hello`` and wait for ``welcome``: the protocol connection and the welcome.
+
+    *instance* is the client's id across its reconnects (``hello.instance``), by which the
+    broker recognises a publish sent again after a reconnect.
 
     Raises:
         HandshakeError: if the broker refused (``code`` is the close code its error implies:
@@ -84,7 +88,7 @@ async def handshake(
     answer: Welcome | Error | None = None
     with trio.move_on_after(timeout):
         try:
-            await transport.send(conn.send(Hello(token=token, client=name)))
+            await transport.send(conn.send(Hello(token=token, client=name, instance=instance)))
             while answer is None:
                 conn.receive_text(await transport.receive())
                 for item in conn.frames():
