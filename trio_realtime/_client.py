@@ -33,6 +33,7 @@ from ._channel import (
 )
 from ._client_conn import Link, handshake
 from ._client_state import (
+    HistoryPage,
     HistoryQuery,
     Outbox,
     Pending,
@@ -533,6 +534,10 @@ class Client:
     ) -> list[Event]:
         """Stored events matching *pattern* after *since* (a ``seq`` or a time), oldest first.
 
+        A broker may answer in parts, each small enough for one message (``history_result``
+        with ``more``): this asks again after the last event received until it has *limit*
+        events or the broker has no more.
+
         Args:
             pattern: Which topics to read (wildcards allowed).
             since: Only events with a greater ``seq``, or published at or after this time.
@@ -548,12 +553,21 @@ class Client:
         validate_pattern(pattern)
         check_int(limit, "limit", minimum=0)
         since_seq, since_time = since_fields(since)
-        query = HistoryQuery(pattern, since=since_seq, since_time=since_time, limit=limit)
-        try:
-            events: list[Event] = await self._submit(query)
-        finally:
-            query.abandoned = True
-        return events
+        events: list[Event] = []
+        while True:
+            query = HistoryQuery(
+                pattern, since=since_seq, since_time=since_time, limit=limit - len(events)
+            )
+            try:
+                page: HistoryPage = await self._submit(query)
+            finally:
+                query.abandoned = True
+            events += page.events
+            if not (page.more and page.events and len(events) < limit):
+                return events
+            since_seq, since_time = page.events[-1].seq, None
+            if since_seq is None:  # pragma: no cover - stored events have a seq
+                return events
 
     # -- the connection's life ------------------------------------------------------------
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ._channel import Subscription
 
 __all__ = [
+    "HistoryPage",
     "HistoryQuery",
     "Outbox",
     "OutboxItem",
@@ -291,8 +292,22 @@ class RequestPending(Pending[Event]):
         pass  # routed; the reply comes as an event
 
 
-class HistoryQuery(Pending[list[Event]]):
-    """A ``history`` read: its result is the list of stored events."""
+@attrs.frozen(kw_only=True)
+class HistoryPage:
+    """What one ``history`` request returned.
+
+    Attributes:
+        events: The stored events, oldest first.
+        more: More events may match: the broker stopped short of the limit to keep its
+            message small enough (``history_result.more``).
+    """
+
+    events: list[Event]
+    more: bool
+
+
+class HistoryQuery(Pending[HistoryPage]):
+    """A ``history`` read: its result is one :class:`HistoryPage`."""
 
     __slots__ = ("limit", "since", "since_time")
 
@@ -315,7 +330,7 @@ class HistoryQuery(Pending[list[Event]]):
 
     def answer(self, frame: Ack | HistoryResult) -> None:
         if type(frame) is HistoryResult:
-            self.succeed(list(frame.events))
+            self.succeed(HistoryPage(events=list(frame.events), more=frame.more))
         else:
             self.fail(
                 RemoteProtocolError(f"the broker answered a history read with {frame.TYPE!r}")
