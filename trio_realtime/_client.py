@@ -9,7 +9,6 @@ exponential backoff, re-creates every subscription (resuming stored topics after
 
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
 import secrets
@@ -19,7 +18,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
-import attrs
 import trio
 
 from ._channel import (
@@ -32,6 +30,8 @@ from ._channel import (
     pattern_and_type,
 )
 from ._client_conn import Link, handshake
+from ._client_state import ClientState as ClientState
+from ._client_state import ClientStatistics as ClientStatistics
 from ._client_state import (
     HistoryPage,
     HistoryQuery,
@@ -79,56 +79,6 @@ DEFAULT_SOURCE: Final = "trio-realtime"
 #: A publisher that never has to wait yields to the scheduler once per this many publishes,
 #: so that the writer sends them as one message (not a task switch and a message each).
 PUBLISH_BATCH: Final = 64
-
-
-class ClientState(enum.Enum):
-    """Where a :class:`Client` is in its life.
-
-    ``CONNECTING``
-        Opening a connection (the first one, or a reconnect).
-    ``CONNECTED``
-        The handshake is done: frames flow.
-    ``DISCONNECTED``
-        The connection dropped; the client waits (backoff) before reconnecting. Publishes
-        wait in the outbox meanwhile.
-    ``CLOSED``
-        For good: the ``open_client`` block exited, or the connection was lost and could not
-        or may not be re-established. Operations raise :exc:`~trio_realtime.ConnectionClosed`.
-    """
-
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-    CLOSED = "closed"
-
-
-@attrs.frozen(kw_only=True)
-class ClientStatistics:
-    """A snapshot of a client's counters.
-
-    Attributes:
-        state: The client's state.
-        reconnects: Connections re-established after the first.
-        catch_ups: Times a persisted subscription that the broker dropped events for (a
-            ``gap``) re-read them from the store.
-        published: Events handed to the client for sending (``publish`` and ``request``).
-        received: Events received from the broker.
-        outbox: Frames and operations waiting to be sent.
-        in_flight: Sent operations waiting for the broker's answer (acks, history reads).
-        subscriptions: Live subscriptions, ``serve`` blocks included.
-        errors: Errors the broker reported that no operation waited for (such as a refused
-            fire-and-forget publish), and bad input from it.
-    """
-
-    state: ClientState
-    reconnects: int
-    catch_ups: int
-    published: int
-    received: int
-    outbox: int
-    in_flight: int
-    subscriptions: int
-    errors: int
 
 
 class Client:

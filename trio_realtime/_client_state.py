@@ -1,12 +1,13 @@
-"""What the remote client keeps across its connections.
+"""What the remote client keeps across its connections, and what it reports.
 
-Its subscriptions (:class:`RemoteSub`), the :class:`Outbox` of frames and operations waiting
-to be sent, the operations waiting for an answer (:class:`Pending`), and the rules of
-reconnecting.
+Its :class:`ClientState` and :class:`ClientStatistics`; its subscriptions
+(:class:`RemoteSub`), the :class:`Outbox` of frames and operations waiting to be sent, the
+operations waiting for an answer (:class:`Pending`), and the rules of reconnecting.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from collections import deque
 from collections.abc import Iterable
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from ._channel import Subscription
 
 __all__ = [
+    "ClientState",
+    "ClientStatistics",
     "HistoryPage",
     "HistoryQuery",
     "Outbox",
@@ -80,6 +83,60 @@ def error_from_frame(error: Error, topic: str) -> Exception:
     if code == NO_RESPONDERS:
         return NoResponders(topic)
     return RemoteProtocolError(f"the broker refused it ({code}): {error.message}", code=code)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the client reports
+
+
+class ClientState(enum.Enum):
+    """Where a :class:`Client` is in its life.
+
+    ``CONNECTING``
+        Opening a connection (the first one, or a reconnect).
+    ``CONNECTED``
+        The handshake is done: frames flow.
+    ``DISCONNECTED``
+        The connection dropped; the client waits (backoff) before reconnecting. Publishes
+        wait in the outbox meanwhile.
+    ``CLOSED``
+        For good: the ``open_client`` block exited, or the connection was lost and could not
+        or may not be re-established. Operations raise :exc:`~trio_realtime.ConnectionClosed`.
+    """
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+@attrs.frozen(kw_only=True)
+class ClientStatistics:
+    """A snapshot of a client's counters.
+
+    Attributes:
+        state: The client's state.
+        reconnects: Connections re-established after the first.
+        catch_ups: Times a persisted subscription that the broker dropped events for (a
+            ``gap``) re-read them from the store.
+        published: Events handed to the client for sending (``publish`` and ``request``).
+        received: Events received from the broker.
+        outbox: Frames and operations waiting to be sent.
+        in_flight: Sent operations waiting for the broker's answer (acks, history reads).
+        subscriptions: Live subscriptions, ``serve`` blocks included.
+        errors: Errors the broker reported that no operation waited for (such as a refused
+            fire-and-forget publish), and bad input from it.
+    """
+
+    state: ClientState
+    reconnects: int
+    catch_ups: int
+    published: int
+    received: int
+    outbox: int
+    in_flight: int
+    subscriptions: int
+    errors: int
 
 
 # ---------------------------------------------------------------------------------------------
