@@ -9,6 +9,7 @@ purpose: go silent, close with 1001/1008/4001, refuse a handshake, report a gap,
 
 from __future__ import annotations
 
+import inspect
 import math
 import socket
 from collections import deque
@@ -41,7 +42,7 @@ from trio_realtime import (
 from trio_realtime._broker import Broker, BrokerServer
 from trio_realtime._client import Client, ClientState, ClientStatistics, open_client
 from trio_realtime._client_conn import Link
-from trio_realtime._transport import WebSocketTransport, parse_url
+from trio_realtime._transport import DEFAULT_MAX_MESSAGE_SIZE, WebSocketTransport, parse_url
 from trio_realtime._util import open_service_nursery
 from trio_realtime.protocol import (
     AUTH_FAILED,
@@ -502,6 +503,22 @@ async def test_frames_too_large_are_not_sent() -> None:
             for i in range(200):
                 await a.publish("big.x", i)
             assert [(await sub.receive()).data for _ in range(200)] == list(range(200))
+
+
+def test_default_max_message_size_is_the_brokers() -> None:
+    """The client accepts by default what the broker may send by default (1 MiB of bytes)."""
+    default = inspect.signature(open_client).parameters["max_message_size"].default
+    assert default == DEFAULT_MAX_MESSAGE_SIZE == Broker().max_message_size == 2**20
+
+
+async def test_frames_are_measured_in_bytes() -> None:
+    """A frame within max_message_size in characters but not in UTF-8 bytes is not sent."""
+    with trio.fail_after(TIMEOUT):
+        async with running_broker() as (_, url), open_client(url, max_message_size=4096) as a:
+            with pytest.raises(RemoteProtocolError, match="bytes") as info:
+                await a.publish("big.x", "é" * 3000, ack=True)  # 3000 characters, 6000 bytes
+            assert info.value.code == "too_large"
+            assert (await a.publish("big.x", "é" * 1500, ack=True)).data == "é" * 1500
 
 
 async def test_history_and_since_with_a_store() -> None:

@@ -732,10 +732,12 @@ async def open_client(
             the network) before ``publish`` waits.
         backoff_initial: Seconds of the first reconnect delay, at most.
         backoff_max: Seconds of the reconnect delay, at most.
-        max_message_size: The largest message received or sent, in characters. Larger ones
-            received close the connection (1009); a single frame larger than this is not sent
-            (an acknowledged publish raises :exc:`~trio_realtime.RemoteProtocolError`
-            ``too_large``). Keep it no larger than the broker's.
+        max_message_size: The largest message received or sent, in bytes of UTF-8 text. The
+            default is the broker's default (1 MiB): keep the two the same. A frame larger
+            than this is not sent (an acknowledged publish raises
+            :exc:`~trio_realtime.RemoteProtocolError` ``too_large``); a broker closes the
+            connection on a message larger than its own limit, and never sends one. A larger
+            message received closes the connection (1009).
         ssl_context: For ``wss://`` URLs (default: the system's trusted certificates).
 
     Raises:

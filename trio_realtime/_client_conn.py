@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from ._client import Client
     from ._transport import WebSocketTransport
 
-__all__ = ["WRITE_BATCH", "Link", "handshake"]
+__all__ = ["WRITE_BATCH", "Link", "handshake", "utf8_size"]
 
 logger = logging.getLogger("trio_realtime.client")
 
@@ -59,6 +59,13 @@ logger = logging.getLogger("trio_realtime.client")
 WRITE_BATCH: Final = 512
 
 T = TypeVar("T")
+
+
+def utf8_size(text: str) -> int:
+    """The size of *text* on the wire, in bytes (its UTF-8 encoding)."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +405,7 @@ class Link:
         sent = 0  # how many of *kept* went out
         try:
             text = conn.send(frames if len(frames) > 1 else frames[0])
-            if len(text) <= self.client._max_message_size:
+            if utf8_size(text) <= self.client._max_message_size:
                 await self.transport.send(text)
                 sent = len(kept)
             else:
@@ -418,17 +425,18 @@ class Link:
         is the index after its last frame; a frame too large on its own fails (text None)."""
         limit = self.client._max_message_size
         texts = [encode(frame) for frame in frames]
+        sizes = [utf8_size(text) for text in texts]
         start = 0
         while start < len(frames):
-            if len(texts[start]) + 2 > limit:
-                self._too_large(kept[start], len(texts[start]))
+            if sizes[start] + 2 > limit:
+                self._too_large(kept[start], sizes[start])
                 yield start + 1, None
                 start += 1
                 continue
             end = start
             size = 2
-            while end < len(frames) and size + len(texts[end]) + 1 <= limit:
-                size += len(texts[end]) + 1
+            while end < len(frames) and size + sizes[end] + 1 <= limit:
+                size += sizes[end] + 1
                 end += 1
             yield end, "[" + ",".join(texts[start:end]) + "]"
             start = end
@@ -436,8 +444,8 @@ class Link:
     def _too_large(self, item: OutboxItem, size: int) -> None:
         limit = self.client._max_message_size
         message = (
-            f"a {type(item).__name__} frame of {size} characters is larger than the "
-            f"largest message ({limit}); it was not sent"
+            f"a {type(item).__name__} frame of {size} bytes is larger than the largest "
+            f"message ({limit} bytes, the client's max_message_size); it was not sent"
         )
         if isinstance(item, Pending):
             if item.ref is not None:
