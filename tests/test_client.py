@@ -41,7 +41,7 @@ from trio_realtime import (
 )
 from trio_realtime._broker import Broker, BrokerServer
 from trio_realtime._client import Client, ClientState, ClientStatistics, open_client
-from trio_realtime._client_conn import Link
+from trio_realtime._client_conn import LOCAL_TOO_BIG_REASON, Link, refused_as_too_big
 from trio_realtime._transport import DEFAULT_MAX_MESSAGE_SIZE, WebSocketTransport, parse_url
 from trio_realtime._util import open_service_nursery
 from trio_realtime.protocol import (
@@ -584,6 +584,43 @@ async def test_history_larger_than_one_message_of_a_real_broker() -> None:
             assert [e.data["i"] for e in got] == list(range(50))
             got = await client.history("big.>", since=got[-1].seq)
             assert [e.data["i"] for e in got] == list(range(50, 60))
+
+
+async def test_history_answer_too_large_is_asked_again_for_fewer_events() -> None:
+    """A history answer larger than max_message_size closes the connection (1009); the read
+    is sent again for half as many events, down to one, and then fails with too_large."""
+    asked: list[int] = []
+    big = Event(topic="h.big", data="x" * 3000, seq=1)
+    small = [Event(topic="h.small", data=i, seq=2 + i) for i in range(4)]
+
+    async def script(peer: Peer) -> None:
+        await peer.welcome()
+        while True:
+            history = await peer.expect(History)
+            asked.append(history.limit)
+            if history.pattern == "h.big":
+                page: tuple[Event, ...] = (big,)
+            else:
+                start = 0 if history.since is None else history.since - 1
+                page = tuple(small[start : start + history.limit])
+                if history.limit > 2:
+                    page += (big,) * 3  # an answer too large (this broker does not split)
+            await peer.send(HistoryResult(ref=history.ref, events=page))
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            scripted_server(script) as server,
+            open_client(server.url, max_message_size=2048, **FAST) as client,
+        ):
+            got = await client.history("h.small", limit=4)
+            assert [e.data for e in got] == [0, 1, 2, 3]
+            assert asked == [4, 2, 2]  # too large; two (a full page: ask again); two
+            asked.clear()
+            with pytest.raises(RemoteProtocolError, match="max_message_size") as info:
+                await client.history("h.big", limit=2)
+            assert info.value.code == "too_large"
+            assert asked == [2, 1, 1]  # one event alone is too large, twice
+            assert client.statistics().oversized == 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1293,6 +1330,60 @@ async def test_heartbeat_keeps_an_answering_broker(autojump_clock: trio.testing.
         nursery.cancel_scope.cancel()
 
 
+class ClosingTransport(FakeTransport):
+    """A transport that refuses a message as too large, as WebSocketTransport does: it
+    closes (taking a second) and only then raises; a send meanwhile fails with 1000."""
+
+    def __init__(self) -> None:
+        super().__init__(answer_pings=False)
+        self.refuse = trio.Event()
+        self.closing = False
+
+    async def receive(self) -> str:
+        await self.refuse.wait()
+        self.closing = True
+        with trio.CancelScope(shield=True):
+            await trio.sleep(1.0)  # the close handshake
+        raise ConnectionClosed("too big", code=1009, reason=LOCAL_TOO_BIG_REASON)
+
+    async def send(self, text: str) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.closing:
+            raise ConnectionClosed("closed", code=1000)
+        self.sent.append(text)
+
+
+async def test_link_notes_a_message_too_large_even_if_a_send_fails_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The reader's 1009 is noted on the link though a send racing the close ended it."""
+    transport = ClosingTransport()
+    async with trio.open_nursery() as nursery:
+        link = make_link(nursery, transport)
+        nursery.start_soon(link.run)
+        await trio.testing.wait_all_tasks_blocked()
+        transport.refuse.set()
+        await trio.testing.wait_all_tasks_blocked()
+        link.client._outbox.append(Ping())  # the writer sends while the reader closes
+        await trio.sleep(2.0)
+    assert link.reason is not None
+    assert link.reason.code == 1000
+    assert link.oversized
+
+
+def test_refused_as_too_big_tells_our_refusal_from_the_brokers() -> None:
+    """A 1009 is ours when its reason is our transport's (or trio-websocket's with our
+    limit); a broker's 1009 names its own limit."""
+    ours = ConnectionClosed("x", code=1009, reason=LOCAL_TOO_BIG_REASON)
+    assert refused_as_too_big(ours, 4096)
+    websocket = ConnectionClosed("x", code=1009, reason="Exceeded maximum message size: 4096 bytes")
+    assert refused_as_too_big(websocket, 4096)
+    assert not refused_as_too_big(websocket, 8192)  # the broker's limit, not ours
+    brokers = ConnectionClosed("x", code=1009, reason="message larger than 2048 bytes")
+    assert not refused_as_too_big(brokers, 4096)
+    assert not refused_as_too_big(ConnectionClosed("x", code=1001, reason="message too big"), 1)
+
+
 async def test_backoff_is_capped_full_jitter() -> None:
     """Reconnect delays are uniform in [0, min(max, initial * 2**attempt)]."""
     async with trio.open_nursery() as nursery:
@@ -1312,4 +1403,5 @@ async def test_backoff_is_capped_full_jitter() -> None:
             in_flight=0,
             subscriptions=0,
             errors=0,
+            oversized=0,
         )

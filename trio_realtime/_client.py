@@ -29,7 +29,13 @@ from ._channel import (
     Subscription,
     pattern_and_type,
 )
-from ._client_conn import Link, handshake
+from ._client_conn import (
+    Link,
+    Prober,
+    handshake,
+    refused_as_too_big,
+    skip_oversized,
+)
 from ._client_state import ClientState as ClientState
 from ._client_state import ClientStatistics as ClientStatistics
 from ._client_state import (
@@ -146,6 +152,7 @@ class Client:
         self._published = 0
         self._received = 0
         self._errors = 0
+        self._oversized = 0
 
     def __repr__(self) -> str:
         return f"<Client {self.url} {self._state.value} session={self.session}>"
@@ -168,6 +175,7 @@ class Client:
             in_flight=len(link.inflight) if link is not None else 0,
             subscriptions=sum(1 for rs in self._subs if rs.sub is not None),
             errors=self._errors,
+            oversized=self._oversized,
         )
 
     async def wait_connected(self) -> None:
@@ -550,9 +558,11 @@ class Client:
         """
         first = True
         attempt = 0
+        stuck = 0  # connections in a row that ended on a message too large, nothing changed
         while True:
             self._set_state(ClientState.CONNECTING)
             link: Link | None = None
+            changed = False  # since the last connection ended on a message too large
             try:
                 async with open_transport(
                     self.url,
@@ -575,15 +585,20 @@ class Client:
                         first = False
                         task_status.started()
                     attempt = 0
+                    received = self._received
                     reason = await link.run()
+                    changed = self._received > received
                     if link.close_code is not None:
                         await transport.aclose(link.close_code, str(reason), timeout=0.5)
             except ConnectionClosed as exc:
                 if first:
                     raise
                 reason = exc
+            oversized = refused_as_too_big(reason, self._max_message_size) or (
+                link is not None and link.oversized
+            )
             if link is not None:
-                self._disconnected(link)
+                changed = self._disconnected(link, oversized=oversized) or changed
             if self._state is ClientState.CLOSED:
                 return
             if not self._reconnect or is_fatal(reason):
@@ -591,7 +606,14 @@ class Client:
                 self._close(reason)
                 return
             self._set_state(ClientState.DISCONNECTED)
-            delay = self._backoff(attempt)
+            if oversized:
+                # Back off longer each time a connection ended so with nothing changed (no
+                # event received, read or skipped): the same message may well come again.
+                changed = await self._skip_oversized() or changed
+                stuck = 0 if changed else stuck + 1
+            else:
+                stuck = 0
+            delay = self._backoff(max(attempt, stuck))
             attempt += 1
             logger.info("%s; reconnecting in %.2f s", reason, delay)
             await trio.sleep(delay)
@@ -622,8 +644,14 @@ class Client:
         self._set_state(ClientState.CONNECTED)
         return link
 
-    def _disconnected(self, link: Link) -> None:
-        """*link* ended: requeue what it had in flight; its ids mean nothing any more."""
+    def _disconnected(self, link: Link, *, oversized: bool = False) -> bool:
+        """*link* ended: requeue what it had in flight; its ids mean nothing any more.
+
+        *oversized*: it ended on a message too large, which may have been the answer to a
+        history read in flight: those are sent again asking for fewer events (or fail, asking
+        for one). Returns whether there were any.
+        """
+        changed = False
         self._link = None
         for rs in self._subs:
             rs.id = None
@@ -633,12 +661,36 @@ class Client:
         requeue: list[Pending[Any]] = []
         for pending in link.inflight.values():
             pending.ref = None
+            if oversized and isinstance(pending, HistoryQuery) and not pending.abandoned:
+                pending.shrink(self._max_message_size)
+                changed = True
             if not pending.done.is_set() and not pending.abandoned:
                 requeue.append(pending)
         link.inflight.clear()
         self._outbox.drop_control()
         self._outbox.push_front(requeue)
         self._outbox.notify_drained()
+        return changed
+
+    async def _skip_oversized(self) -> bool:
+        """The connection ended on a message too large to receive: count it, and catch up
+        the subscriptions that resubscribing would replay it to (see
+        ``_client_conn.skip_oversized``). Whether that read or skipped anything."""
+        self._oversized += 1
+        prober = Prober(
+            self.url,
+            token=self._token,
+            name=self.name,
+            max_message_size=self._max_message_size,
+            timeout=self._connect_timeout,
+            ssl_context=self._ssl_context,
+        )
+        try:
+            delivered, skipped = await skip_oversized(list(self._subs), prober)
+        finally:
+            await prober.aclose()
+        self._received += delivered
+        return bool(delivered or skipped)
 
     def _close(self, reason: ConnectionClosed | None) -> None:
         """Close for good: end subscriptions (failing them with *reason*, if any) and fail
@@ -737,7 +789,14 @@ async def open_client(
             than this is not sent (an acknowledged publish raises
             :exc:`~trio_realtime.RemoteProtocolError` ``too_large``); a broker closes the
             connection on a message larger than its own limit, and never sends one. A larger
-            message received closes the connection (1009).
+            message received closes the connection (1009) and is lost, with the events in
+            it: the client logs a warning, counts it (``statistics().oversized``) and
+            reconnects. First, so that it is not sent the same stored events again, it reads
+            what its resuming subscriptions would be replayed from the store itself (history
+            reads on a side connection, in pages it can receive), skips each stored event too
+            large on its own (counted in the subscription's ``missed``), and resumes after
+            them. An event that was not stored cannot be read again (nor is it replayed): it
+            is lost. Reconnects after which nothing changed back off.
         ssl_context: For ``wss://`` URLs (default: the system's trusted certificates).
 
     Raises:

@@ -32,6 +32,7 @@ from .protocol import (
     FORBIDDEN,
     INVALID_TOPIC,
     NO_RESPONDERS,
+    TOO_LARGE,
     Ack,
     ClientFrame,
     Error,
@@ -126,6 +127,9 @@ class ClientStatistics:
         subscriptions: Live subscriptions, ``serve`` blocks included.
         errors: Errors the broker reported that no operation waited for (such as a refused
             fire-and-forget publish), and bad input from it.
+        oversized: Messages from the broker larger than the client's ``max_message_size``:
+            each closed the connection (1009) and was lost, with the events in it (see
+            :func:`open_client`).
     """
 
     state: ClientState
@@ -137,6 +141,7 @@ class ClientStatistics:
     in_flight: int
     subscriptions: int
     errors: int
+    oversized: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +256,19 @@ class RemoteSub:
         points = [s for s in (self.last_seq, self.resume_seq) if s is not None]
         return max(points) if points else None
 
+    def replay_point(self) -> int | None:
+        """The seq after which a resubscribe replays stored events (None: it replays none,
+        or replays from a time)."""
+        resume = self.resume_point()
+        return resume if resume is not None else self.since
+
+    def advance_to(self, seq: int) -> None:
+        """Resubscribe after *seq*: the stored events up to it were handled otherwise (read
+        from the store, or skipped as too large to receive)."""
+        self.last_seq = seq
+        if self.resume_point() is None:  # a queue group member resumes from its since
+            self.since, self.since_time = seq, None
+
     def settle(self, error: BaseException | None = None) -> None:
         """The first ``subscribe`` was answered (*error*: refused)."""
         if not self.settled.is_set():
@@ -356,7 +374,8 @@ class HistoryPage:
     Attributes:
         events: The stored events, oldest first.
         more: More events may match: the broker stopped short of the limit to keep its
-            message small enough (``history_result.more``).
+            message small enough (``history_result.more``), or the client lowered the limit
+            after an answer too large for it.
     """
 
     events: list[Event]
@@ -364,9 +383,14 @@ class HistoryPage:
 
 
 class HistoryQuery(Pending[HistoryPage]):
-    """A ``history`` read: its result is one :class:`HistoryPage`."""
+    """A ``history`` read: its result is one :class:`HistoryPage`.
 
-    __slots__ = ("limit", "since", "since_time")
+    An answer larger than the client's ``max_message_size`` closes the connection (1009) and
+    is lost; a query that was waiting for its answer then is sent again with half the limit
+    (:meth:`shrink`), down to one event.
+    """
+
+    __slots__ = ("limit", "oversized_at_one", "shrunk", "since", "since_time")
 
     def __init__(
         self, pattern: str, *, since: int | None, since_time: str | None, limit: int
@@ -375,6 +399,10 @@ class HistoryQuery(Pending[HistoryPage]):
         self.since = since
         self.since_time = since_time
         self.limit = limit
+        #: The limit was lowered: a full page does not mean the end.
+        self.shrunk = False
+        #: An answer too large was lost while it asked for one event.
+        self.oversized_at_one = False
 
     def frame(self, ref: int) -> ClientFrame:
         return History(
@@ -387,11 +415,36 @@ class HistoryQuery(Pending[HistoryPage]):
 
     def answer(self, frame: Ack | HistoryResult) -> None:
         if type(frame) is HistoryResult:
-            self.succeed(HistoryPage(events=list(frame.events), more=frame.more))
+            events = list(frame.events)
+            more = frame.more or (self.shrunk and len(events) >= self.limit)
+            self.succeed(HistoryPage(events=events, more=more))
         else:
             self.fail(
                 RemoteProtocolError(f"the broker answered a history read with {frame.TYPE!r}")
             )
+
+    def shrink(self, max_message_size: int) -> None:
+        """A connection that waited for its answer ended on a message too large: lower the
+        limit to send it again, or fail once one event alone was too large (twice)."""
+        if self.limit > 1:
+            self.limit //= 2
+            self.shrunk = True
+            return
+        if not self.oversized_at_one:
+            # Perhaps the message too large was another one: try once more.
+            self.oversized_at_one = True
+            return
+        where = f"after seq {self.since}" if self.since is not None else "from the start"
+        if self.since_time is not None:
+            where = f"from {self.since_time}"
+        self.fail(
+            RemoteProtocolError(
+                f"a stored event matching {self.topic!r} {where} is larger than this "
+                f"client's max_message_size ({max_message_size} bytes); raise it (the "
+                f"max_message_size argument of open_client) to read it",
+                code=TOO_LARGE,
+            )
+        )
 
 
 #: What waits in the outbox: frames ready to send, and operations that get a ref when sent.
