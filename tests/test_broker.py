@@ -23,9 +23,8 @@ import trio_websocket
 
 from trio_realtime import Event, InvalidTopic, open_bus
 from trio_realtime._broker import Broker, BrokerServer, BrokerStatistics, serve_broker
-from trio_realtime._session import CLOSE_HEARTBEAT
 from trio_realtime._util import open_service_nursery
-from trio_realtime.protocol import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER
+from trio_realtime.protocol import CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_SLOW_CONSUMER
 from trio_realtime.store import MemoryStore
 
 Frame = dict[str, Any]

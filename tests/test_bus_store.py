@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -280,19 +281,59 @@ async def test_unstored_events_lost_during_a_long_replay_are_counted(
 ) -> None:
     """Held-back events of unstored topics that a replay had to let go count as missed."""
     monkeypatch.setattr(replay_module, "MAX_HELD_DURING_REPLAY", 3)
-    async with open_bus(store=MemoryStore(), persist=["p.>"]) as bus:
-        for i in range(5):
-            await bus.publish("p.x", i)
-        async with bus.subscribe(">", since=0, max_buffer_size=1) as sub:
-            # the replay waits for room after its first event: everything below is held
-            for i in range(6):
-                await bus.publish("q.unstored", i)
-            await bus.publish("p.x", 5)
-            got = [(await sub.receive()).data for _ in range(6)]
-            assert got == [0, 1, 2, 3, 4, 5]
-            assert sub.missed == 6
-            await bus.publish("q.unstored", "live")
-            assert (await sub.receive()).data == "live"
+    with trio.fail_after(10):
+        async with open_bus(store=MemoryStore(), persist=["p.>"]) as bus:
+            for i in range(5):
+                await bus.publish("p.x", i)
+            async with bus.subscribe(">", since=0, max_buffer_size=1) as sub:
+                # the replay waits for room after its first event: everything below is held
+                for i in range(6):
+                    await bus.publish("q.unstored", i)
+                await bus.publish("p.x", 5)
+                got = [(await sub.receive()).data for _ in range(6)]
+                assert got == [0, 1, 2, 3, 4, 5]
+                assert sub.missed == 6
+                await bus.publish("q.unstored", "live")
+                assert (await sub.receive()).data == "live"
+
+
+async def test_a_replay_holds_live_events_again_once_it_reads_the_store_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After letting held events go, a replay holds new live events again from its next read
+    of the store on: an unstored event published during that read is not lost."""
+    monkeypatch.setattr(replay_module, "MAX_HELD_DURING_REPLAY", 2)
+
+    class PausingStore(MemoryStore):
+        reads = 0
+        pause_at = 0
+        paused = trio.Event()
+        resume = trio.Event()
+
+        async def read(self, *args: Any, **kwargs: Any) -> list[Event]:
+            self.reads += 1
+            if self.reads == self.pause_at:
+                self.paused.set()
+                await self.resume.wait()
+            return await super().read(*args, **kwargs)
+
+    store = PausingStore()
+    with trio.fail_after(10):
+        async with open_bus(store=store, persist=["p.>"]) as bus:
+            await bus.publish("p.x", 0)
+            await bus.publish("p.x", 1)
+            async with bus.subscribe(">", since=0, max_buffer_size=1) as sub:
+                await trio.testing.wait_all_tasks_blocked()  # the replay waits for room
+                for i in range(3):  # one more than can be held: let go
+                    await bus.publish("q.unstored", i)
+                store.pause_at = store.reads + 1
+                # Room: the replay offers 1, then reads the store again, and pauses there.
+                assert [(await sub.receive()).data for _ in range(2)] == [0, 1]
+                await store.paused.wait()
+                await bus.publish("q.unstored", "during the read")
+                store.resume.set()
+                assert (await sub.receive()).data == "during the read"
+                assert sub.missed == 3
 
 
 async def test_unstored_retained_events_follow_a_replay() -> None:

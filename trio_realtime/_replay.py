@@ -65,6 +65,10 @@ class ReplaySink:
         after = since if isinstance(since, int) else None
         when = since if isinstance(since, datetime) else None
         while True:
+            if self.overflowed:
+                # The stored events let go are in the store: this read gets them. From now
+                # on live events are held again (only those let go meanwhile are lost).
+                self.reset()
             page = await store.read(
                 sub.pattern, after=after, since=when, limit=REPLAY_PAGE, max_bytes=REPLAY_PAGE_BYTES
             )
@@ -80,9 +84,8 @@ class ReplaySink:
             if page:  # (a page may be short for its bytes: only an empty one is the end)
                 continue
             # Caught up with the store at this instant: go live with no await between this
-            # check and the switch.
+            # check and the switch (unless events were let go since the read: read again).
             if self.overflowed:
-                self.reset()
                 continue
             for event in retained(sub.pattern):
                 if event.seq is None:
