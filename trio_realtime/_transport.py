@@ -392,9 +392,8 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
     """
 
     async def _handle_close_connection_event(self, event: wsproto.events.CloseConnection) -> None:
-        if (
-            self._wsproto.state is wsproto.connection.ConnectionState.OPEN
-        ):  # not the peer's close frame
+        # Open still: the event is wsproto's verdict on bad input, not the peer's close frame.
+        if self._wsproto.state is wsproto.connection.ConnectionState.OPEN:
             try:
                 await self._send(wsproto.events.CloseConnection(event.code, event.reason))
             except trio_websocket.ConnectionClosed:
