@@ -57,16 +57,36 @@ def open_store(
     synchronous: Literal["normal", "full"] = "normal",
     max_events: int | None = None,
     max_age: float | None = None,
+    max_bytes: int | None = None,
 ) -> Store | None:
-    """The store a ``--store`` option names: ``sqlite:PATH``, ``memory`` or ``none``."""
-    from .store import MemoryStore, SQLiteStore
+    """The store a ``--store`` option names: ``sqlite:PATH``, ``memory`` or ``none``.
+
+    A ``memory`` store given no retention limit at all keeps at most
+    :data:`~trio_realtime.store.DEFAULT_MEMORY_MAX_EVENTS` events and
+    :data:`~trio_realtime.store.DEFAULT_MEMORY_MAX_BYTES` of them, so that a broker cannot
+    fill its memory with stored events; any limit given replaces both. *max_bytes* is for a
+    ``memory`` store only.
+    """
+    from .store import (
+        DEFAULT_MEMORY_MAX_BYTES,
+        DEFAULT_MEMORY_MAX_EVENTS,
+        MemoryStore,
+        SQLiteStore,
+    )
 
     if spec == "memory":
-        return MemoryStore(max_events=max_events, max_age=max_age)
+        if max_events is None and max_age is None and max_bytes is None:
+            max_events, max_bytes = DEFAULT_MEMORY_MAX_EVENTS, DEFAULT_MEMORY_MAX_BYTES
+        return MemoryStore(max_events=max_events, max_age=max_age, max_bytes=max_bytes)
     if spec == "none":
         return None
     kind, sep, path = spec.partition(":")
     if kind == "sqlite" and sep and path:
+        if max_bytes is not None:
+            raise CommandError(
+                "--max-bytes limits a memory store only: bound a sqlite store with "
+                "--max-events or --max-age"
+            )
         return SQLiteStore(path, synchronous=synchronous, max_events=max_events, max_age=max_age)
     raise CommandError(f"--store takes sqlite:PATH, memory or none, not {spec!r}")
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 
-from trio_realtime.store import MemoryStore, SQLiteStore
+from trio_realtime.store import MemoryStore, SQLiteStore, approximate_size
 from trio_realtime.testing._check_store import check_store
 
 if TYPE_CHECKING:
@@ -26,7 +26,9 @@ async def test_memory_store_keeps_the_contract() -> None:
 
 async def test_memory_store_with_retention_limits_keeps_the_contract() -> None:
     """MemoryStore with generous retention limits still passes check_store."""
-    await check_store(lambda: MemoryStore(max_events=10_000, max_age=10 * 365 * 86400))
+    await check_store(
+        lambda: MemoryStore(max_events=10_000, max_age=10 * 365 * 86400, max_bytes=2**30)
+    )
 
 
 async def test_sqlite_store_keeps_the_contract(tmp_path: Path) -> None:
@@ -51,8 +53,96 @@ class _ReversedReads(MemoryStore):
         after: int | None = None,
         since: datetime | None = None,
         limit: int = 100,
+        max_bytes: int | None = None,
     ) -> list[Event]:
-        return list(reversed(await super().read(pattern, after=after, since=since, limit=limit)))
+        return list(
+            reversed(
+                await super().read(
+                    pattern, after=after, since=since, limit=limit, max_bytes=max_bytes
+                )
+            )
+        )
+
+
+class _IgnoresMaxBytes(MemoryStore):
+    """A broken store: its reads ignore max_bytes."""
+
+    async def read(
+        self,
+        pattern: str,
+        *,
+        after: int | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        max_bytes: int | None = None,
+    ) -> list[Event]:
+        return await super().read(pattern, after=after, since=since, limit=limit)
+
+
+class _NothingOverBudget(MemoryStore):
+    """A broken store: a read returns nothing when the first event is larger than max_bytes."""
+
+    async def read(
+        self,
+        pattern: str,
+        *,
+        after: int | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        max_bytes: int | None = None,
+    ) -> list[Event]:
+        events = await super().read(
+            pattern, after=after, since=since, limit=limit, max_bytes=max_bytes
+        )
+        if max_bytes is not None and events and approximate_size(events[0]) > max_bytes:
+            return []
+        return events
+
+
+class _OneEventTooMany(MemoryStore):
+    """A broken store: max_bytes lets through the event that goes past it."""
+
+    async def read(
+        self,
+        pattern: str,
+        *,
+        after: int | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        max_bytes: int | None = None,
+    ) -> list[Event]:
+        events = await super().read(pattern, after=after, since=since, limit=limit)
+        if max_bytes is None:
+            return events
+        total = 0
+        for i, event in enumerate(events):
+            if total > max_bytes:
+                return events[:i]
+            total += approximate_size(event)
+        return events
+
+
+class _CountsBytesDifferently(MemoryStore):
+    """A broken store: its max_bytes counts the data alone, not approximate_size."""
+
+    async def read(
+        self,
+        pattern: str,
+        *,
+        after: int | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        max_bytes: int | None = None,
+    ) -> list[Event]:
+        events = await super().read(pattern, after=after, since=since, limit=limit)
+        if max_bytes is None:
+            return events
+        total = 0
+        for i, event in enumerate(events):
+            total += len(repr(event.data))
+            if total > max_bytes and i:
+                return events[:i]
+        return events
 
 
 class _CancelsAfterStoring(MemoryStore):
@@ -74,8 +164,19 @@ class _SharedEpoch(MemoryStore):
         return "always-the-same"
 
 
-@pytest.mark.parametrize("broken", [_ReversedReads, _CancelsAfterStoring, _SharedEpoch])
-async def test_check_store_catches_broken_stores(broken: type[MemoryStore]) -> None:
-    """check_store fails, with an AssertionError, on a store that breaks the contract."""
-    with pytest.raises(AssertionError):
+@pytest.mark.parametrize(
+    ("broken", "complaint"),
+    [
+        (_ReversedReads, r"read\('>'\) must return what was appended"),
+        (_CancelsAfterStoring, r"after an append\(\) that raised Cancelled: last_seq\(\) is 1"),
+        (_SharedEpoch, "two stores created afresh must have different epochs"),
+        (_IgnoresMaxBytes, r"max_bytes=1\) returned the seqs"),
+        (_NothingOverBudget, r"max_bytes=1\) returned the seqs \[\], expected \[\d+\]"),
+        (_OneEventTooMany, r"max_bytes=\d+\) returned the seqs"),
+        (_CountsBytesDifferently, r"max_bytes=\d+\) returned the seqs"),
+    ],
+)
+async def test_check_store_catches_broken_stores(broken: type[MemoryStore], complaint: str) -> None:
+    """check_store fails on a store that breaks the contract, naming what it breaks."""
+    with pytest.raises(AssertionError, match=complaint):
         await check_store(broken)

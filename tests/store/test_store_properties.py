@@ -14,8 +14,14 @@ from hypothesis import strategies as st
 from strategies import aware_datetimes, events, patterns, small_patterns, small_topics, topics
 
 from trio_realtime import Event, topic_matches
-from trio_realtime.store import MemoryStore, SQLiteStore
-from trio_realtime.store._codec import from_micros, plan_pattern, to_micros
+from trio_realtime.store import MemoryStore, SQLiteStore, approximate_size
+from trio_realtime.store._codec import (
+    encode_events,
+    from_micros,
+    plan_pattern,
+    row_size,
+    to_micros,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -79,6 +85,41 @@ async def test_any_event_round_trips_through_both_stores(
             assert await memory.append(batch) == stored
             assert await sqlite.read(">", limit=len(batch)) == stored
             assert await memory.read(">", limit=len(batch)) == stored
+
+
+@store_settings
+@given(
+    batch=st.lists(events(), max_size=12, unique_by=lambda e: e.id),
+    pattern=small_patterns() | st.just(">"),
+    max_bytes=st.integers(min_value=1, max_value=3000),
+    limit=st.integers(min_value=0, max_value=15),
+)
+async def test_reads_with_max_bytes_return_the_longest_prefix_that_fits(
+    store_dir: Path, batch: list[Event], pattern: str, max_bytes: int, limit: int
+) -> None:
+    """read(max_bytes=) of both stores: the longest prefix within max_bytes, one at least."""
+    path = store_dir / f"budget{next(_counter)}.db"
+    with trio.fail_after(TIMEOUT):
+        async with MemoryStore() as memory, SQLiteStore(path) as sqlite:
+            stored = await memory.append(batch)
+            assert await sqlite.append(batch) == stored
+            expected: list[Event] = []
+            total = 0
+            for event in [e for e in stored if topic_matches(pattern, e.topic)][:limit]:
+                total += approximate_size(event)
+                if total > max_bytes and expected:
+                    break
+                expected.append(event)
+            assert await memory.read(pattern, limit=limit, max_bytes=max_bytes) == expected
+            assert await sqlite.read(pattern, limit=limit, max_bytes=max_bytes) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=events())
+def test_approximate_size_is_what_stores_count_from_their_rows(event: Event) -> None:
+    """approximate_size(event) equals the size a store computes from the event's stored row."""
+    [row] = encode_events([event])
+    assert approximate_size(event) == row_size(row)
 
 
 @settings(max_examples=300, deadline=None)

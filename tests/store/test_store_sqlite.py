@@ -1,9 +1,16 @@
-"""SQLiteStore beyond the shared contract: files, reopening, retention, errors, cancellation."""
+"""SQLiteStore beyond the shared contract: files, locking, integrity, reopening, retention,
+errors, cancellation."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import socket
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -13,8 +20,9 @@ import trio
 import trio.testing
 
 from trio_realtime import Event, StoreError, topic_matches
-from trio_realtime.store import RETENTION_CHUNK, SQLiteStore, _sqlite, _sqlite_db
+from trio_realtime.store import RETENTION_CHUNK, SQLiteStore, _sqlite, _sqlite_db, approximate_size
 from trio_realtime.store._codec import encode_events, plan_pattern
+from trio_realtime.store._lock import StoreLock
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -128,6 +136,9 @@ def test_bad_options_are_rejected(tmp_path: Path) -> None:
         SQLiteStore(tmp_path / "x.db", max_age=0)
     with pytest.raises(TypeError, match="max_age"):
         SQLiteStore(tmp_path / "x.db", max_age="1h")  # type: ignore[arg-type]
+    for bad in (-1, float("nan")):
+        with pytest.raises(ValueError, match="integrity_check_timeout"):
+            SQLiteStore(tmp_path / "x.db", integrity_check_timeout=bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,9 +151,11 @@ async def _assert_open_fails(path: Path, *words: str) -> StoreError:
         await store.open()
     message = str(info.value)
     assert str(path) in message
+    assert "\n" not in message
     for word in words:
         assert word in message
     assert _store_threads() == []  # no worker left behind
+    StoreLock.acquire(str(path)).release()  # nor the lock
     with pytest.raises(RuntimeError, match="not open"):
         _ = store.epoch
     await store.aclose()
@@ -245,7 +258,7 @@ async def test_a_missing_directory_raises_store_error_and_open_can_be_retried(
         with pytest.raises(StoreError, match="directory exists") as info:
             await store.open()
         assert str(path) in str(info.value)
-        assert isinstance(info.value.__cause__, sqlite3.Error)
+        assert isinstance(info.value.__cause__, OSError)  # creating the lock file failed
         path.parent.mkdir()
         async with store:
             [event] = await store.append([Event(topic="a")])
@@ -541,6 +554,35 @@ def test_a_paused_pattern_read_resumes_where_it_stopped(
         db.close()  # idempotent
 
 
+def test_a_paused_read_with_max_bytes_keeps_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Database.read, pausing after every window, counts max_bytes across its turns."""
+    monkeypatch.setattr(_sqlite_db, "READ_WINDOW", 10)
+    db = _sqlite_db.Database(str(tmp_path / "budget.db"), synchronous="normal")
+    db.open()
+    try:
+        events = [Event(topic=f"r.{i % 3}", data="x" * (i % 17)) for i in range(100)]
+        assert db.insert([encode_events(events)]) == [range(1, 101)]
+        stored = [e.data for e in events]
+        for pattern in ("r.*", "r.>", "r.1"):
+            matching = [i for i in range(100) if topic_matches(pattern, f"r.{i % 3}")]
+            sizes = [approximate_size(events[i]) for i in matching]
+            for max_bytes in (1, sizes[0], sum(sizes[:20]), sum(sizes[:20]) + 1, 10**9):
+                state = _sqlite_db.ReadState(
+                    plan_pattern(pattern), 0, None, 1000, True, max_bytes=max_bytes
+                )
+                while not db.read(state, lambda: True):
+                    pass
+                count = max(
+                    1, sum(1 for k in range(len(sizes)) if sum(sizes[: k + 1]) <= max_bytes)
+                )
+                assert [e.data for e in state.found] == [stored[i] for i in matching[:count]]
+                assert state.size == sum(sizes[:count])
+    finally:
+        db.close()
+
+
 async def test_since_reads_use_the_time_index_and_respect_after(tmp_path: Path) -> None:
     """since finds events by time even when times do not follow seqs."""
     base = datetime(2031, 5, 1, tzinfo=UTC)
@@ -613,22 +655,227 @@ async def test_open_while_open_and_after_close(tmp_path: Path) -> None:
         assert store.epoch  # still known after closing
 
 
-async def test_two_stores_on_one_file_share_the_seqs(tmp_path: Path) -> None:
-    """Two stores (two connections) on the same file never hand out the same seq."""
+async def test_a_second_store_on_one_file_in_this_process_is_refused(tmp_path: Path) -> None:
+    """While one store has a file open, opening another on it fails, naming the holder."""
     path = tmp_path / "shared.db"
     with trio.fail_after(TIMEOUT):
-        async with SQLiteStore(path) as one, SQLiteStore(path) as two:
-            assert one.epoch == two.epoch
-            seqs: list[int] = []
+        async with SQLiteStore(path) as one:
+            [event] = await one.append([Event(topic="a")])
+            relative = await trio.to_thread.run_sync(os.path.relpath, path)
+            for spelling in (path, tmp_path / "." / "shared.db", relative):
+                two = SQLiteStore(spelling)
+                with pytest.raises(StoreError) as info:
+                    await two.open()
+                message = str(info.value)
+                assert "\n" not in message
+                assert str(spelling) in message
+                assert f"in use by another store in this process (pid {os.getpid()})" in message
+                assert len(_store_threads()) == 1  # the first store's worker only
+            assert await one.read("a") == [event]  # the first store is unharmed
+        async with two:  # once the first is closed, the refused store may open
+            assert await two.read("a") == [event]
 
-            async def append_some(store: SQLiteStore, name: str) -> None:
-                for i in range(20):
-                    [event] = await store.append([Event(topic=name, data=i)])
-                    seqs.append(event.seq or 0)
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(append_some, one, "one")
-                nursery.start_soon(append_some, two, "two")
-            assert sorted(seqs) == list(range(1, 41))
-            assert len(await one.read(">")) == 40
-            assert await two.last_seq() == 40
+async def test_a_database_in_memory_takes_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLiteStore(":memory:") has no file to lock, and leaves no lock file behind."""
+    monkeypatch.chdir(tmp_path)
+    with trio.fail_after(TIMEOUT):
+        async with SQLiteStore(":memory:") as one, SQLiteStore(":memory:") as two:
+            assert one.epoch != two.epoch
+            [event] = await one.append([Event(topic="a")])
+            assert await one.read("a") == [event]
+    assert list(await trio.Path(tmp_path).iterdir()) == []
+
+
+async def test_a_symlink_to_the_file_is_the_same_store(tmp_path: Path) -> None:
+    """The lock goes with the real file, so a symbolic link to an open store is refused too."""
+    path = tmp_path / "real.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(path)
+    with trio.fail_after(TIMEOUT):
+        async with SQLiteStore(path):
+            with pytest.raises(StoreError, match="in use"):
+                await SQLiteStore(link).open()
+
+
+async def test_the_lock_file_names_the_holder_and_is_emptied_on_close(tmp_path: Path) -> None:
+    """<path>-lock holds the pid and host of the open store; closing empties it."""
+    path = tmp_path / "events.db"
+    lock_file = tmp_path / "events.db-lock"
+    with trio.fail_after(TIMEOUT):
+        async with SQLiteStore(path):
+            assert lock_file.read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+        assert lock_file.read_text() == ""
+        async with SQLiteStore(path):  # an empty or stale lock file means nothing
+            pass
+
+
+_OPEN_IN_A_CHILD = textwrap.dedent(
+    """
+    import sys, trio
+    from trio_realtime import StoreError
+    from trio_realtime.store import SQLiteStore
+
+    async def main(path, hold):
+        try:
+            async with SQLiteStore(path) as store:
+                print("open", store.epoch, flush=True)
+                if hold:
+                    await trio.sleep_forever()
+        except StoreError as exc:
+            print(exc, flush=True)
+            sys.exit(3)
+
+    trio.run(main, sys.argv[1], sys.argv[2] == "hold")
+    """
+)
+
+
+async def test_a_store_open_in_this_process_is_refused_to_another_process(
+    tmp_path: Path,
+) -> None:
+    """Another process cannot open a file this process has open, and is told our pid."""
+    path = tmp_path / "events.db"
+    with trio.fail_after(TIMEOUT):
+        async with SQLiteStore(path) as store:
+            result = await trio.run_process(
+                [sys.executable, "-c", _OPEN_IN_A_CHILD, str(path), "once"],
+                capture_stdout=True,
+                check=False,
+            )
+            assert result.returncode == 3
+            [line] = result.stdout.decode().splitlines()
+            assert line == (
+                f"event store {str(path)!r} is in use by another broker (pid {os.getpid()}): "
+                f"stop it, or use another store path"
+            )
+        result = await trio.run_process(
+            [sys.executable, "-c", _OPEN_IN_A_CHILD, str(path), "once"], capture_stdout=True
+        )
+        assert result.stdout.decode().split() == ["open", store.epoch]
+
+
+async def test_the_lock_of_a_killed_process_is_released(tmp_path: Path) -> None:
+    """A store open in another process is refused here until that process is killed."""
+    path = tmp_path / "events.db"
+    with trio.fail_after(TIMEOUT):
+        child = await trio.lowlevel.open_process(
+            [sys.executable, "-c", _OPEN_IN_A_CHILD, str(path), "hold"], stdout=subprocess.PIPE
+        )
+        try:
+            assert child.stdout is not None
+            said = b""
+            while b"\n" not in said:
+                chunk = await child.stdout.receive_some()
+                assert chunk, "the child exited without opening the store"
+                said += chunk
+            assert said.startswith(b"open ")
+            with pytest.raises(StoreError) as info:
+                await SQLiteStore(path).open()
+            assert f"in use by another broker (pid {child.pid})" in str(info.value)
+        finally:
+            child.kill()  # SIGKILL: the child cannot release anything itself
+            with trio.CancelScope(shield=True):
+                await child.wait()
+        async with SQLiteStore(path) as store:
+            assert store.epoch == said.split()[1].decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity
+
+
+async def _make_damaged_store(path: Path, *, page: int) -> None:
+    """A closed store of 5000 events, with garbage written over 3 pages from *page* on."""
+    async with SQLiteStore(path) as store:
+        for i in range(5):
+            await store.append(
+                [
+                    Event(topic=f"t.{j % 7}", data={"n": i * 1000 + j, "pad": "x" * 200})
+                    for j in range(1000)
+                ]
+            )
+    _write_garbage(path, page=page, count=3)
+
+
+def _write_garbage(path: Path, *, page: int, count: int) -> None:
+    """Overwrite *count* pages of *path* from *page* on (counted from the end if negative)."""
+    pages = path.stat().st_size // 4096
+    assert pages > 400
+    with path.open("r+b") as f:
+        f.seek((page if page >= 0 else pages + page) * 4096)
+        f.write(b"\xde\xad\xbe\xef" * 1024 * count)
+
+
+@pytest.mark.parametrize("page", [2, 200, -10], ids=["near-the-start", "middle", "near-the-end"])
+async def test_a_file_damaged_inside_is_refused_at_open(tmp_path: Path, page: int) -> None:
+    """A store file with garbage over some pages is refused at open, saying how to recover."""
+    path = tmp_path / "damaged.db"
+    with trio.fail_after(TIMEOUT):
+        await _make_damaged_store(path, page=page)
+        error = await _assert_open_fails(path, "corrupt", "backup", ".recover")
+    assert str(error).endswith(f": sqlite3 {path} .recover | sqlite3 {path}.recovered")
+
+
+async def test_a_damaged_file_opens_unchecked_when_the_check_is_off(tmp_path: Path) -> None:
+    """integrity_check_timeout=0 skips the check: the damage shows only when reading."""
+    path = tmp_path / "damaged.db"
+    with trio.fail_after(TIMEOUT):
+        await _make_damaged_store(path, page=200)
+        async with SQLiteStore(path, integrity_check_timeout=0) as store:
+            with pytest.raises(StoreError, match="malformed"):
+                await store.read(">", limit=10_000)
+
+
+async def test_an_integrity_check_that_takes_too_long_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past integrity_check_timeout, the check is given up with a warning and the store opens."""
+    path = tmp_path / "slow.db"
+    with trio.fail_after(TIMEOUT):
+        async with SQLiteStore(path) as store:
+            stored = await store.append([Event(topic="t", data="x" * 200) for _ in range(3000)])
+        with caplog.at_level(logging.WARNING, logger="trio_realtime.store"):
+            async with SQLiteStore(path, integrity_check_timeout=1e-9) as store:
+                assert await store.read("t", limit=5000) == stored
+    [record] = caplog.records
+    assert record.name == "trio_realtime.store"
+    message = record.getMessage()
+    assert str(path) in message
+    assert "integrity check was skipped" in message
+    assert "integrity_check_timeout" in message
+
+
+def _sqlite_shell_can_recover() -> bool:
+    """Whether a sqlite3 shell is installed whose .recover works (it needs sqlite_dbpage)."""
+    shell = shutil.which("sqlite3")
+    if shell is None:
+        return False
+    probe = subprocess.run(
+        [shell, ":memory:", "SELECT count(*) FROM sqlite_dbpage"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _sqlite_shell_can_recover(), reason="no sqlite3 shell with a working .recover"
+)
+async def test_the_recovery_command_in_the_message_recovers_the_store(tmp_path: Path) -> None:
+    """The command the integrity error gives makes a file that opens as the same store."""
+    path = tmp_path / "damaged.db"
+    with trio.fail_after(TIMEOUT):
+        async with SQLiteStore(path) as store:
+            epoch = store.epoch
+        await _make_damaged_store(path, page=200)
+        error = await _assert_open_fails(path, ".recover")
+        command = str(error).rpartition(": ")[2]
+        await trio.run_process(command, shell=True, cwd=tmp_path)
+        async with SQLiteStore(f"{path}.recovered") as recovered:
+            assert recovered.epoch == epoch
+            events = await recovered.read(">", limit=10_000)
+            assert 4000 < len(events) < 5000  # what was on the damaged pages is lost
+            assert await recovered.last_seq() == 5000

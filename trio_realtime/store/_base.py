@@ -44,7 +44,8 @@ class StoreStatistics:
         largest_transaction: Events in the largest of those transactions.
         pending_appends: :meth:`Store.append` calls waiting for their transaction.
         reads: :meth:`Store.read` calls answered.
-        events_removed: Events removed by retention (``max_events``/``max_age``).
+        events_removed: Events removed by retention (``max_events``, ``max_age``, and
+            ``max_bytes`` where a store offers it).
     """
 
     events_stored: int = 0
@@ -95,16 +96,33 @@ def check_retention(
     return max_events, age
 
 
-def check_read_args(after: int | None, limit: int) -> int:
+def check_max_bytes(max_bytes: int | None) -> int | None:
+    """Validate a ``max_bytes`` option or argument.
+
+    Raises:
+        TypeError: if *max_bytes* is neither an int nor None.
+        ValueError: if it is below 1.
+    """
+    if max_bytes is None:
+        return None
+    max_bytes = operator.index(max_bytes)
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be at least 1, not {max_bytes}")
+    return max_bytes
+
+
+def check_read_args(after: int | None, limit: int, max_bytes: int | None = None) -> int:
     """Validate :meth:`Store.read` arguments; the seq to read after (0 for None).
 
     Raises:
-        TypeError: if *after* or *limit* is not an int.
-        ValueError: if *limit* is negative.
+        TypeError: if *after*, *limit* or *max_bytes* is not an int (*after* and *max_bytes*
+            may be None).
+        ValueError: if *limit* is negative, or *max_bytes* below 1.
     """
     limit = operator.index(limit)
     if limit < 0:
         raise ValueError(f"limit must not be negative, not {limit}")
+    check_max_bytes(max_bytes)
     if after is None:
         return 0
     return max(operator.index(after), 0)
@@ -132,6 +150,9 @@ class Store(trio.abc.AsyncResource, abc.ABC):
     * what :meth:`read` returns equals what was appended (with ``seq`` set): ``data`` comes back
       as plain JSON (a tuple as a list), except that the payloads of types registered with
       :func:`~trio_realtime.event_type` come back as instances of their class;
+    * :meth:`read` with ``max_bytes`` returns the longest prefix of what it would return
+      without it whose :func:`~trio_realtime.store.approximate_size` adds up to at most
+      ``max_bytes``, but at least one event when any matches;
     * retention, where an implementation offers it, removes events from the oldest end only, so
       the events a store holds always have the seqs ``first_seq() .. last_seq()``;
     * :meth:`aclose` is idempotent and closes even when cancelled; after it, every operation
@@ -207,6 +228,7 @@ class Store(trio.abc.AsyncResource, abc.ABC):
         after: int | None = None,
         since: datetime | None = None,
         limit: int = DEFAULT_READ_LIMIT,
+        max_bytes: int | None = None,
     ) -> list[Event]:
         """Stored events whose topic matches *pattern*, in seq order.
 
@@ -217,9 +239,17 @@ class Store(trio.abc.AsyncResource, abc.ABC):
             since: Only events whose ``time`` is at or after this (a naive time is UTC).
             limit: At most this many events; read the next page with ``after`` set to the
                 last seq returned.
+            max_bytes: At most this many bytes of events, as
+                :func:`~trio_realtime.store.approximate_size` counts them: the events
+                returned are the longest prefix of the matching ones that fits, but at least
+                one when any matches (None: no limit). This bounds the memory a page takes
+                whatever the size of the events. A page cut short by ``max_bytes`` has fewer
+                than ``limit`` events although more match: page on until a page comes back
+                empty.
 
         Raises:
             InvalidTopic: if *pattern* is not a valid pattern.
+            ValueError: if *limit* is negative or *max_bytes* below 1.
             StoreError: if the storage failed.
             trio.ClosedResourceError: if the store is closed.
         """

@@ -1,4 +1,4 @@
-"""How events become stored rows and back, and how a pattern becomes a query plan.
+"""How events become stored rows and back, how big they are, and how a pattern becomes a plan.
 
 Both stores keep events as the same *row* tuples (JSON text for ``data`` and ``headers``, time
 as integer microseconds since the Unix epoch), so that what a reader gets back is the same
@@ -21,13 +21,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
+    "EVENT_SIZE_OVERHEAD",
     "PatternPlan",
     "Row",
     "StoredRow",
+    "approximate_size",
     "decode_row",
     "encode_events",
     "from_micros",
     "plan_pattern",
+    "row_size",
+    "stored_row_size",
     "to_micros",
     "with_seqs",
 ]
@@ -114,6 +118,66 @@ def encode_events(events: Sequence[Event]) -> list[Row]:
                 raise ValueError(f"event id {row[0]!r} appears twice in one append")
             seen.add(row[0])
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes
+
+#: What :func:`approximate_size` adds to every event for what it does not count: about what
+#: the field names, ``time`` and ``seq`` add to an event's JSON object on the wire.
+EVENT_SIZE_OVERHEAD: Final = 128
+
+
+def row_size(row: Row) -> int:
+    """The :func:`approximate_size` of the event *row* holds (cheap: no encoding)."""
+    id_, topic, type_, source, _, data_json, headers_json, reply_to = row
+    size = EVENT_SIZE_OVERHEAD + len(id_) + len(topic) + len(type_) + len(source) + len(data_json)
+    if headers_json is not None:
+        size += len(headers_json)
+    if reply_to is not None:
+        size += len(reply_to)
+    return size
+
+
+def stored_row_size(row: StoredRow) -> int:
+    """The :func:`approximate_size` of the event a stored row holds (cheap: no encoding)."""
+    _, id_, topic, type_, source, _, data_json, headers_json, reply_to = row
+    size = EVENT_SIZE_OVERHEAD + len(id_) + len(topic) + len(type_) + len(source) + len(data_json)
+    if headers_json is not None:
+        size += len(headers_json)
+    if reply_to is not None:
+        size += len(reply_to)
+    return size
+
+
+def _json_length(value: object) -> int:
+    encoded = orjson.dumps(value)
+    return len(encoded) if encoded.isascii() else len(encoded.decode())
+
+
+def approximate_size(event: Event) -> int:
+    """The approximate size of *event*, as stores measure it for ``max_bytes``.
+
+    It is the number of characters of the JSON text of ``data`` and of ``headers`` (none when
+    empty), plus those of ``id``, ``topic``, ``type``, ``source`` and ``reply_to``, plus
+    :data:`EVENT_SIZE_OVERHEAD`: close to the length of the event's JSON object on the wire
+    (in bytes, for ASCII text). ``seq`` and ``time`` count only in the overhead, so an event
+    has the same size before it is stored and when it is read back. Stores compute it from
+    the JSON they keep, without encoding anything again; this function encodes ``data``, so
+    it costs about what publishing the event does.
+
+    Raises:
+        TypeError: if ``data`` or ``headers`` are not JSON-compatible.
+    """
+    data = event.data
+    size = EVENT_SIZE_OVERHEAD + len(event.id) + len(event.topic) + len(event.type)
+    size += len(event.source)
+    size += 4 if data is None else _json_length(unstructure_data(data))
+    if event.headers:
+        size += _json_length(dict(event.headers))
+    if event.reply_to is not None:
+        size += len(event.reply_to)
+    return size
 
 
 # A float number of seconds below 2**32 is within 0.477 microseconds of the exact value, so

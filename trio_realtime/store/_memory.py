@@ -14,10 +14,20 @@ from ._base import (
     Store,
     StoreStatistics,
     _not_open_error,
+    check_max_bytes,
     check_read_args,
     check_retention,
 )
-from ._codec import StoredRow, decode_row, encode_events, plan_pattern, to_micros, with_seqs
+from ._codec import (
+    StoredRow,
+    decode_row,
+    encode_events,
+    plan_pattern,
+    row_size,
+    stored_row_size,
+    to_micros,
+    with_seqs,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -25,7 +35,15 @@ if TYPE_CHECKING:
 
     from .._event import Event
 
-__all__ = ["MemoryStore"]
+__all__ = ["DEFAULT_MEMORY_MAX_BYTES", "DEFAULT_MEMORY_MAX_EVENTS", "MemoryStore"]
+
+#: The ``max_events`` that ``trio-realtime serve --store memory`` uses when given no retention
+#: limit: a broker that keeps events in memory must not keep them all.
+DEFAULT_MEMORY_MAX_EVENTS: Final = 100_000
+
+#: The ``max_bytes`` (256 MiB) that ``trio-realtime serve --store memory`` uses when given no
+#: retention limit, so that a stream of large events cannot fill the memory either.
+DEFAULT_MEMORY_MAX_BYTES: Final = 256 * 1024 * 1024
 
 # Removed rows are dropped from the front of the list in one go once this many have piled up
 # (and they are at least half of it), so that removing old events costs O(1) amortised.
@@ -39,22 +57,37 @@ class MemoryStore(Store):
     It behaves as :class:`SQLiteStore` does (events go through the same JSON encoding), but
     its data, and so its :attr:`epoch`, live only as long as the object.
 
+    Retention is applied on every append and read, so the limits hold whenever the store is
+    looked at.
+
     Args:
         max_events: Keep at most this many events, removing the oldest (None: no limit).
         max_age: Remove events whose ``time`` is older than this (a timedelta, or seconds), once
-            every event before them is too (None: no limit). Applied on every append and read.
+            every event before them is too (None: no limit).
+        max_bytes: Keep events whose :func:`~trio_realtime.store.approximate_size` adds up to
+            at most this, removing the oldest (None: no limit). An event larger than this by
+            itself is removed as soon as it is stored (it still gets its seq). Sizes are
+            counted once, when events are appended. The memory the store takes is close to
+            the approximate size of its events (1.3 times it for events of about 200 bytes,
+            measured; about the same for large ones, in ASCII).
     """
 
     def __init__(
-        self, *, max_events: int | None = None, max_age: timedelta | float | None = None
+        self,
+        *,
+        max_events: int | None = None,
+        max_age: timedelta | float | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self._max_events, self._max_age = check_retention(max_events, max_age)
         self._max_age_us = None if self._max_age is None else self._max_age // _MICROSECOND
+        self._max_bytes = check_max_bytes(max_bytes)
         self._epoch = secrets.token_hex(16)
         self._state = "new"
         self._rows: list[StoredRow] = []
         self._head = 0  # index in _rows of the first stored row
         self._ids: dict[str, int] = {}  # id -> seq of every stored event
+        self._bytes = 0  # the approximate size of the stored events (counted with max_bytes)
         self._last_seq = 0
         self._appends = 0
         self._events_appended = 0
@@ -74,6 +107,11 @@ class MemoryStore(Store):
     def max_age(self) -> timedelta | None:
         """The age past which events are removed (None: no limit)."""
         return self._max_age
+
+    @property
+    def max_bytes(self) -> int | None:
+        """The most bytes of events kept, by their approximate size (None: no limit)."""
+        return self._max_bytes
 
     @property
     def epoch(self) -> str:
@@ -103,6 +141,7 @@ class MemoryStore(Store):
         self._rows = []
         self._head = 0
         self._ids = {}
+        self._bytes = 0
         await trio.lowlevel.checkpoint()
 
     async def append(self, events: Sequence[Event]) -> list[Event]:
@@ -129,6 +168,8 @@ class MemoryStore(Store):
             stored.append((seq, *row))
             ids[row[0]] = seq
         self._last_seq = seq
+        if self._max_bytes is not None:
+            self._bytes += sum(map(row_size, rows))
         result = with_seqs(events, range(first, seq + 1))
         if rows:
             self._appends += 1
@@ -145,10 +186,11 @@ class MemoryStore(Store):
         after: int | None = None,
         since: datetime | None = None,
         limit: int = DEFAULT_READ_LIMIT,
+        max_bytes: int | None = None,
     ) -> list[Event]:
         """Stored events whose topic matches *pattern*, in seq order (see :meth:`Store.read`)."""
         plan = plan_pattern(pattern)
-        start = check_read_args(after, limit)
+        start = check_read_args(after, limit, max_bytes)
         since_us = None if since is None else to_micros(since)
         self._check_open()
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -156,10 +198,15 @@ class MemoryStore(Store):
         matches = plan.matches
         found: list[Event] = []
         rows, head = self._rows, self._head
+        budget = max_bytes
         if head < len(rows) and limit:
             for i in range(head + max(0, start + 1 - rows[head][0]), len(rows)):
                 row = rows[i]
                 if matches(row[2]) and (since_us is None or row[5] >= since_us):
+                    if budget is not None:
+                        budget -= stored_row_size(row)
+                        if budget < 0 and found:
+                            break
                     found.append(decode_row(row))
                     if len(found) >= limit:
                         break
@@ -181,7 +228,7 @@ class MemoryStore(Store):
         return self._first_seq()
 
     async def apply_retention(self) -> int:
-        """Apply ``max_events`` and ``max_age`` now; how many events were removed."""
+        """Apply ``max_events``, ``max_age`` and ``max_bytes`` now; how many events went."""
         self._check_open()
         await trio.lowlevel.checkpoint()
         return self._trim()
@@ -208,19 +255,34 @@ class MemoryStore(Store):
 
     def _trim(self) -> int:
         """Remove the events past the retention limits, oldest first; how many went."""
-        rows, head = self._rows, self._head
+        rows, start = self._rows, self._head
         end = len(rows)
+        head = start
         if self._max_events is not None and end - head > self._max_events:
             head = end - self._max_events
         if self._max_age_us is not None:
             cutoff = time.time_ns() // 1000 - self._max_age_us
             while head < end and rows[head][5] < cutoff:
                 head += 1
-        removed = head - self._head
-        if removed:
-            ids = self._ids
-            for i in range(self._head, head):
+        ids = self._ids
+        max_bytes = self._max_bytes
+        if max_bytes is None:
+            for i in range(start, head):
                 del ids[rows[i][1]]
+        else:
+            size = self._bytes
+            for i in range(start, head):
+                row = rows[i]
+                del ids[row[1]]
+                size -= stored_row_size(row)
+            while size > max_bytes:  # size is 0 once every row is gone
+                row = rows[head]
+                del ids[row[1]]
+                size -= stored_row_size(row)
+                head += 1
+            self._bytes = size
+        removed = head - start
+        if removed:
             if head >= _COMPACT_AFTER and head * 2 >= end:
                 del rows[:head]
                 head = 0

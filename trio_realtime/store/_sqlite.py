@@ -32,7 +32,7 @@ from ._base import (
     check_retention,
 )
 from ._codec import encode_events, plan_pattern, to_micros, with_seqs
-from ._sqlite_db import Database, OpenInfo, ReadState
+from ._sqlite_db import DEFAULT_INTEGRITY_CHECK_TIMEOUT, Database, OpenInfo, ReadState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -41,7 +41,13 @@ if TYPE_CHECKING:
     from .._event import Event
     from ._codec import Row
 
-__all__ = ["READ_SLICE", "RETENTION_CHUNK", "RETENTION_INTERVAL", "SQLiteStore"]
+__all__ = [
+    "DEFAULT_INTEGRITY_CHECK_TIMEOUT",
+    "READ_SLICE",
+    "RETENTION_CHUNK",
+    "RETENTION_INTERVAL",
+    "SQLiteStore",
+]
 
 #: Seconds between two retention passes while events keep arriving (and between two age
 #: checks while idle, when ``max_age`` is set).
@@ -98,8 +104,18 @@ class SQLiteStore(Store):
     together, one transaction per batch the worker finds waiting, and each caller gets its seqs
     (in the order the appends were made). The job queue needs no bound: every caller waits for
     its own result, so it holds at most one job per waiting task, and appenders are held back
-    by the pace of the commits. Several processes may use the same file (each transaction
-    reads the high-water mark of seqs afresh), though one store per file is usual.
+    by the pace of the commits.
+
+    One store per file: while open, the store holds an exclusive lock on the file (an
+    ``flock`` on ``<path>-lock``, which holds its pid and host name), which the system releases
+    when the process ends, however it ends. Opening a file whose lock another store holds, in
+    this process or another, fails with a :exc:`StoreError` naming the holder. Other programs
+    may still read the file with SQLite (a backup, the ``sqlite3`` shell).
+
+    Opening checks the file with ``PRAGMA quick_check`` and refuses a damaged one, with a
+    :exc:`StoreError` saying how to recover it. The check reads the whole file; if it takes more
+    than ``integrity_check_timeout`` seconds, it is given up with a warning (logger
+    ``trio_realtime.store``), and the store opens unchecked.
 
     Cancellation: an :meth:`append` whose caller is cancelled before the worker took it into a
     transaction raises :exc:`trio.Cancelled` and stores nothing. Once the worker has taken it,
@@ -123,6 +139,8 @@ class SQLiteStore(Store):
         max_events: Keep at most this many events, removing the oldest (None: no limit).
         max_age: Remove events whose ``time`` is older than this (a timedelta, or seconds),
             once every event before them is too (None: no limit).
+        integrity_check_timeout: Seconds the integrity check at open may take (0: no check;
+            ``math.inf``: no limit).
     """
 
     def __init__(
@@ -132,9 +150,16 @@ class SQLiteStore(Store):
         synchronous: Literal["normal", "full"] = "normal",
         max_events: int | None = None,
         max_age: timedelta | float | None = None,
+        integrity_check_timeout: float = DEFAULT_INTEGRITY_CHECK_TIMEOUT,
     ) -> None:
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
+        if not integrity_check_timeout >= 0:  # NaN too
+            raise ValueError(
+                f"integrity_check_timeout must be a number of seconds, 0 or more, not "
+                f"{integrity_check_timeout!r}"
+            )
+        self._integrity_check_timeout = float(integrity_check_timeout)
         self._path = os.fspath(path)
         self._synchronous: Literal["normal", "full"] = synchronous
         self._max_events, self._max_age = check_retention(max_events, max_age)
@@ -187,13 +212,14 @@ class SQLiteStore(Store):
     # Lifecycle (Trio side)
 
     async def open(self) -> None:
-        """Start the worker thread and open (or create) the file.
+        """Start the worker thread, lock the file, open (or create) it and check it.
 
-        If opening fails the store stays unopened, with no thread left running, and may be
-        opened again.
+        If opening fails the store stays unopened, with no thread left running and the lock
+        released, and may be opened again.
 
         Raises:
-            StoreError: if the file cannot be used (the message names it and what to do).
+            StoreError: if the file cannot be used: another store holds it, it is damaged, ...
+                (the message names it and what to do).
             RuntimeError: if the store is already open.
             trio.ClosedResourceError: if the store was closed.
         """
@@ -326,17 +352,20 @@ class SQLiteStore(Store):
         after: int | None = None,
         since: datetime | None = None,
         limit: int = DEFAULT_READ_LIMIT,
+        max_bytes: int | None = None,
     ) -> list[Event]:
         """Stored events whose topic matches *pattern*, in seq order (see :meth:`Store.read`).
 
         An exact topic is read through the topic index; a pattern scans seqs from
         ``after`` on, filtering topics in SQLite by their literal prefix and then exactly.
+        With ``max_bytes``, the sizes are taken from the stored JSON text as rows come, and
+        no row past the one that fills the page is fetched.
         """
         plan = plan_pattern(pattern)
-        start = check_read_args(after, limit)
+        start = check_read_args(after, limit, max_bytes)
         since_us = None if since is None else to_micros(since)
         self._check_open()
-        state = ReadState(plan, start, since_us, limit, after is None)
+        state = ReadState(plan, start, since_us, limit, after is None, max_bytes=max_bytes)
         return cast("list[Event]", await self._submit(_Job(_READ, state)))
 
     async def last_seq(self) -> int:
@@ -495,7 +524,11 @@ class SQLiteStore(Store):
         """Run a job other than an append; None when a read paused (it was queued again)."""
         kind = job.kind
         if kind == _OPEN:
-            db = Database(self._path, synchronous=self._synchronous)
+            db = Database(
+                self._path,
+                synchronous=self._synchronous,
+                integrity_check_timeout=self._integrity_check_timeout,
+            )
             try:
                 info = db.open()
             except BaseException as exc:  # noqa: BLE001 - delivered to open()

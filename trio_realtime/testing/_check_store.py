@@ -25,7 +25,7 @@ import trio.testing
 from .._errors import InvalidTopic
 from .._event import Event, event_type
 from .._topics import topic_matches
-from ..store import Store, StoreStatistics
+from ..store import Store, StoreStatistics, approximate_size
 
 __all__ = ["check_store"]
 
@@ -79,10 +79,12 @@ async def check_store(make_store: Callable[[], Store]) -> None:
     from 1, strictly increasing, consecutive within a batch, returned copies with the same ids,
     all-or-nothing batches, bad input rejected without using up seqs, duplicate ids); reads by
     exact topic, ``*`` and ``>`` patterns, with ``after``, ``since`` and ``limit``, in seq
-    order; the JSON round trip, typed payloads included; ``last_seq``/``first_seq``;
-    statistics; concurrent appends from many tasks (distinct seqs, in the order the appends
-    were made); and cancellation (a cancelled append stored nothing, a returned one stored
-    everything, the store stays usable).
+    order; reads bounded by ``max_bytes`` (the longest prefix that fits, by
+    :func:`~trio_realtime.store.approximate_size`, and at least one event); the JSON round
+    trip, typed payloads included; ``last_seq``/``first_seq``; statistics; concurrent appends
+    from many tasks (distinct seqs, in the order the appends were made); and cancellation (a
+    cancelled append stored nothing, a returned one stored everything, the store stays
+    usable).
 
     Args:
         make_store: Called with no arguments, returns a new, *unopened* store over fresh,
@@ -101,6 +103,7 @@ async def check_store(make_store: Callable[[], Store]) -> None:
         _check_round_trip,
         _check_patterns,
         _check_after_since_limit,
+        _check_max_bytes,
         _check_bad_appends,
         _check_concurrent_appends,
         _check_cancellation,
@@ -393,6 +396,89 @@ async def _check_after_since_limit(make_store: Callable[[], Store]) -> None:
             _check(pages == matching, f"paging through {pattern!r} by 3 returned {_seqs(pages)}")
         with _raises(ValueError, "read(limit=-1)"):
             await store.read(">", limit=-1)
+
+
+def _fitting(events: Sequence[Event], max_bytes: int) -> list[Event]:
+    """The longest prefix of *events* whose sizes add up to *max_bytes*, but one at least."""
+    fitting: list[Event] = []
+    total = 0
+    for event in events:
+        total += approximate_size(event)
+        if total > max_bytes and fitting:
+            break
+        fitting.append(event)
+    return fitting
+
+
+async def _check_max_bytes(make_store: Callable[[], Store]) -> None:
+    lengths = [10, 0, 300, 50, 1, 2000, 5, 5, 120, 1, 700, 3]
+    events = [
+        Event(
+            topic="m.x" if i % 3 else "m.y",
+            data=("é" if i % 4 == 0 else "x") * length,  # sizes count characters
+            headers={"h": "v" * i} if i % 2 else {},
+            reply_to="_inbox.m.1" if i == 3 else None,
+        )
+        for i, length in enumerate(lengths)
+    ]
+    events.insert(4, Event(topic="m.x", data=_Point(1, 2, "typed")))
+    events.insert(8, Event(topic="m.x", data=None))
+    async with make_store() as store:
+        stored = await store.append(events)
+        back = await store.read(">", limit=len(events))
+        _check(
+            [approximate_size(e) for e in back] == [approximate_size(e) for e in stored],
+            "an event read back must have the approximate_size it had when appended",
+        )
+        for pattern in ("m.x", "m.*", "m.>", ">"):
+            matching = [e for e in stored if topic_matches(pattern, e.topic)]
+            for after in (None, 3, 9):
+                candidates = [e for e in matching if after is None or (e.seq or 0) > after]
+                budgets = {1, 10**9}
+                total = 0
+                for event in candidates[:4]:
+                    total += approximate_size(event)
+                    budgets |= {total - 1, total, total + 1}
+                for max_bytes in sorted(budgets):
+                    for limit in (100, 2):
+                        got = await store.read(
+                            pattern, after=after, limit=limit, max_bytes=max_bytes
+                        )
+                        want = _fitting(candidates[:limit], max_bytes)
+                        _check(
+                            got == want,
+                            f"read({pattern!r}, after={after}, limit={limit}, "
+                            f"max_bytes={max_bytes}) returned the seqs {_seqs(got)}, expected "
+                            f"{_seqs(want)} (the longest prefix that fits, at least one event)",
+                        )
+            pages: list[Event] = []
+            after_seq = 0
+            while page := await store.read(pattern, after=after_seq, max_bytes=400):
+                _check(
+                    page == _fitting(page, 400),
+                    f"a read({pattern!r}, max_bytes=400) page is larger than that: {_seqs(page)}",
+                )
+                pages += page
+                after_seq = page[-1].seq or 0
+            _check(
+                pages == matching,
+                f"paging through {pattern!r} with max_bytes=400 returned {_seqs(pages)}",
+            )
+        since = stored[5].time
+        got = await store.read("m.>", since=since, max_bytes=1)
+        want = [e for e in stored if e.time >= since][:1]
+        _check(got == want, f"read(since=, max_bytes=1) returned {_seqs(got)}")
+        _check(
+            await store.read(">", limit=0, max_bytes=1) == [],
+            "read(limit=0, max_bytes=1) must return nothing: limit still applies",
+        )
+        _check(
+            await store.read("nothing.here", max_bytes=1) == [],
+            "read(max_bytes=) of a topic with no events must return nothing",
+        )
+        for bad in (0, -1):
+            with _raises(ValueError, f"read(max_bytes={bad})"):
+                await store.read(">", max_bytes=bad)
 
 
 async def _check_bad_appends(make_store: Callable[[], Store]) -> None:
