@@ -206,3 +206,61 @@ def test_bad_store_option(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "serve", "--port", "0", "--store", "postgres:x")
     assert code == 1
     assert "sqlite:PATH, memory or none" in err
+
+
+def test_serve_prints_its_limits_from_the_options(tmp_path: Path) -> None:
+    """Issue 7: serve takes the limit options and prints the limits in force at start."""
+    server = ServeProcess(
+        "--store",
+        "memory",
+        "--max-connections",
+        "7",
+        "--max-subscriptions",
+        "5",
+        "--max-retained",
+        "9",
+        "--max-message-size",
+        "64K",
+        "--max-pending-bytes",
+        "2M",
+        "--slow-consumer",
+        "disconnect",
+        "--handshake-timeout",
+        "2.5",
+        cwd=tmp_path,
+    )
+    try:
+        assert server.banner[1].startswith("store: memory (keeps 100000 events, 268435456 bytes)")
+        assert server.process.stdout is not None
+        limits = server.process.stdout.readline()
+    finally:
+        assert server.stop()[0] == 0
+    assert limits.startswith("limits: max_connections=7 (file descriptors: ")
+    for shown in (
+        "max_subscriptions=5",
+        "max_retained=9",
+        f"max_message_size={64 * 1024}",
+        f"max_pending_bytes={2 * 1024 * 1024}",
+        "slow_consumer=disconnect",
+        "handshake_timeout=2.5s",
+    ):
+        assert shown in limits
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--max-connections", "0"], "must be positive"),
+        (["--max-pending-bytes", "lots"], "not a size"),
+        (["--heartbeat", "-1"], "must be positive"),
+        (["--max-message-size", "100"], "max_message_size must be at least 512"),
+        (["--max-message-size", "32M"], "max_pending_bytes"),
+    ],
+)
+def test_serve_refuses_bad_limits(
+    capsys: pytest.CaptureFixture[str], argv: list[str], complaint: str
+) -> None:
+    """A bad limit is one line on stderr and a non-zero status, before anything starts."""
+    code, _, err = run(capsys, "serve", "--store", "none", "--port", "0", *argv)
+    assert code != 0
+    assert complaint in err

@@ -10,12 +10,18 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TextIO, TypeVar
 
 import orjson
 import trio
 
+from ._broker import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+)
 from ._errors import RealtimeError, StoreError
+from ._retained import DEFAULT_MAX_RETAINED
 from ._util import open_service_nursery
 
 if TYPE_CHECKING:
@@ -23,6 +29,8 @@ if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["main"]
+
+N = TypeVar("N", int, float)
 
 #: Where ``trio-realtime serve`` keeps events unless told otherwise.
 DEFAULT_STORE: Final = "sqlite:trio-realtime.db"
@@ -101,21 +109,86 @@ def _print_event(event: Event, *, pretty: bool, out: TextIO) -> None:
     out.flush()
 
 
+_SIZE_UNITS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _size(text: str) -> int:
+    """A size in bytes: a whole number, optionally with K, M or G (KiB, MiB, GiB)."""
+    number = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = number[-1:] if number[-1:] in ("k", "m", "g") else ""
+    try:
+        value = int(number[: len(number) - len(unit)]) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (write e.g. 1048576, 1024K, 16M or 1G)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a size must be positive, not {text!r}")
+    return value
+
+
+def _positive(kind: Callable[[str], N], what: str) -> Callable[[str], N]:
+    """An argparse type: *kind* of *text*, which must be positive (*what* names the kind)."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _positive(int, "a whole number")
+_positive_float = _positive(float, "a number")
+
+
+def _describe_store(spec: str, store: Store | None) -> str:
+    if store is None:
+        return "none (events are not stored)"
+    kept = [
+        f"{value} {unit}"
+        for value, unit in (
+            (getattr(store, "max_events", None), "events"),
+            (getattr(store, "max_bytes", None), "bytes"),
+        )
+        if value is not None
+    ]
+    max_age = getattr(store, "max_age", None)
+    if max_age is not None:
+        kept.append(f"{max_age.total_seconds():g} s")
+    return f"{spec} (keeps {', '.join(kept) if kept else 'every event'})"
+
+
 async def _serve(args: argparse.Namespace) -> None:
-    from ._broker import Broker
+    from ._broker import Broker, descriptor_limit
 
     store = open_store(
         args.store,
         synchronous=args.synchronous,
         max_events=args.max_events,
         max_age=args.max_age,
+        max_bytes=args.max_bytes,
     )
-    broker = Broker(
-        store=store,
-        persist=args.persist or None,
-        name=args.name,
-        heartbeat=args.heartbeat,
-    )
+    try:
+        broker = Broker(
+            store=store,
+            persist=args.persist or None,
+            name=args.name,
+            heartbeat=args.heartbeat,
+            handshake_timeout=args.handshake_timeout,
+            max_message_size=args.max_message_size,
+            max_connections=args.max_connections,
+            max_subscriptions=args.max_subscriptions,
+            max_retained=args.max_retained,
+            max_pending_bytes=args.max_pending_bytes,
+            slow_consumer="drop_oldest" if args.slow_consumer == "drop" else "disconnect",
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     async with open_service_nursery() as nursery:
         try:
             server = await nursery.start(broker.serve, args.host, args.port)
@@ -124,8 +197,19 @@ async def _serve(args: argparse.Namespace) -> None:
         except OSError as exc:
             raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
         print(f"trio-realtime broker {args.name!r} listening on {server.url}", flush=True)
-        where = args.store if store is not None else "none (events are not stored)"
-        print(f"store: {where}", flush=True)
+        print(f"store: {_describe_store(args.store, store)}", flush=True)
+        descriptors = descriptor_limit()
+        print(
+            f"limits: max_connections={broker.max_connections} (file descriptors: "
+            f"{descriptors if descriptors is not None else 'unlimited'}), "
+            f"max_subscriptions={broker.max_subscriptions}, "
+            f"max_retained={broker.bus.max_retained}, "
+            f"max_message_size={broker.max_message_size}, "
+            f"max_pending_bytes={broker.max_pending_bytes}, "
+            f"slow_consumer={args.slow_consumer}, "
+            f"handshake_timeout={broker.handshake_timeout:g}s",
+            flush=True,
+        )
         await trio.sleep_forever()
 
 
@@ -223,8 +307,73 @@ def _parser() -> argparse.ArgumentParser:
         help="store only topics matching PATTERN (repeatable; default: every topic but $… "
         "and _inbox.…)",
     )
+    serve.add_argument(
+        "--max-bytes",
+        type=_size,
+        metavar="SIZE",
+        help="keep at most this many bytes of stored events (memory store only; a memory "
+        "store given no limit keeps 100,000 events and 256M)",
+    )
     serve.add_argument("--name", default="trio-realtime", help="the broker's name")
-    serve.add_argument("--heartbeat", type=float, default=30.0, help="seconds (30)")
+    serve.add_argument(
+        "--heartbeat",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="ping a silent client after this long; close it if it stays silent as long again (30)",
+    )
+    limits = serve.add_argument_group(
+        "limits", "what one client can make the broker hold (see the deployment guide)"
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        metavar="N",
+        help="clients at once; one more is refused with HTTP 503 (default: the file "
+        "descriptor limit less 128, at most 65536)",
+    )
+    limits.add_argument(
+        "--max-subscriptions",
+        type=_positive_int,
+        default=DEFAULT_MAX_SUBSCRIPTIONS,
+        metavar="N",
+        help=f"subscriptions per connection ({DEFAULT_MAX_SUBSCRIPTIONS})",
+    )
+    limits.add_argument(
+        "--max-retained",
+        type=_positive_int,
+        default=DEFAULT_MAX_RETAINED,
+        metavar="N",
+        help=f"retained values; one more evicts the oldest ({DEFAULT_MAX_RETAINED})",
+    )
+    limits.add_argument(
+        "--max-message-size",
+        type=_size,
+        default=DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="SIZE",
+        help="largest message a client may send, and the broker sends (1M)",
+    )
+    limits.add_argument(
+        "--max-pending-bytes",
+        type=_size,
+        default=DEFAULT_MAX_PENDING_BYTES,
+        metavar="SIZE",
+        help="bytes queued for one client before it counts as slow (16M)",
+    )
+    limits.add_argument(
+        "--slow-consumer",
+        choices=["drop", "disconnect"],
+        default="drop",
+        help="a client that reads too slowly loses its oldest events (drop, the default) or "
+        "is disconnected",
+    )
+    limits.add_argument(
+        "--handshake-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="for a new connection's WebSocket handshake, and then its hello (10)",
+    )
     serve.set_defaults(run=_serve)
 
     pub = commands.add_parser("pub", help="publish one event and wait for the broker's ack")
