@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -18,9 +17,19 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_realtime import Event, StoreError, topic_matches
-from trio_realtime.store import RETENTION_CHUNK, SQLiteStore, _sqlite, _sqlite_db, approximate_size
+from trio_realtime.store import (
+    RETENTION_CHUNK,
+    SQLiteStore,
+    _recover,
+    _sqlite,
+    _sqlite_db,
+    approximate_size,
+    recover,
+)
 from trio_realtime.store._codec import encode_events, plan_pattern
 from trio_realtime.store._lock import StoreLock
 
@@ -815,8 +824,8 @@ async def test_a_file_damaged_inside_is_refused_at_open(tmp_path: Path, page: in
     path = tmp_path / "damaged.db"
     with trio.fail_after(TIMEOUT):
         await _make_damaged_store(path, page=page)
-        error = await _assert_open_fails(path, "corrupt", "backup", ".recover")
-    assert str(error).endswith(f": sqlite3 {path} .recover | sqlite3 {path}.recovered")
+        error = await _assert_open_fails(path, "corrupt", "backup", "recover")
+    assert str(error).endswith(f": trio-realtime recover {path}")
 
 
 async def test_a_damaged_file_opens_unchecked_when_the_check_is_off(tmp_path: Path) -> None:
@@ -848,34 +857,81 @@ async def test_an_integrity_check_that_takes_too_long_is_skipped_with_a_warning(
     assert "integrity_check_timeout" in message
 
 
-def _sqlite_shell_can_recover() -> bool:
-    """Whether a sqlite3 shell is installed whose .recover works (it needs sqlite_dbpage)."""
-    shell = shutil.which("sqlite3")
-    if shell is None:
-        return False
-    probe = subprocess.run(
-        [shell, ":memory:", "SELECT count(*) FROM sqlite_dbpage"],
-        capture_output=True,
-        check=False,
-    )
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(
-    not _sqlite_shell_can_recover(), reason="no sqlite3 shell with a working .recover"
+@pytest.mark.parametrize(
+    ("page", "all_found"),
+    [(2, True), (200, False), (-10, False)],
+    ids=["near-the-start", "middle", "near-the-end"],
 )
-async def test_the_recovery_command_in_the_message_recovers_the_store(tmp_path: Path) -> None:
-    """The command the integrity error gives makes a file that opens as the same store."""
+async def test_the_recovery_command_in_the_message_recovers_the_store(
+    tmp_path: Path, page: int, all_found: bool
+) -> None:
+    """The command the integrity error gives makes a file that opens as a store with every
+    readable event under its seq and the same high-water seq: only the events on the damaged
+    pages are lost (none, when the damage hit the table's interior pages: the rows are found
+    on its leaf pages), and the epoch is new if any were. The damaged file is left alone."""
     path = tmp_path / "damaged.db"
     with trio.fail_after(TIMEOUT):
         async with SQLiteStore(path) as store:
             epoch = store.epoch
-        await _make_damaged_store(path, page=200)
-        error = await _assert_open_fails(path, ".recover")
+        await _make_damaged_store(path, page=page)
+        damaged = path.read_bytes()
+        error = await _assert_open_fails(path, "recover")
         command = str(error).rpartition(": ")[2]
-        await trio.run_process(command, shell=True, cwd=tmp_path)
+        assert command == f"trio-realtime recover {path}"
+        result = await trio.run_process(
+            [sys.executable, "-m", "trio_realtime", *command.split()[1:]],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.decode()
+        assert f"into {path}.recovered (last seq 5000)" in out
+        assert ("new epoch" in out) is not all_found
+        assert path.read_bytes() == damaged
         async with SQLiteStore(f"{path}.recovered") as recovered:
-            assert recovered.epoch == epoch
+            assert (recovered.epoch == epoch) is all_found
             events = await recovered.read(">", limit=10_000)
-            assert 4000 < len(events) < 5000  # what was on the damaged pages is lost
+            if all_found:
+                assert len(events) == 5000
+            else:
+                assert 4800 < len(events) < 5000  # three pages of events are lost
+            assert f"{5000 - len(events)} seqs could not be read" in out
+            assert all(e.data["n"] == (e.seq or 0) - 1 for e in events)  # each under its seq
             assert await recovered.last_seq() == 5000
+
+
+async def test_recover_keeps_the_epoch_of_an_undamaged_file_and_refuses_to_overwrite(
+    tmp_path: Path,
+) -> None:
+    """Recovering a sound file copies every event and keeps its epoch; an existing output
+    file, or a store in use, is refused."""
+    path = tmp_path / "sound.db"
+    with trio.fail_after(TIMEOUT):
+        async with SQLiteStore(path) as store:
+            stored = await store.append([Event(topic="t", data=i) for i in range(50)])
+            with pytest.raises(StoreError, match="in use"):
+                await trio.to_thread.run_sync(recover, path)
+            epoch = store.epoch
+        report = await trio.to_thread.run_sync(recover, path)
+        assert (report.recovered, report.unreadable, report.last_seq) == (50, 0, 50)
+        assert report.kept_epoch
+        assert report.epoch == epoch
+        async with SQLiteStore(report.output) as copy:
+            assert copy.epoch == epoch
+            assert await copy.read(">", limit=100) == stored
+        with pytest.raises(StoreError, match="exists already"):
+            await trio.to_thread.run_sync(recover, path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=600), st.integers(0, 4))
+def test_reading_rows_from_damaged_pages_never_fails(garbage: bytes, page_type: int) -> None:
+    """The page reader of recover() takes any bytes: garbage gives no rows, never an error."""
+    page_size = 512
+    page = bytes([(0x0D, 0x05, 0x0A, 0x02, 0x00)[page_type]]) + garbage
+    page = page[:page_size].ljust(page_size, b"\x00")
+    data = b"SQLite format 3\x00" + bytes(84) + bytes(page_size - 100) + page
+    for rowid, payload in _recover._cells(data, page, page_size, page_size):
+        assert isinstance(rowid, int)
+        _recover._record(payload)

@@ -129,17 +129,15 @@ _ADVICE: Final = {
 def corrupt_advice(path: str) -> str:
     """What to do with the damaged store file *path*: restore it, start anew, or recover it.
 
-    The recovery command is SQLite's (https://sqlite.org/recovery.html); its ``.recover``
-    needs a shell built with ``SQLITE_ENABLE_DBPAGE_VTAB``, as sqlite.org builds it. Some
-    distributions' shells (Debian 12's, Ubuntu 24.04's) are not: their ``.recover`` fails with
-    ``no such table: sqlite_dbpage`` or ``SQL logic error``, and the pipe still makes a file.
+    The recovery command is the project's own (:func:`trio_realtime.store.recover`): SQLite's
+    ``.recover`` needs a shell built with ``SQLITE_ENABLE_DBPAGE_VTAB``, and some
+    distributions' shells (Debian 12's, Ubuntu 24.04's) are not.
     """
     return (
         f"the file is corrupt: stop the broker, then restore the file from a backup, or move it "
-        f"(with its -wal and -shm files) aside to start a new, empty store, or recover what is "
-        f"readable into a new file and put that in its place (with the sqlite3 shell of "
-        f"sqlite.org: some distributions build it without .recover): sqlite3 "
-        f"{shlex.quote(path)} .recover | sqlite3 {shlex.quote(path + '.recovered')}"
+        f"(with its -wal and -shm files) aside to start a new, empty store, or copy what is "
+        f"readable into a new file and put that in its place: trio-realtime recover "
+        f"{shlex.quote(path)}"
     )
 
 
