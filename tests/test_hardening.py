@@ -934,7 +934,7 @@ def _damage_middle_pages(db: Path, pages: int = 8) -> None:
 
 
 async def test_a_damaged_store_file_exits_1_pointing_to_recover(tmp_path: Path) -> None:
-    """Finding 12: a store file damaged in the middle exits 1 naming it and `.recover`."""
+    """Finding 12: a store file damaged in the middle exits 1 naming it and the recover command."""
     db = tmp_path / "events.db"
     with trio.fail_after(TEST_TIMEOUT):
         async with open_broker_process("--store", f"sqlite:{db}") as broker:
@@ -944,7 +944,7 @@ async def test_a_damaged_store_file_exits_1_pointing_to_recover(tmp_path: Path) 
     assert refused.process.returncode == 1, refused.tail()
     assert "Traceback" not in refused.output(), refused.tail()
     lines = [line for line in refused.stderr().splitlines() if str(db) in line]
-    assert any(".recover" in line for line in lines), refused.stderr()
+    assert any(f"trio-realtime recover {db}" in line for line in lines), refused.stderr()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ descriptor exhaustion, against a ``trio-realtime serve`` process.)
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import struct
@@ -85,9 +86,11 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return header + mask + masked
 
 
-async def close_code(stream: trio.SocketStream) -> int | None:
-    """Read frames until a close frame; its code (None if TCP ended without one)."""
+async def until_close(stream: trio.SocketStream) -> tuple[list[str], int | None]:
+    """Read frames until a close frame: the text messages before it, and its code (None if
+    TCP ended without one)."""
     data = b""
+    texts: list[str] = []
     while True:
         while len(data) >= 2:
             length = data[1] & 0x7F
@@ -101,11 +104,18 @@ async def close_code(stream: trio.SocketStream) -> int | None:
             opcode, payload = data[0] & 0x0F, data[start : start + length]
             data = data[start + length :]
             if opcode == 8:
-                return int(struct.unpack("!H", payload[:2])[0])
+                return texts, int(struct.unpack("!H", payload[:2])[0])
+            if opcode == 1:
+                texts.append(payload.decode())
         chunk = await stream.receive_some(65536)
         if not chunk:
-            return None
+            return texts, None
         data += chunk
+
+
+async def close_code(stream: trio.SocketStream) -> int | None:
+    """Read frames until a close frame; its code (None if TCP ended without one)."""
+    return (await until_close(stream))[1]
 
 
 async def test_peers_leaving_during_the_upgrade_end_only_their_connection(
@@ -184,13 +194,45 @@ async def test_invalid_utf8_closes_with_1007() -> None:
 
 async def test_the_message_size_limit_counts_bytes() -> None:
     """Finding 11: 300,000 four-byte characters (1.2 MB, 300,000 characters) are over a
-    1 MiB limit: the connection is closed with 1009."""
+    1 MiB limit: the broker answers `too_large`, then closes the connection with 1009."""
     with trio.fail_after(TEST_TIMEOUT):
         async with serving() as (broker, port):
             stream = await upgraded(port)
             payload = ('{"type":"ping","pad":"' + "\U0001f600" * 300_000 + '"}').encode()
             await stream.send_all(frame(1, payload))
-            assert await close_code(stream) == 1009
+            texts, code = await until_close(stream)
+            assert code == 1009
+            # Announced first (issue 8): the error frame says why.
+            assert [json.loads(t)["code"] for t in texts] == ["too_large"]
             await stream.aclose()
             await in_thread(lambda: _publish_and_receive(broker, port))
             assert broker.statistics().errors == {"too_large": 1}
+
+
+async def test_a_binary_message_is_refused_as_bad_frame() -> None:
+    """Binary messages are not part of the protocol: `bad_frame`, and the connection stays
+    usable."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving() as (broker, port):
+            stream = await upgraded(port)
+            await stream.send_all(frame(2, b'{"type":"ping"}'))
+            await stream.send_all(frame(1, b'{"type":"ping"}'))
+            answers = (await read_until(stream, b"pong")).decode(errors="replace")
+            assert "binary messages are not part of the protocol" in answers
+            assert broker.statistics().errors == {"bad_frame": 1}
+            await stream.aclose()
+
+
+async def test_a_client_silent_after_the_upgrade_is_told_why_it_is_closed() -> None:
+    """No `hello` within the handshake timeout: an `error` frame (`protocol`), then 4000."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving(handshake_timeout=0.2) as (_broker, port):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(upgrade_request())
+            await read_until(stream, b"\r\n\r\n")
+            texts, code = await until_close(stream)
+            assert code == 4000
+            [error] = [json.loads(t) for t in texts]
+            assert (error["type"], error["code"]) == ("error", "protocol")
+            assert "hello" in error["message"]
+            await stream.aclose()

@@ -46,7 +46,8 @@ async def test_a_stored_event_id_published_again_gets_an_error_frame() -> None:
                 await ws.send_message('{"type": "hello"}')
                 await ws.get_message()
                 wire = {**event.to_dict(), "seq": None}
-                await ws.send_message(orjson.dumps({"type": "publish", "event": wire, "ref": 7}))
+                publish = {"type": "publish", "event": wire, "ref": 7}
+                await ws.send_message(orjson.dumps(publish).decode())
                 error = orjson.loads(await ws.get_message())
                 assert (error["type"], error["ref"], error["code"]) == ("error", 7, "bad_frame")
                 assert "already stored" in error["message"]
@@ -122,7 +123,7 @@ async def test_a_client_that_does_not_read_answers_is_not_read_either() -> None:
 
     broker = Broker(stats_interval=None)
     per_message, messages = 5000, 20
-    pings = orjson.dumps([{"type": "ping"}] * per_message)
+    pings = orjson.dumps([{"type": "ping"}] * per_message).decode()
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(broker.serve, "127.0.0.1", 0)

@@ -266,6 +266,30 @@ async def _history(args: argparse.Namespace) -> None:
         _print_event(event, pretty=args.pretty, out=sys.stdout)
 
 
+async def _recover(args: argparse.Namespace) -> None:
+    from .store import recover
+
+    try:
+        report = await trio.to_thread.run_sync(recover, args.file, args.output)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+    print(
+        f"recovered {report.recovered} events into {report.output} (last seq "
+        f"{report.last_seq}); {report.unreadable} seqs could not be read",
+        flush=True,
+    )
+    if not report.kept_epoch:
+        print(
+            "it has a new epoch: resuming clients are told that events may be missing",
+            flush=True,
+        )
+    print(
+        f"to use it: stop the broker, move {report.source} (with its -wal and -shm files) "
+        f"aside, and rename {report.output} to {report.source}",
+        flush=True,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-realtime",
@@ -408,6 +432,13 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     history.add_argument("--pretty", action="store_true", help="a readable form for people")
     history.set_defaults(run=_history)
+
+    recover = commands.add_parser(
+        "recover", help="copy what is readable of a damaged SQLite store into a new file"
+    )
+    recover.add_argument("file", help="the damaged store file (no broker may have it open)")
+    recover.add_argument("--output", help="the new file (default: FILE.recovered)")
+    recover.set_defaults(run=_recover)
     return parser
 
 

@@ -36,12 +36,12 @@ from .protocol import (
     CLOSE_HEARTBEAT,
     CLOSE_PROTOCOL,
     CLOSE_SLOW_CONSUMER,
-    CLOSE_TOO_BIG,
     FORBIDDEN,
     INTERNAL,
     INVALID_TOPIC,
     LIMIT,
     NO_RESPONDERS,
+    PROTOCOL,
     SLOW_CONSUMER,
     TOO_LARGE,
     Ack,
@@ -416,12 +416,7 @@ class Session:
         """Read until the client's ``hello``; answer ``welcome``. None if the client left."""
         with trio.move_on_after(self.broker.handshake_timeout):
             while True:
-                try:
-                    text = await self.transport.receive()
-                except ConnectionClosed as exc:
-                    if exc.code == CLOSE_TOO_BIG:
-                        self.broker._count_error(TOO_LARGE)
-                    raise
+                text = await self.transport.receive()
                 self._last_received = trio.current_time()
                 self.conn.receive_text(text)
                 for item in self.conn.frames():
@@ -438,6 +433,12 @@ class Session:
                         await self.transport.send(self.conn.send(welcome))
                         return item
         self.broker._count_error("handshake_timeout")
+        message = f"no 'hello' within the handshake timeout ({self.broker.handshake_timeout:g} s)"
+        try:
+            with trio.move_on_after(self.broker.shutdown_timeout):
+                await self.transport.send(self.conn.send(Error(code=PROTOCOL, message=message)))
+        except ConnectionClosed:
+            return None
         await self.close(CLOSE_PROTOCOL, "no 'hello' within the handshake timeout")
         return None
 
@@ -552,11 +553,11 @@ class Session:
             self._last_received = trio.current_time()
             try:
                 text = await self.transport.receive()
-            except ConnectionClosed as exc:
-                if exc.code == CLOSE_TOO_BIG:
-                    self.broker._count_error(TOO_LARGE)
+            except ConnectionClosed:
                 return
-            except RemoteProtocolError as exc:  # a binary message that is not UTF-8
+            except RemoteProtocolError as exc:  # a binary message, or one too big
+                if exc.code == TOO_LARGE:
+                    raise  # fatal: answered, then closed with 1009 (see run)
                 self._last_received = trio.current_time()
                 self.broker._count_error(exc.code)
                 self._enqueue(Error.from_exception(exc))

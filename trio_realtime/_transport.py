@@ -117,10 +117,12 @@ class WebSocketTransport:
         *,
         remote: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        text_only: bool = False,
     ) -> None:
         self._ws = connection
         self.remote: Final = remote if remote is not None else _endpoint(connection.remote)
         self._max_message_size = max_message_size
+        self._text_only = text_only
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -145,12 +147,27 @@ class WebSocketTransport:
 
         Raises:
             ConnectionClosed: if the connection is closed (with its close code and reason).
-            RemoteProtocolError: if a binary message is not valid UTF-8 (code ``bad_frame``).
+            RemoteProtocolError: if a binary message is not valid UTF-8, or on the broker's
+                side (*text_only*) is binary at all (code ``bad_frame``; the connection stays
+                usable); on the broker's side, if a message was larger than
+                *max_message_size* (code ``too_large``: the caller answers and closes with
+                1009).
         """
         try:
             message = await self._ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
             raise _closed(exc, self.remote) from None
+        if message is _TOO_BIG:
+            raise RemoteProtocolError(
+                f"message too big: the most this broker reads is {self._max_message_size} bytes",
+                code="too_large",
+            )
+        if self._text_only and isinstance(message, bytes):
+            raise RemoteProtocolError(
+                "binary messages are not part of the protocol: send each message as text "
+                "(UTF-8 JSON)",
+                code="bad_frame",
+            )
         # trio-websocket counts characters; the limit is in bytes (UTF-8 takes up to 4 a
         # character). Only a message with more than a quarter of the limit in characters can
         # be over it, so most are never encoded for the check.
@@ -382,14 +399,53 @@ _CONNECTION_ERRORS: Final = (
 )
 
 
+#: What a server connection hands on in place of a message over the size limit.
+_TOO_BIG: Final = b"\x00too big"
+
+
 class _ServerConnection(trio_websocket.WebSocketConnection):
-    """trio-websocket's connection, sending the close frame wsproto asks for on bad input.
+    """trio-websocket's connection, with two changes for the broker's side.
 
     wsproto reports a frame it cannot accept (a text message that is not UTF-8, a bad
     opcode) as a :class:`~wsproto.events.CloseConnection` with the code to close with (1007,
     1002 …), but trio-websocket then drops the TCP connection without sending that close
     frame. This sends it first, so that the peer learns why.
+
+    trio-websocket closes a connection whose message is over its size limit (in characters)
+    itself, at once. This counts the limit in bytes, and instead of closing, drops the rest
+    of the message and hands on :data:`_TOO_BIG` in its place, so that the broker can answer
+    ``too_large`` before it closes with 1009.
     """
+
+    _bytes_in_message = 0
+    _skipping = False
+
+    async def _handle_message_event(
+        self, event: wsproto.events.BytesMessage | wsproto.events.TextMessage
+    ) -> None:
+        if self._skipping:  # the rest of a message found too big
+            self._skipping = not event.message_finished
+            return
+        data = event.data
+        size = (
+            len(data)
+            if isinstance(data, bytes | bytearray) or data.isascii()
+            else (_utf8_size(data))
+        )
+        self._bytes_in_message += size
+        if self._bytes_in_message > self._max_message_size:
+            self._bytes_in_message = 0
+            self._message_size = 0
+            self._message_parts = []
+            self._skipping = not event.message_finished
+            try:
+                await self._send_channel.send(_TOO_BIG)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+            return
+        if event.message_finished:
+            self._bytes_in_message = 0
+        await super()._handle_message_event(event)
 
     async def _handle_close_connection_event(self, event: wsproto.events.CloseConnection) -> None:
         # Open still: the event is wsproto's verdict on bad input, not the peer's close frame.
@@ -525,8 +581,7 @@ async def _serve_connection(
                 stream,
                 wsproto.WSConnection(wsproto.ConnectionType.SERVER),
                 message_queue_size=MESSAGE_QUEUE_SIZE,
-                # In characters; WebSocketTransport.receive() checks the bytes.
-                max_message_size=max_message_size,
+                max_message_size=max_message_size,  # (in bytes: see _ServerConnection)
                 receive_buffer_size=RECEIVE_BUFFER_SIZE,
             )
             handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
@@ -555,7 +610,7 @@ async def _serve_connection(
                         logger.debug("%s: no WebSocket handshake in time", remote)
                     return
                 transport = WebSocketTransport(
-                    connection, remote=remote, max_message_size=max_message_size
+                    connection, remote=remote, max_message_size=max_message_size, text_only=True
                 )
                 served = True
                 try:
