@@ -21,8 +21,11 @@ import pytest
 import trio
 import trio.testing
 from test_interop import TEST_TIMEOUT, in_thread, open_peer
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from trio_realtime import Broker
+from trio_realtime._transport import open_transport
 
 UPGRADE = (
     "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -236,3 +239,40 @@ async def test_a_client_silent_after_the_upgrade_is_told_why_it_is_closed() -> N
             assert (error["type"], error["code"]) == ("error", "protocol")
             assert "hello" in error["message"]
             await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("offered", "selected"),
+    [
+        ([], None),
+        (["trio-realtime.v1"], "trio-realtime.v1"),
+        (["mqtt", "trio-realtime.v1"], "trio-realtime.v1"),
+        (["mqtt"], None),
+    ],
+)
+async def test_the_subprotocol_is_selected_when_offered(
+    offered: list[str], selected: str | None
+) -> None:
+    """The broker selects `trio-realtime.v1` when a client offers it, and serves a client
+    that offers none or only others (without selecting one)."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving() as (_, port):
+
+            def run() -> str | None:
+                with connect(
+                    f"ws://127.0.0.1:{port}",
+                    subprotocols=[Subprotocol(p) for p in offered] or None,
+                    open_timeout=5,
+                ) as ws:
+                    ws.send('{"type":"hello"}')
+                    assert '"welcome"' in str(ws.recv(timeout=5))
+                    return ws.subprotocol
+
+            assert await in_thread(run) == selected
+
+
+async def test_the_client_offers_the_subprotocol() -> None:
+    """open_client offers `trio-realtime.v1`, and the broker selects it."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with serving() as (_, port), open_transport(f"ws://127.0.0.1:{port}") as transport:
+            assert transport._ws.subprotocol == "trio-realtime.v1"

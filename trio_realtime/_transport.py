@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MESSAGE_QUEUE_SIZE",
     "RECEIVE_BUFFER_SIZE",
+    "SUBPROTOCOL",
     "ConnectionGate",
     "WebSocketTransport",
     "listen",
@@ -58,6 +59,9 @@ CLOSE_TIMEOUT: Final = 5.0
 #: Bytes read from the socket at a time. trio-websocket's default (4 KiB) costs one read, and a
 #: trip through the scheduler, per 4 KiB of a busy connection.
 RECEIVE_BUFFER_SIZE: Final = 64 * 1024
+#: The WebSocket subprotocol of this protocol: the broker selects it when a client offers it
+#: (and accepts clients that offer none); the client offers it.
+SUBPROTOCOL: Final = "trio-realtime.v1"
 #: Received messages trio-websocket buffers before it stops reading the socket. Small, so that
 #: a receiver that does not keep up pushes back on the sender through TCP.
 MESSAGE_QUEUE_SIZE: Final = 4
@@ -322,6 +326,7 @@ async def open_transport(
                             stream,
                             host_header,
                             resource,
+                            subprotocols=[SUBPROTOCOL],
                             message_queue_size=MESSAGE_QUEUE_SIZE,
                             max_message_size=max_message_size,
                             receive_buffer_size=RECEIVE_BUFFER_SIZE,
@@ -603,7 +608,10 @@ async def _serve_connection(
                         gate.refused += 1
                         await request.reject(503, body=_REFUSED_BODY)
                         return
-                    await request.accept()
+                    offered = request.proposed_subprotocols
+                    await request.accept(
+                        subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
+                    )
                 if handshake.cancelled_caught:
                     if not reader_done.is_set():
                         gate.handshake_timeouts += 1
