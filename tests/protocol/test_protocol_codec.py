@@ -769,3 +769,12 @@ def test_long_digit_runs_inside_strings_take_the_fast_path(
     [result] = decode(text)
     assert isinstance(result, Publish)
     assert result.event.data == digits
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_time_on_the_wire_has_a_fixed_width(when: datetime) -> None:
+    """`time` is always written with microseconds (a whole second too): 32 characters."""
+    text = encode_event(Event(topic="t", time=when))
+    wire = orjson.loads(text)["time"]
+    assert len(wire) == 32
+    assert datetime.fromisoformat(wire) == when

@@ -559,7 +559,7 @@ def _event_bytes(event: Event) -> bytes:
             "topic": event.topic,
             "type": event.type,
             "source": event.source,
-            "time": event.time.isoformat(),
+            "time": event.time.isoformat(timespec="microseconds"),  # fixed width
             "data": unstructure_data(event.data),
             "headers": headers if type(headers) is dict else dict(headers),
             "seq": event.seq,
