@@ -63,7 +63,8 @@ ERROR_CODES: Final = frozenset(
         "slow_consumer",
         "no_responders",
         "internal",
-        "limit",  # an extension of the project's (a configured limit refused the frame)
+        "limit",  # extensions of the project's: a configured limit refused the frame,
+        "no_store",  # and the broker has no store for since or history
     }
 )
 #: The error codes this broker (no store, no auth, no rate limit) can answer a client with.
@@ -75,7 +76,7 @@ REACHABLE_ERROR_CODES: Final = frozenset(
         "forbidden",
         "invalid_topic",
         "no_responders",
-        "internal",
+        "no_store",
         "limit",
         "too_large",
     }

@@ -16,6 +16,7 @@ from trio_realtime import (
     Overflow,
     RequestFailed,
     SlowConsumer,
+    StoreUnavailable,
     event_type,
     open_bus,
 )
@@ -294,10 +295,10 @@ async def test_publish_and_subscribe_argument_errors() -> None:
                     pass
         async with bus.subscribe("a", max_buffer_size=math.inf):
             pass
-        with pytest.raises(ValueError, match="needs a bus with a store"):
+        with pytest.raises(StoreUnavailable, match="needs a bus with a store"):
             async with bus.subscribe("a", since=0):
                 pass
-        with pytest.raises(ValueError, match="needs a bus with a store"):
+        with pytest.raises(StoreUnavailable, match="needs a bus with a store"):
             await bus.history("a")
         assert not bus.is_persisted("a")
 

@@ -33,6 +33,7 @@ from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import RequestFailed as RequestFailed
 from ._errors import SlowConsumer as SlowConsumer
 from ._errors import StoreError as StoreError
+from ._errors import StoreUnavailable as StoreUnavailable
 from ._event import Event as Event
 from ._event import event_type as event_type
 from ._event import new_event_id as new_event_id
@@ -72,6 +73,7 @@ __all__ = [
     "RequestFailed",
     "SlowConsumer",
     "StoreError",
+    "StoreUnavailable",
     "Subscription",
     "SubscriptionStatistics",
     "event_type",

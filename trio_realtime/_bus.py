@@ -26,7 +26,7 @@ from ._channel import (
     Subscription,
     pattern_and_type,
 )
-from ._errors import NoResponders
+from ._errors import NoResponders, StoreUnavailable
 from ._event import Event, make_event
 from ._replay import ReplaySink
 from ._requests import DEFAULT_MAX_CONCURRENCY, check_reply, new_inbox, serving
@@ -584,10 +584,12 @@ class Bus:
         cancelled, failed), if this returned.
 
         Raises:
-            ValueError: if the bus has no store.
+            StoreUnavailable: if the bus has no store.
         """
         if self.store is None:
-            raise ValueError("subscribe(since=…) needs a bus with a store")
+            raise StoreUnavailable(
+                "subscribe(since=…) needs a bus with a store: open it with open_bus(store=…)"
+            )
         if self._closed:
             raise trio.ClosedResourceError("the bus is closed")
         scope: trio.CancelScope = await self._nursery.start(self._replay, sink, since, on_done)
@@ -687,11 +689,13 @@ class Bus:
         more match.
 
         Raises:
-            ValueError: if the bus has no store.
+            StoreUnavailable: if the bus has no store.
         """
         validate_pattern(pattern)
         if self.store is None:
-            raise ValueError("history() needs a bus with a store")
+            raise StoreUnavailable(
+                "history() needs a bus with a store: open it with open_bus(store=…)"
+            )
         if isinstance(since, datetime):
             return await self.store.read(pattern, since=since, limit=limit, max_bytes=max_bytes)
         return await self.store.read(pattern, after=since, limit=limit, max_bytes=max_bytes)

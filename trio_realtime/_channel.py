@@ -434,7 +434,13 @@ class EventChannel(Protocol):
         overflow: OverflowLike = Overflow.BLOCK,
         since: int | datetime | None = None,
     ) -> AbstractAsyncContextManager[Subscription]:
-        """Subscribe to a pattern (or a typed payload class) for the duration of a block."""
+        """Subscribe to a pattern (or a typed payload class) for the duration of a block.
+
+        Raises:
+            InvalidTopic: if *pattern* is not a valid pattern.
+            StoreUnavailable: with *since*, if there is no store (a bus opened without one,
+                or a broker running without one).
+        """
         ...
 
     async def request(
@@ -457,5 +463,11 @@ class EventChannel(Protocol):
     async def history(
         self, pattern: str, *, since: int | datetime | None = None, limit: int = 100
     ) -> list[Event]:
-        """Stored events matching *pattern* after *since*, oldest first."""
+        """Stored events matching *pattern* after *since*, oldest first.
+
+        Raises:
+            InvalidTopic: if *pattern* is not a valid pattern.
+            StoreUnavailable: if there is no store (a bus opened without one, or a broker
+                running without one).
+        """
         ...

@@ -313,8 +313,9 @@ class Client:
         Raises:
             InvalidTopic: if *pattern* is not a valid pattern (checked here first).
             PermissionDenied: if the broker refused the subscription.
+            StoreUnavailable: for *since*, if the broker has no store (as a bus without one).
             RemoteProtocolError: if the broker refused it for another reason (its ``code``
-                says which, such as ``internal`` for *since* on a broker without a store).
+                says which).
             ConnectionClosed: if the client is closed.
         """
         pattern, payload_type = pattern_and_type(pattern)
@@ -504,8 +505,8 @@ class Client:
         Raises:
             InvalidTopic: if *pattern* is not a valid pattern.
             PermissionDenied: if the broker refused.
-            RemoteProtocolError: if the broker could not answer (such as ``internal`` when it
-                has no store).
+            StoreUnavailable: if the broker has no store (as a bus without one).
+            RemoteProtocolError: if the broker could not answer (its ``code`` says why).
             ConnectionClosed: if the client is closed.
         """
         validate_pattern(pattern)

@@ -24,6 +24,7 @@ from ._errors import (
     NoResponders,
     PermissionDenied,
     RemoteProtocolError,
+    StoreUnavailable,
 )
 from ._event import Event, parse_time
 from .protocol import (
@@ -32,6 +33,7 @@ from .protocol import (
     FORBIDDEN,
     INVALID_TOPIC,
     NO_RESPONDERS,
+    NO_STORE,
     TOO_LARGE,
     Ack,
     ClientFrame,
@@ -73,8 +75,8 @@ def error_from_frame(error: Error, topic: str) -> Exception:
     """The exception that reports the broker's *error* about an operation on *topic*.
 
     ``invalid_topic`` is :exc:`InvalidTopic`, ``forbidden`` :exc:`PermissionDenied`,
-    ``no_responders`` :exc:`NoResponders`; any other code is a :exc:`RemoteProtocolError`
-    carrying it.
+    ``no_responders`` :exc:`NoResponders`, ``no_store`` :exc:`StoreUnavailable` (as a bus
+    without a store raises); any other code is a :exc:`RemoteProtocolError` carrying it.
     """
     code = error.code
     if code == INVALID_TOPIC:
@@ -83,6 +85,8 @@ def error_from_frame(error: Error, topic: str) -> Exception:
         return PermissionDenied(f"the broker refused it: {error.message}")
     if code == NO_RESPONDERS:
         return NoResponders(topic)
+    if code == NO_STORE:
+        return StoreUnavailable(f"the broker has no store: {error.message}")
     return RemoteProtocolError(f"the broker refused it ({code}): {error.message}", code=code)
 
 

@@ -15,7 +15,8 @@ fault it is::
     ├── RequestFailed                       the responder's handler raised
     ├── SlowConsumer                        a subscription fell too far behind and was ended
     ├── EpochChanged                        the broker's store was replaced: resume impossible
-    └── StoreError                          the event store failed or its file is unusable
+    ├── StoreError                          the event store failed or its file is unusable
+    └── StoreUnavailable (also ValueError)  there is no store: no history, no ``since``
 
 Trio's own :exc:`trio.ClosedResourceError`, :exc:`trio.BrokenResourceError`,
 :exc:`trio.EndOfChannel` and :exc:`trio.TooSlowError` are used as they are.
@@ -37,6 +38,7 @@ __all__ = [
     "RequestFailed",
     "SlowConsumer",
     "StoreError",
+    "StoreUnavailable",
 ]
 
 
@@ -147,3 +149,12 @@ class EpochChanged(RealtimeError):
 
 class StoreError(RealtimeError):
     """The event store failed, or its file is corrupt or unreadable (the message names it)."""
+
+
+class StoreUnavailable(RealtimeError, ValueError):
+    """There is no event store: ``history()`` and ``subscribe(since=…)`` cannot be served.
+
+    Raised alike by a bus opened without a store and by a client whose broker has none (it
+    answers error code ``no_store``). Give the bus a store (``open_bus(store=…)``), or run the
+    broker with one (``trio-realtime serve --store …``).
+    """

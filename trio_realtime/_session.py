@@ -26,6 +26,7 @@ from ._errors import (
     NoResponders,
     RemoteProtocolError,
     StoreError,
+    StoreUnavailable,
 )
 from ._event import Event, parse_time
 from ._topics import validate_pattern, validate_topic
@@ -41,6 +42,7 @@ from .protocol import (
     INVALID_TOPIC,
     LIMIT,
     NO_RESPONDERS,
+    NO_STORE,
     PROTOCOL,
     SLOW_CONSUMER,
     TOO_LARGE,
@@ -674,7 +676,7 @@ class Session:
         if frame.since_time is not None:
             since = parse_time(frame.since_time)
         if since is not None and self.bus.store is None:
-            self._error(frame.id, INTERNAL, "this broker has no store: 'since' cannot be served")
+            self._error(frame.id, NO_STORE, "this broker has no store: 'since' cannot be served")
             return
         limit = self.broker.max_subscriptions
         if len(self.subscriptions) >= limit:
@@ -742,6 +744,8 @@ class Session:
                 more = bool(await self.bus.history(frame.pattern, since=last, limit=1))
         except InvalidTopic as exc:
             self._error(frame.ref, INVALID_TOPIC, str(exc))
+        except StoreUnavailable:
+            self._error(frame.ref, NO_STORE, "this broker has no store: no history to read")
         except ValueError as exc:
             self._error(frame.ref, INTERNAL, str(exc))
         except StoreError as exc:

@@ -120,7 +120,8 @@ def test_frame_defaults() -> None:
 
 
 def test_error_codes_are_the_protocol_list() -> None:
-    """ERROR_CODES holds the twelve codes of protocol version 1 and the extension ``limit``."""
+    """ERROR_CODES holds the twelve codes of protocol version 1 and the extensions ``limit``
+    and ``no_store``."""
     assert {
         "bad_frame",
         "unknown_type",
@@ -135,6 +136,7 @@ def test_error_codes_are_the_protocol_list() -> None:
         "no_responders",
         "internal",
         "limit",
+        "no_store",
     } == ERROR_CODES
 
 

@@ -55,6 +55,7 @@ from ._frames import INTERNAL as INTERNAL
 from ._frames import INVALID_TOPIC as INVALID_TOPIC
 from ._frames import LIMIT as LIMIT
 from ._frames import NO_RESPONDERS as NO_RESPONDERS
+from ._frames import NO_STORE as NO_STORE
 from ._frames import PROTOCOL as PROTOCOL
 from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._frames import RATE_LIMITED as RATE_LIMITED
@@ -105,6 +106,7 @@ __all__ = [
     "INVALID_TOPIC",
     "LIMIT",
     "NO_RESPONDERS",
+    "NO_STORE",
     "PROTOCOL",
     "PROTOCOL_VERSION",
     "RATE_LIMITED",

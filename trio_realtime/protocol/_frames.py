@@ -98,6 +98,8 @@ SLOW_CONSUMER: Final = "slow_consumer"
 NO_RESPONDERS: Final = "no_responders"
 #: The broker failed; not the client's fault.
 INTERNAL: Final = "internal"
+#: (Extension) The broker has no store: ``since`` and ``history`` cannot be served.
+NO_STORE: Final = "no_store"
 #: (Extension) A configured limit refused the frame, such as the most subscriptions one
 #: connection may hold; the message names the limit. The connection stays usable.
 LIMIT: Final = "limit"
@@ -118,6 +120,7 @@ ERROR_CODES: Final[frozenset[str]] = frozenset(
         NO_RESPONDERS,
         INTERNAL,
         LIMIT,
+        NO_STORE,
     }
 )
 

@@ -12,7 +12,7 @@ import attrs
 import trio
 
 from .._channel import EventChannel, Overflow, Subscription
-from .._errors import InvalidTopic, NoResponders, RequestFailed, SlowConsumer
+from .._errors import InvalidTopic, NoResponders, RequestFailed, SlowConsumer, StoreUnavailable
 from .._event import Event, event_type
 
 __all__ = ["CheckOrder", "check_channel"]
@@ -66,7 +66,8 @@ async def check_channel(open_channel: ChannelFactory, *, stored: bool = False) -
     to the same broker), which must start with no subscriptions and no retained events under
     ``check.``; run the check once per bus or broker. With *stored*,
     the channels' topics under ``check.`` are persisted, and ``history`` and
-    ``subscribe(since=…)`` are checked too.
+    ``subscribe(since=…)`` are checked too; without, they must raise
+    :exc:`~trio_realtime.StoreUnavailable`.
 
     Raises:
         AssertionError: naming the first behaviour that does not hold.
@@ -83,8 +84,7 @@ async def check_channel(open_channel: ChannelFactory, *, stored: bool = False) -
         _check_leave,
         _check_bad_input,
     ]
-    if stored:
-        checks.append(_check_history)
+    checks.append(_check_history if stored else _check_no_store)
     for check in checks:
         async with AsyncExitStack() as stack:
             a = await stack.enter_async_context(open_channel())
@@ -356,3 +356,24 @@ async def _check_history(a: EventChannel, b: EventChannel) -> None:
     when: datetime = got[0].time
     got = await b.history("check.history.>", since=when, limit=1)
     _expect(len(got) == 1 and got[0].time >= when, "history since a time")
+
+
+async def _check_no_store(a: EventChannel, b: EventChannel) -> None:
+    for channel in (a, b):
+        try:
+            await channel.history("check.>")
+        except StoreUnavailable:
+            pass
+        else:
+            raise _Failed("history() without a store must raise StoreUnavailable")
+        try:
+            async with channel.subscribe("check.>", since=0):
+                pass
+        except StoreUnavailable:
+            pass
+        else:
+            raise _Failed("subscribe(since=…) without a store must raise StoreUnavailable")
+    # The channel is still usable.
+    async with b.subscribe("check.nostore") as sub:
+        await a.publish("check.nostore", "after")
+        _expect((await _receive(sub)).data == "after", "the channel stopped working")
