@@ -65,10 +65,9 @@ from .protocol import (
     Unsubscribed,
     Welcome,
     close_code_for,
-    encode_event,
     encoded_size,
 )
-from .protocol._codec import encode_event_frame_text
+from .protocol._codec import encode_event_frame_text, encode_event_sized
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -318,7 +317,7 @@ class Session:
             while queue and count < MAX_BATCH:
                 item = queue[0]
                 if type(item) is _EventItem:
-                    event_size = encoded_size(item.event)
+                    event_text, event_size = encode_event_sized(item.event)  # cached
                     subs = item.subs
                     cost = event_size + FRAME_OVERHEAD + SUB_ID_SIZE * len(subs)
                     fit = len(subs)
@@ -335,7 +334,6 @@ class Session:
                         queue.popleft()
                         events += 1
                         freed += item.size
-                    event_text = encode_event(item.event)  # cached since the publish
                     if fast:
                         parts.append(encode_event_frame_text(subs, event_text))
                     else:

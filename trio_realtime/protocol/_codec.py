@@ -64,6 +64,7 @@ __all__ = [
     "encode",
     "encode_event",
     "encode_event_frame_text",
+    "encode_event_sized",
     "encoded_size",
     "structure_event",
     "structure_frame",
@@ -608,6 +609,12 @@ def encode_event(event: Event) -> str:
         TypeError: if the event's data is not JSON-compatible.
     """
     return _encoded(event)[1]
+
+
+def encode_event_sized(event: Event) -> tuple[str, int]:
+    """:func:`encode_event` and :func:`encoded_size` at once (one cache look-up)."""
+    _, text, size = _encoded(event)
+    return text, size
 
 
 def encoded_size(event: Event) -> int:
