@@ -209,8 +209,9 @@ class Bus:
 
         Returns once the event is stored (for a persisted topic, with its ``seq``) and handed
         to every matching subscription; with the ``block`` policy that may mean waiting for
-        a slow subscriber. *ack* is accepted for symmetry with the remote client: on the bus,
-        ``publish`` always returns only after storing and routing.
+        a slow subscriber. That is what *ack* asks of a remote client, so on the bus
+        ``ack=True`` and ``ack=False`` behave the same: the returned event carries its
+        ``seq`` either way.
 
         Args:
             topic: Where to publish (no wildcards), or a typed payload instance.
@@ -220,7 +221,7 @@ class Bus:
             type: The event type (default: the topic, or the payload's registered name).
             retain: Keep this event as the topic's retained value, delivered to every new
                 subscription that matches.
-            ack: Ignored in process (see above).
+            ack: Wait until the event is stored and routed (the bus always does).
 
         Raises:
             InvalidTopic: if *topic* is not a valid topic.
