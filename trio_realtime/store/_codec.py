@@ -141,13 +141,7 @@ def row_size(row: Row) -> int:
 
 def stored_row_size(row: StoredRow) -> int:
     """The :func:`approximate_size` of the event a stored row holds (cheap: no encoding)."""
-    _, id_, topic, type_, source, _, data_json, headers_json, reply_to = row
-    size = EVENT_SIZE_OVERHEAD + len(id_) + len(topic) + len(type_) + len(source) + len(data_json)
-    if headers_json is not None:
-        size += len(headers_json)
-    if reply_to is not None:
-        size += len(reply_to)
-    return size
+    return row_size(row[1:])  # the row as it was stored, after its seq
 
 
 def _json_length(value: object) -> int:
