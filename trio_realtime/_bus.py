@@ -582,7 +582,7 @@ class Bus:
         for room); the switch to live events has no gap and no duplicate. Cancel the returned
         scope to stop a replay early (then remove the sink with :meth:`remove_sink`).
         *on_done* is called once the replay task ends, for whatever reason (caught up,
-        cancelled, failed), if this returned.
+        cancelled, failed), if this returned (if it raised, it is not called).
 
         Raises:
             StoreUnavailable: if the bus has no store.
@@ -611,10 +611,11 @@ class Bus:
         """
         store = self.store
         assert store is not None
+        stand_in = ReplaySink(sub)
+        self._replays[sub] = stand_in
+        self.add_sink(stand_in, retained=False)
+        # From here on this task reports its end (before, add_sink_since raises instead).
         try:
-            stand_in = ReplaySink(sub)
-            self._replays[sub] = stand_in
-            self.add_sink(stand_in, retained=False)
             with trio.CancelScope() as scope:
                 task_status.started(scope)
                 try:
