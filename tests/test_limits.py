@@ -354,3 +354,50 @@ async def test_a_client_that_reads_no_answers_is_closed_by_the_heartbeat() -> No
                     await trio.testing.wait_all_tasks_blocked(cushion=0.05)
             await stream.aclose()
             await in_thread(lambda: neighbour_served(url))
+
+
+async def test_max_replays_bounds_the_replays_of_one_connection() -> None:
+    """Finding 4: a connection has at most max_replays `since` replays under way; the next
+    `subscribe` with `since` waits for one to finish (and so does the rest of its frames)."""
+
+    class PausingStore(MemoryStore):
+        paused = trio.Event()
+        resume = trio.Event()
+
+        async def read(self, *args: Any, **kwargs: Any) -> list[Any]:
+            self.paused.set()
+            await self.resume.wait()
+            return await super().read(*args, **kwargs)
+
+    store = PausingStore()
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_broker(store=store, max_replays=1) as (broker, url):
+
+            def run() -> list[Frame]:
+                with open_peer(url) as peer:
+                    peer.send(
+                        [
+                            {"type": "subscribe", "id": 1, "pattern": "r.a", "since": 0},
+                            {"type": "subscribe", "id": 2, "pattern": "r.b", "since": 0},
+                            {"type": "ping"},
+                        ]
+                    )
+                    return peer.until(lambda f: f["type"] == "pong")
+
+            async with trio.open_nursery() as nursery:
+                frames: list[Frame] = []
+
+                async def client() -> None:
+                    frames.extend(await in_thread(run))
+
+                nursery.start_soon(client)
+                await store.paused.wait()  # the first replay reads the store, and waits
+                await trio.testing.wait_all_tasks_blocked()
+                # The second subscribe waits for the first replay: it is not on the bus yet.
+                assert broker.statistics().subscriptions == 1
+                store.resume.set()
+            assert [(f["type"], f.get("id")) for f in frames] == [
+                ("subscribed", 1),
+                ("subscribed", 2),
+                ("pong", None),
+            ]
