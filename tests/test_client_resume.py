@@ -11,6 +11,7 @@ from typing import Any, Final, cast
 import orjson
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 from trio_realtime import Broker, Client, EpochChanged, Event, Subscription, open_client
@@ -184,8 +185,8 @@ def test_resume_point_is_the_later_one_and_none_in_a_group() -> None:
 async def wait_until(predicate: Callable[[], bool]) -> None:
     """Poll *predicate* until it holds (callers hold a hang guard): for counters of the
     client's that no event announces."""
-    while not predicate():  # noqa: ASYNC110 - nothing to wait on
-        await trio.sleep(0.01)
+    while not predicate():
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
