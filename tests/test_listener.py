@@ -224,12 +224,13 @@ async def test_a_binary_message_is_refused_as_bad_frame() -> None:
             assert "binary messages are not part of the protocol" in answers
             assert broker.statistics().errors == {"bad_frame": 1}
             await stream.aclose()
+            await in_thread(lambda: _publish_and_receive(broker, port))
 
 
 async def test_a_client_silent_after_the_upgrade_is_told_why_it_is_closed() -> None:
     """No `hello` within the handshake timeout: an `error` frame (`protocol`), then 4000."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving(handshake_timeout=0.2) as (_broker, port):
+        async with serving(handshake_timeout=0.2) as (broker, port):
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(upgrade_request())
             await read_until(stream, b"\r\n\r\n")
@@ -239,6 +240,7 @@ async def test_a_client_silent_after_the_upgrade_is_told_why_it_is_closed() -> N
             assert (error["type"], error["code"]) == ("error", "protocol")
             assert "hello" in error["message"]
             await stream.aclose()
+            await in_thread(lambda: _publish_and_receive(broker, port))
 
 
 @pytest.mark.parametrize(
