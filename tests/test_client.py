@@ -281,7 +281,7 @@ async def test_connect_reports_state_session_and_name() -> None:
                 assert client.url == url
                 assert "connected" in repr(client)
             assert client.statistics().state is ClientState.CLOSED
-            with pytest.raises(ConnectionClosed):
+            with pytest.raises(trio.ClosedResourceError):  # closed by its owner, as a bus
                 await client.wait_connected()
 
 
@@ -711,7 +711,7 @@ async def test_leaving_open_client_ends_iteration_and_fails_waiters() -> None:
             async def ask() -> None:
                 try:
                     await client.request("stall.end", timeout=TIMEOUT)
-                except ConnectionClosed as exc:
+                except trio.ClosedResourceError as exc:
                     failed.append(exc)
 
             await nursery.start(consume)
@@ -723,9 +723,11 @@ async def test_leaving_open_client_ends_iteration_and_fails_waiters() -> None:
     assert seen == [1, "end"]
     assert len(failed) == 1
     assert client.state is ClientState.CLOSED
-    with pytest.raises(ConnectionClosed):
+    # Used after its block, a client raises what a bus does (ConnectionClosed is for a
+    # connection lost for good).
+    with pytest.raises(trio.ClosedResourceError):
         await client.publish("end.x", 2)
-    with pytest.raises(ConnectionClosed):
+    with pytest.raises(trio.ClosedResourceError):
         async with client.subscribe("end.x"):
             pytest.fail("must not subscribe")
 
@@ -1405,3 +1407,20 @@ async def test_backoff_is_capped_full_jitter() -> None:
             errors=0,
             oversized=0,
         )
+
+
+async def test_a_client_and_a_bus_used_after_their_block_raise_alike() -> None:
+    """Issue 8: after its block, a client raises trio.ClosedResourceError, as a bus does."""
+    with trio.fail_after(TIMEOUT):
+        async with running_broker() as (_, url):
+            async with open_bus() as bus:
+                pass
+            async with open_client(url) as client:
+                pass
+            channel: EventChannel
+            for channel in (bus, client):
+                with pytest.raises(trio.ClosedResourceError):
+                    await channel.publish("after.x", 1)
+                with pytest.raises(trio.ClosedResourceError):
+                    async with channel.subscribe("after.x"):
+                        pytest.fail("must not subscribe")

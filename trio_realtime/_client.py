@@ -182,7 +182,9 @@ class Client:
         """Wait until the client is connected (return at once if it is).
 
         Raises:
-            ConnectionClosed: if the client is closed.
+            trio.ClosedResourceError: if the client is closed (its block exited).
+            ConnectionClosed: if the connection was lost for good (reconnecting is off, or
+                gave up).
         """
         await trio.lowlevel.checkpoint()
         while self._state is not ClientState.CONNECTED:
@@ -231,7 +233,9 @@ class Client:
             PermissionDenied: with *ack*, if the broker refused (such as a ``$…`` topic).
             RemoteProtocolError: with *ack*, if the broker refused for another reason (its
                 ``code`` says which).
-            ConnectionClosed: if the client is closed.
+            trio.ClosedResourceError: if the client is closed (its block exited).
+            ConnectionClosed: if the connection was lost for good (reconnecting is off, or
+                gave up).
         """
         event = make_event(topic, data, headers=headers, source=source or self._source, type=type)
         if ack:
@@ -316,7 +320,9 @@ class Client:
             StoreUnavailable: for *since*, if the broker has no store (as a bus without one).
             RemoteProtocolError: if the broker refused it for another reason (its ``code``
                 says which).
-            ConnectionClosed: if the client is closed.
+            trio.ClosedResourceError: if the client is closed (its block exited).
+            ConnectionClosed: if the connection was lost for good (reconnecting is off, or
+                gave up).
         """
         pattern, payload_type = pattern_and_type(pattern)
         since_seq, since_time = since_fields(since)
@@ -425,7 +431,9 @@ class Client:
         Raises:
             InvalidTopic: if *pattern* is not a valid pattern.
             PermissionDenied: if the broker refused the subscription.
-            ConnectionClosed: if the client is closed.
+            trio.ClosedResourceError: if the client is closed (its block exited).
+            ConnectionClosed: if the connection was lost for good (reconnecting is off, or
+                gave up).
         """
         async with (
             self.subscribe(pattern, group=group) as sub,
@@ -459,7 +467,9 @@ class Client:
             RequestFailed: if the responder's handler raised (with its message).
             trio.TooSlowError: if no reply came within *timeout* seconds.
             InvalidTopic: if *topic* is not a valid topic.
-            ConnectionClosed: if the client is closed.
+            trio.ClosedResourceError: if the client is closed (its block exited).
+            ConnectionClosed: if the connection was lost for good (reconnecting is off, or
+                gave up).
         """
         reply_to = f"{self._inbox_prefix}.{next(self._reply_ids)}"
         event = make_event(
@@ -507,7 +517,9 @@ class Client:
             PermissionDenied: if the broker refused.
             StoreUnavailable: if the broker has no store (as a bus without one).
             RemoteProtocolError: if the broker could not answer (its ``code`` says why).
-            ConnectionClosed: if the client is closed.
+            trio.ClosedResourceError: if the client is closed (its block exited).
+            ConnectionClosed: if the connection was lost for good (reconnecting is off, or
+                gave up).
         """
         validate_pattern(pattern)
         check_int(limit, "limit", minimum=0)
@@ -540,11 +552,16 @@ class Client:
         if self._state is ClientState.CLOSED:
             raise self._closed_error()
 
-    def _closed_error(self) -> ConnectionClosed:
-        """A fresh exception saying why the client is closed."""
+    def _closed_error(self) -> ConnectionClosed | trio.ClosedResourceError:
+        """A fresh exception saying why the client is closed.
+
+        As a bus does, a client closed by its owner (its block exited) raises
+        :exc:`trio.ClosedResourceError`; :exc:`ConnectionClosed` means the connection was
+        lost for good, which the owner did not ask for.
+        """
         reason = self._closed_reason
         if reason is None:
-            return ConnectionClosed(f"the client of {self.url} is closed")
+            return trio.ClosedResourceError(f"the client of {self.url} is closed")
         return type(reason)(str(reason), code=reason.code, reason=reason.reason)
 
     def _backoff(self, attempt: int) -> float:
