@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_REQUEST_TIMEOUT",
     "EventChannel",
     "Handler",
@@ -40,6 +41,8 @@ logger = logging.getLogger("trio_realtime")
 
 #: Events a subscription buffers by default before its overflow policy applies.
 DEFAULT_BUFFER_SIZE: Final = 1024
+#: Requests a ``serve`` block answers at the same time, by default.
+DEFAULT_MAX_CONCURRENCY: Final = 64
 #: Seconds ``request`` waits for a reply by default.
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 #: A consumer that keeps finding events waiting yields to the scheduler once per this many
@@ -455,9 +458,18 @@ class EventChannel(Protocol):
         ...
 
     def serve(
-        self, pattern: str, handler: Handler, *, group: str | None = None
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        group: str | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     ) -> AbstractAsyncContextManager[None]:
-        """Answer requests on *pattern* with *handler* for the duration of a block."""
+        """Answer requests on *pattern* with *handler* for the duration of a block.
+
+        At most *max_concurrency* requests are handled at the same time; the next waits for
+        one of them to finish.
+        """
         ...
 
     async def history(

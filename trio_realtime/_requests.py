@@ -11,11 +11,11 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any
 
 import trio
 
-from ._channel import Handler, Subscription
+from ._channel import DEFAULT_MAX_CONCURRENCY, Handler, Subscription
 from ._errors import ConnectionClosed, RequestFailed
 from ._event import REPLY_ERROR_HEADER, Event, new_event_id
 from ._topics import INBOX_PREFIX
@@ -23,9 +23,6 @@ from ._topics import INBOX_PREFIX
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "answer_requests", "check_reply", "new_inbox", "serving"]
 
 logger = logging.getLogger("trio_realtime.bus")
-
-#: Requests a ``serve`` block answers at the same time, by default.
-DEFAULT_MAX_CONCURRENCY: Final = 64
 
 
 def new_inbox() -> str:
