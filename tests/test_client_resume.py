@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, cast
@@ -182,6 +183,15 @@ def test_resume_point_is_the_later_one_and_none_in_a_group() -> None:
 # Messages too large for the client
 
 
+@asynccontextmanager
+async def serving(broker: Broker) -> AsyncIterator[str]:
+    """*broker* serving on a free port of 127.0.0.1 for the block; its URL."""
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(broker.serve, "127.0.0.1", 0)
+        yield server.url
+        nursery.cancel_scope.cancel()
+
+
 async def wait_until(predicate: Callable[[], bool]) -> None:
     """Poll *predicate* until it holds (callers hold a hang guard): for counters of the
     client's that no event announces."""
@@ -207,25 +217,23 @@ async def test_a_stored_event_too_large_is_skipped_once_and_later_events_arrive(
     as missed, resumes after it, and receives what follows."""
     broker = Broker(store=MemoryStore(), stats_interval=None)  # 1 MiB messages
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(broker.serve, "127.0.0.1", 0)
-            async with (
-                open_client(server.url, max_message_size=4096, **FAST) as client,
-                client.subscribe("feed.>") as sub,
-            ):
-                await broker.bus.publish("feed.x", "before")
-                assert (await sub.receive()).data == "before"
-                too_large = await broker.bus.publish("feed.x", "x" * 10_000)
-                await broker.bus.publish("feed.x", "after")
-                got = await sub.receive()
-                assert (got.data, got.seq) == ("after", 3)
-                assert sub.missed == 1
-                await client.wait_connected()
-                await broker.bus.publish("feed.x", "live")
-                assert (await sub.receive()).data == "live"
-                stats = client.statistics()
-                assert (stats.oversized, stats.reconnects) == (1, 1)
-            nursery.cancel_scope.cancel()
+        async with (
+            serving(broker) as url,
+            open_client(url, max_message_size=4096, **FAST) as client,
+            client.subscribe("feed.>") as sub,
+        ):
+            await broker.bus.publish("feed.x", "before")
+            assert (await sub.receive()).data == "before"
+            too_large = await broker.bus.publish("feed.x", "x" * 10_000)
+            await broker.bus.publish("feed.x", "after")
+            got = await sub.receive()
+            assert (got.data, got.seq) == ("after", 3)
+            assert sub.missed == 1
+            await client.wait_connected()
+            await broker.bus.publish("feed.x", "live")
+            assert (await sub.receive()).data == "live"
+            stats = client.statistics()
+            assert (stats.oversized, stats.reconnects) == (1, 1)
     (warning,) = warnings_about(caplog, "was larger than this client's max_message_size")
     assert "4096 bytes" in warning
     assert "open_client(max_message_size=" in warning
@@ -238,17 +246,15 @@ async def test_an_event_too_large_in_bytes_only_is_skipped_too() -> None:
     the same way (the limit counts bytes)."""
     broker = Broker(store=MemoryStore(), stats_interval=None)
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(broker.serve, "127.0.0.1", 0)
-            async with (
-                open_client(server.url, max_message_size=4096, **FAST) as client,
-                client.subscribe("feed.>") as sub,
-            ):
-                await broker.bus.publish("feed.x", "é" * 3000)  # 3,000 characters, 6,000 bytes
-                await broker.bus.publish("feed.x", "after")
-                assert (await sub.receive()).data == "after"
-                assert (sub.missed, client.statistics().oversized) == (1, 1)
-            nursery.cancel_scope.cancel()
+        async with (
+            serving(broker) as url,
+            open_client(url, max_message_size=4096, **FAST) as client,
+            client.subscribe("feed.>") as sub,
+        ):
+            await broker.bus.publish("feed.x", "é" * 3000)  # 3,000 characters, 6,000 bytes
+            await broker.bus.publish("feed.x", "after")
+            assert (await sub.receive()).data == "after"
+            assert (sub.missed, client.statistics().oversized) == (1, 1)
 
 
 async def test_an_unstored_event_too_large_is_counted_and_the_client_goes_on(
@@ -258,23 +264,21 @@ async def test_an_unstored_event_too_large_is_counted_and_the_client_goes_on(
     is counted and reported; the subscription goes on after the reconnect."""
     broker = Broker(stats_interval=None)  # no store
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(broker.serve, "127.0.0.1", 0)
-            async with (
-                open_client(server.url, max_message_size=4096, **FAST) as client,
-                client.subscribe("live.>") as sub,
-            ):
-                await broker.bus.publish("live.x", "before")
-                assert (await sub.receive()).data == "before"
-                await broker.bus.publish("live.x", "x" * 10_000)
-                await wait_until(lambda: client.statistics().oversized == 1)
-                await client.wait_connected()
-                # the same connection, after the resubscribe: routed to the subscription
-                await client.publish("live.x", "after", ack=True)
-                assert (await sub.receive()).data == "after"
-                assert sub.missed == 0  # it cannot know which subscriptions it was for
-                assert client.statistics().reconnects == 1
-            nursery.cancel_scope.cancel()
+        async with (
+            serving(broker) as url,
+            open_client(url, max_message_size=4096, **FAST) as client,
+            client.subscribe("live.>") as sub,
+        ):
+            await broker.bus.publish("live.x", "before")
+            assert (await sub.receive()).data == "before"
+            await broker.bus.publish("live.x", "x" * 10_000)
+            await wait_until(lambda: client.statistics().oversized == 1)
+            await client.wait_connected()
+            # the same connection, after the resubscribe: routed to the subscription
+            await client.publish("live.x", "after", ack=True)
+            assert (await sub.receive()).data == "after"
+            assert sub.missed == 0  # it cannot know which subscriptions it was for
+            assert client.statistics().reconnects == 1
     assert warnings_about(caplog, "was larger than this client's max_message_size")
 
 
@@ -284,12 +288,11 @@ async def test_a_replay_batched_beyond_the_limit_is_read_in_pages() -> None:
     broker = Broker(store=MemoryStore(), stats_interval=None)
     total = 100
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(broker.serve, "127.0.0.1", 0)
+        async with serving(broker) as url:
             for i in range(total):
                 await broker.bus.publish("feed.x", {"i": i, "pad": "p" * 200})
             async with (
-                open_client(server.url, max_message_size=4096, **FAST) as client,
+                open_client(url, max_message_size=4096, **FAST) as client,
                 client.subscribe("feed.>", since=0) as sub,
             ):
                 got = [(await sub.receive()).data["i"] for _ in range(total)]
@@ -299,7 +302,6 @@ async def test_a_replay_batched_beyond_the_limit_is_read_in_pages() -> None:
                 await client.wait_connected()
                 await broker.bus.publish("feed.x", {"i": total})
                 assert (await sub.receive()).data["i"] == total
-            nursery.cancel_scope.cancel()
 
 
 async def test_reconnects_back_off_while_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,25 +310,23 @@ async def test_reconnects_back_off_while_nothing_changes(monkeypatch: pytest.Mon
     broker = Broker(stats_interval=None)
     attempts: list[int] = []
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(broker.serve, "127.0.0.1", 0)
-            async with (
-                open_client(server.url, max_message_size=4096, **FAST) as client,
-                client.subscribe("live.>"),
-            ):
-                backoff = client._backoff
+        async with (
+            serving(broker) as url,
+            open_client(url, max_message_size=4096, **FAST) as client,
+            client.subscribe("live.>"),
+        ):
+            backoff = client._backoff
 
-                def record(attempt: int) -> float:
-                    attempts.append(attempt)
-                    return backoff(attempt)
+            def record(attempt: int) -> float:
+                attempts.append(attempt)
+                return backoff(attempt)
 
-                monkeypatch.setattr(client, "_backoff", record)
-                for n in range(1, 4):
-                    await client.wait_connected()
-                    await client.publish("sync.x", None, ack=True)  # after the resubscribe
-                    await broker.bus.publish("live.x", "x" * 10_000)
-                    await wait_until(partial(oversized_is, client, n))
-            nursery.cancel_scope.cancel()
+            monkeypatch.setattr(client, "_backoff", record)
+            for n in range(1, 4):
+                await client.wait_connected()
+                await client.publish("sync.x", None, ack=True)  # after the resubscribe
+                await broker.bus.publish("live.x", "x" * 10_000)
+                await wait_until(partial(oversized_is, client, n))
     assert attempts == [1, 2, 3]
 
 

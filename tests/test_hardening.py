@@ -294,7 +294,8 @@ async def test_over_max_connections_the_upgrade_gets_503() -> None:
                     refused = exc
                 assert refused.response.status_code == 503, refused
                 assert trio.current_time() < deadline, "the freed slot was never reused"
-                await trio.sleep(0.05)
+                # A round trip through the broker on another connection, before trying again.
+                assert await in_thread(peers[1].ping) == []
             for peer in peers[1:]:
                 assert await in_thread(peer.ping) == []
             await in_thread(stack.close)

@@ -43,75 +43,60 @@ async def test_sqlite_store_with_full_sync_keeps_the_contract(tmp_path: Path) ->
     await check_store(lambda: SQLiteStore(next(paths), synchronous="full", max_events=10_000))
 
 
-class _ReversedReads(MemoryStore):
+class _BrokenReads(MemoryStore):
+    """A broken store whose reads pass through :meth:`_break`: given the events read with
+    max_bytes applied (when :attr:`honours_max_bytes`) or not, it returns what the read does."""
+
+    honours_max_bytes = True
+
+    async def read(
+        self,
+        pattern: str,
+        *,
+        after: int | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        max_bytes: int | None = None,
+    ) -> list[Event]:
+        bound = max_bytes if self.honours_max_bytes else None
+        events = await super().read(pattern, after=after, since=since, limit=limit, max_bytes=bound)
+        return self._break(events, max_bytes)
+
+    def _break(self, events: list[Event], max_bytes: int | None) -> list[Event]:
+        raise NotImplementedError
+
+
+class _ReversedReads(_BrokenReads):
     """A broken store: it returns events newest first."""
 
-    async def read(
-        self,
-        pattern: str,
-        *,
-        after: int | None = None,
-        since: datetime | None = None,
-        limit: int = 100,
-        max_bytes: int | None = None,
-    ) -> list[Event]:
-        return list(
-            reversed(
-                await super().read(
-                    pattern, after=after, since=since, limit=limit, max_bytes=max_bytes
-                )
-            )
-        )
+    def _break(self, events: list[Event], max_bytes: int | None) -> list[Event]:
+        return events[::-1]
 
 
-class _IgnoresMaxBytes(MemoryStore):
+class _IgnoresMaxBytes(_BrokenReads):
     """A broken store: its reads ignore max_bytes."""
 
-    async def read(
-        self,
-        pattern: str,
-        *,
-        after: int | None = None,
-        since: datetime | None = None,
-        limit: int = 100,
-        max_bytes: int | None = None,
-    ) -> list[Event]:
-        return await super().read(pattern, after=after, since=since, limit=limit)
+    honours_max_bytes = False
+
+    def _break(self, events: list[Event], max_bytes: int | None) -> list[Event]:
+        return events
 
 
-class _NothingOverBudget(MemoryStore):
+class _NothingOverBudget(_BrokenReads):
     """A broken store: a read returns nothing when the first event is larger than max_bytes."""
 
-    async def read(
-        self,
-        pattern: str,
-        *,
-        after: int | None = None,
-        since: datetime | None = None,
-        limit: int = 100,
-        max_bytes: int | None = None,
-    ) -> list[Event]:
-        events = await super().read(
-            pattern, after=after, since=since, limit=limit, max_bytes=max_bytes
-        )
+    def _break(self, events: list[Event], max_bytes: int | None) -> list[Event]:
         if max_bytes is not None and events and approximate_size(events[0]) > max_bytes:
             return []
         return events
 
 
-class _OneEventTooMany(MemoryStore):
+class _OneEventTooMany(_BrokenReads):
     """A broken store: max_bytes lets through the event that goes past it."""
 
-    async def read(
-        self,
-        pattern: str,
-        *,
-        after: int | None = None,
-        since: datetime | None = None,
-        limit: int = 100,
-        max_bytes: int | None = None,
-    ) -> list[Event]:
-        events = await super().read(pattern, after=after, since=since, limit=limit)
+    honours_max_bytes = False
+
+    def _break(self, events: list[Event], max_bytes: int | None) -> list[Event]:
         if max_bytes is None:
             return events
         total = 0
@@ -122,19 +107,12 @@ class _OneEventTooMany(MemoryStore):
         return events
 
 
-class _CountsBytesDifferently(MemoryStore):
+class _CountsBytesDifferently(_BrokenReads):
     """A broken store: its max_bytes counts the data alone, not approximate_size."""
 
-    async def read(
-        self,
-        pattern: str,
-        *,
-        after: int | None = None,
-        since: datetime | None = None,
-        limit: int = 100,
-        max_bytes: int | None = None,
-    ) -> list[Event]:
-        events = await super().read(pattern, after=after, since=since, limit=limit)
+    honours_max_bytes = False
+
+    def _break(self, events: list[Event], max_bytes: int | None) -> list[Event]:
         if max_bytes is None:
             return events
         total = 0
