@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from hypothesis import strategies as st
 
-from trio_realtime import Event, new_event_id
+from trio_realtime import Event
+from trio_realtime._event import new_event_id
 
 if TYPE_CHECKING:
     from hypothesis.strategies import DrawFn, SearchStrategy

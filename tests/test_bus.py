@@ -351,7 +351,7 @@ async def test_subscription_repr_and_receive_nowait() -> None:
     assert "g" in repr(sub)
     with pytest.raises(trio.WouldBlock):
         sub.receive_nowait()
-    sub._end()
+    sub.end()
     with pytest.raises(trio.EndOfChannel):
         sub.receive_nowait()
 

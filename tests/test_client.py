@@ -37,6 +37,7 @@ from trio_realtime import (
     RemoteProtocolError,
     RequestFailed,
     StoreUnavailable,
+    TooLarge,
     event_type,
     open_bus,
 )
@@ -492,7 +493,7 @@ async def test_frames_too_large_are_not_sent() -> None:
             open_client(url) as b,
             b.subscribe("big.>") as sub,
         ):
-            with pytest.raises(RemoteProtocolError) as info:
+            with pytest.raises(TooLarge) as info:
                 await a.publish("big.x", "x" * 8000, ack=True)
             assert info.value.code == "too_large"
             await a.publish("big.x", "y" * 8000)
@@ -515,7 +516,7 @@ async def test_frames_are_measured_in_bytes() -> None:
     """A frame within max_message_size in characters but not in UTF-8 bytes is not sent."""
     with trio.fail_after(TIMEOUT):
         async with running_broker() as (_, url), open_client(url, max_message_size=4096) as a:
-            with pytest.raises(RemoteProtocolError, match="bytes") as info:
+            with pytest.raises(TooLarge, match="bytes") as info:
                 await a.publish("big.x", "é" * 3000, ack=True)  # 3000 characters, 6000 bytes
             assert info.value.code == "too_large"
             assert (await a.publish("big.x", "é" * 1500, ack=True)).data == "é" * 1500
@@ -616,7 +617,7 @@ async def test_history_answer_too_large_is_asked_again_for_fewer_events() -> Non
             assert [e.data for e in got] == [0, 1, 2, 3]
             assert asked == [4, 2, 2]  # too large; two (a full page: ask again); two
             asked.clear()
-            with pytest.raises(RemoteProtocolError, match="max_message_size") as info:
+            with pytest.raises(TooLarge, match="max_message_size") as info:
                 await client.history("h.big", limit=2)
             assert info.value.code == "too_large"
             assert asked == [2, 1, 1]  # one event alone is too large, twice
@@ -1284,7 +1285,7 @@ class FakeTransport:
 
 def make_link(nursery: trio.Nursery, transport: FakeTransport) -> Link:
     """A client's link over *transport*, past the handshake (heartbeat 5 s)."""
-    client = Client(
+    client = Client._create(
         nursery,
         "ws://fake/",
         token=None,

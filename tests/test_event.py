@@ -28,8 +28,14 @@ from strategies import (
     json_values,
 )
 
-from trio_realtime import Event, InvalidTopic, _event, event_type, new_event_id
-from trio_realtime._event import check_json, parse_time, registered_type, type_for_name
+from trio_realtime import Event, InvalidTopic, _event, event_type
+from trio_realtime._event import (
+    check_json,
+    new_event_id,
+    parse_time,
+    registered_type,
+    type_for_name,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Typed payloads used by several tests (registered once, at import)

@@ -708,7 +708,8 @@ async def test_stored_events_take_memory_in_proportion_to_their_size(
 
 
 async def test_an_event_id_belongs_to_its_publisher() -> None:
-    """Finding 8: another publisher's id is `bad_frame`; the same publisher's is a duplicate ack."""
+    """Finding 8: another publisher's id is `duplicate_id`; the same publisher's is acked as a
+    duplicate."""
     event_id = f"dup-{secrets.token_hex(8)}"
     with trio.fail_after(TEST_TIMEOUT):
         async with open_broker_process("--store", "memory") as broker:
@@ -727,7 +728,7 @@ async def test_an_event_id_belongs_to_its_publisher() -> None:
 
                     other = b.publish(2, topic="dup.x", id=event_id, data="b")
                     assert other["type"] == "error", f"B got {other} for A's id"
-                    assert other["code"] == "bad_frame", other
+                    assert other["code"] == "duplicate_id", other
                     assert event_id in other["message"], other
 
                     again = a.publish(3, topic="dup.x", id=event_id, data="a")

@@ -239,7 +239,7 @@ async def test_duplicate_ids_are_scoped_to_their_publisher() -> None:
     assert not first.get("duplicate", False)
     assert (again["seq"], again["duplicate"]) == (1, True)
     assert (resent["seq"], resent["duplicate"]) == (1, True)
-    assert forged["code"] == "bad_frame"
+    assert forged["code"] == "duplicate_id"
     assert forged["ref"] == 3
     assert "chosen-id" in forged["message"]
     assert [e["data"] for e in stored] == [1]

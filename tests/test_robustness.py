@@ -49,7 +49,7 @@ async def test_a_stored_event_id_published_again_gets_an_error_frame() -> None:
                 publish = {"type": "publish", "event": wire, "ref": 7}
                 await ws.send_message(orjson.dumps(publish).decode())
                 error = orjson.loads(await ws.get_message())
-                assert (error["type"], error["ref"], error["code"]) == ("error", 7, "bad_frame")
+                assert (error["type"], error["ref"], error["code"]) == ("error", 7, "duplicate_id")
                 assert "already stored" in error["message"]
                 await ws.send_message('{"type": "ping"}')
                 assert orjson.loads(await ws.get_message()) == {"type": "pong"}

@@ -30,13 +30,12 @@ from strategies import (
 import trio_realtime
 from trio_realtime import (
     InvalidTopic,
-    PatternIndex,
     _topics,
     topic_matches,
     validate_pattern,
     validate_topic,
 )
-from trio_realtime._topics import MAX_TOPIC_LENGTH, TopicTree, is_reserved
+from trio_realtime._topics import MAX_TOPIC_LENGTH, PatternIndex, TopicTree, is_reserved
 
 # ---------------------------------------------------------------------------------------------
 # Validation: examples for every rule

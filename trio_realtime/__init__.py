@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from ._broker import Broker as Broker
+from ._broker import BrokerOptions as BrokerOptions
 from ._broker import BrokerServer as BrokerServer
 from ._broker import BrokerStatistics as BrokerStatistics
 from ._broker import serve_broker as serve_broker
 from ._bus import Bus as Bus
 from ._bus import BusStatistics as BusStatistics
 from ._bus import open_bus as open_bus
-from ._channel import DEFAULT_BUFFER_SIZE as DEFAULT_BUFFER_SIZE
-from ._channel import DEFAULT_REQUEST_TIMEOUT as DEFAULT_REQUEST_TIMEOUT
 from ._channel import EventChannel as EventChannel
 from ._channel import Handler as Handler
+from ._channel import Offered as Offered
 from ._channel import Overflow as Overflow
+from ._channel import Sink as Sink
 from ._channel import Subscription as Subscription
 from ._channel import SubscriptionStatistics as SubscriptionStatistics
 from ._client import Client as Client
@@ -21,23 +22,25 @@ from ._client import ClientState as ClientState
 from ._client import ClientStatistics as ClientStatistics
 from ._client import open_client as open_client
 from ._errors import ConnectionClosed as ConnectionClosed
+from ._errors import DuplicateEventId as DuplicateEventId
 from ._errors import EpochChanged as EpochChanged
 from ._errors import HandshakeError as HandshakeError
 from ._errors import InvalidTopic as InvalidTopic
+from ._errors import LimitExceeded as LimitExceeded
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import NoResponders as NoResponders
 from ._errors import PermissionDenied as PermissionDenied
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RealtimeError as RealtimeError
+from ._errors import Refused as Refused
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._errors import RequestFailed as RequestFailed
 from ._errors import SlowConsumer as SlowConsumer
 from ._errors import StoreError as StoreError
 from ._errors import StoreUnavailable as StoreUnavailable
+from ._errors import TooLarge as TooLarge
 from ._event import Event as Event
 from ._event import event_type as event_type
-from ._event import new_event_id as new_event_id
-from ._topics import PatternIndex as PatternIndex
 from ._topics import topic_matches as topic_matches
 from ._topics import validate_pattern as validate_pattern
 from ._topics import validate_topic as validate_topic
@@ -45,9 +48,8 @@ from ._topics import validate_topic as validate_topic
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "DEFAULT_BUFFER_SIZE",
-    "DEFAULT_REQUEST_TIMEOUT",
     "Broker",
+    "BrokerOptions",
     "BrokerServer",
     "BrokerStatistics",
     "Bus",
@@ -56,28 +58,32 @@ __all__ = [
     "ClientState",
     "ClientStatistics",
     "ConnectionClosed",
+    "DuplicateEventId",
     "EpochChanged",
     "Event",
     "EventChannel",
     "Handler",
     "HandshakeError",
     "InvalidTopic",
+    "LimitExceeded",
     "LocalProtocolError",
     "NoResponders",
+    "Offered",
     "Overflow",
-    "PatternIndex",
     "PermissionDenied",
     "ProtocolError",
     "RealtimeError",
+    "Refused",
     "RemoteProtocolError",
     "RequestFailed",
+    "Sink",
     "SlowConsumer",
     "StoreError",
     "StoreUnavailable",
     "Subscription",
     "SubscriptionStatistics",
+    "TooLarge",
     "event_type",
-    "new_event_id",
     "open_bus",
     "open_client",
     "serve_broker",

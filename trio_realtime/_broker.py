@@ -16,7 +16,7 @@ import secrets
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypedDict, Unpack
 
 import attrs
 import trio
@@ -33,7 +33,7 @@ from .protocol import CLOSE_GOING_AWAY
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Broker", "BrokerServer", "BrokerStatistics", "serve_broker"]
+__all__ = ["Broker", "BrokerOptions", "BrokerServer", "BrokerStatistics", "serve_broker"]
 
 logger = logging.getLogger("trio_realtime.broker")
 
@@ -598,18 +598,41 @@ class Broker:
         )
 
 
+class BrokerOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`Broker` (all optional), as :func:`serve_broker`
+    takes them; see :class:`Broker` for what each means."""
+
+    bus: Bus | None
+    store: Store | None
+    persist: Sequence[str] | None
+    name: str
+    heartbeat: float
+    handshake_timeout: float
+    max_message_size: int
+    max_connections: int | None
+    max_subscriptions: int
+    max_retained: int | None
+    max_pending_bytes: int
+    max_replays: int
+    session_buffer: int
+    slow_consumer: Literal["drop_oldest", "disconnect"]
+    stats_interval: float | None
+    shutdown_timeout: float
+
+
 async def serve_broker(
     host: str = "127.0.0.1",
     port: int = 8765,
     *,
     ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[BrokerServer] = trio.TASK_STATUS_IGNORED,
-    **broker_options: Any,
+    **broker_options: Unpack[BrokerOptions],
 ) -> NoReturn:
     """Run a :class:`Broker` built with *broker_options* on *host*:*port*; a startable task.
 
     ``server = await nursery.start(serve_broker, "127.0.0.1", 0)`` is the shortcut for
-    ``await nursery.start(Broker(**broker_options).serve, "127.0.0.1", 0)``.
+    ``await nursery.start(Broker(**broker_options).serve, "127.0.0.1", 0)``. The options are
+    :class:`BrokerOptions`: the keyword arguments of :class:`Broker`, type-checked.
     """
     await Broker(**broker_options).serve(
         host, port, ssl_context=ssl_context, task_status=task_status

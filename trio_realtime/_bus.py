@@ -12,27 +12,30 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
 
 from ._channel import (
+    ACCEPTED,
     DEFAULT_BUFFER_SIZE,
     DEFAULT_REQUEST_TIMEOUT,
+    FULL,
     Handler,
     Overflow,
     OverflowLike,
+    Sink,
     Subscription,
     pattern_and_type,
 )
-from ._errors import NoResponders, StoreUnavailable
+from ._errors import DuplicateEventId, NoResponders, StoreUnavailable
 from ._event import Event, make_event
 from ._replay import ReplaySink
 from ._requests import DEFAULT_MAX_CONCURRENCY, check_reply, new_inbox, serving
 from ._retained import DEFAULT_MAX_RETAINED, RetainedValues
 from ._topics import INBOX_PREFIX, PatternIndex, validate_pattern, validate_topic
-from ._util import open_service_nursery
+from ._util import NoPublicConstructor, open_service_nursery
 
 if TYPE_CHECKING:
     from .store import Store
@@ -52,36 +55,11 @@ MAX_PENDING_COMMITS: Final = 16384
 DEDUPE_WINDOW: Final = 100_000
 
 
-def _taken(event_id: str) -> ValueError:
-    return ValueError(
+def _taken(event_id: str) -> DuplicateEventId:
+    return DuplicateEventId(
         f"event id {event_id!r} was already stored by another publisher; event ids must be "
         "unique (leave the id out and the broker assigns one)"
     )
-
-
-class Sink(Protocol):
-    """What the bus routes events to (a :class:`Subscription`, a broker session's subscription)."""
-
-    @property
-    def pattern(self) -> str: ...
-
-    @property
-    def group(self) -> str | None: ...
-
-    def _offer(self, event: Event, *, force: bool = False) -> int: ...
-
-    async def _wait_room(self) -> None: ...
-
-    def _has_room(self) -> bool: ...
-
-    def _end(self) -> None: ...
-
-    def _fail(self, exc: BaseException) -> None: ...
-
-    def _add_missed(self, n: int) -> None: ...
-
-    @property
-    def _ended(self) -> bool: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -145,7 +123,7 @@ class PendingCommit:
         return self.result
 
 
-class Bus:
+class Bus(metaclass=NoPublicConstructor):
     """The in-process event router. Get one from :func:`open_bus`.
 
     A bus implements :class:`~trio_realtime.EventChannel`. It is not thread-safe: use it from
@@ -326,10 +304,10 @@ class Bus:
         if route.groups:  # one member of each queue group
             sinks = [*sinks, *map(self._pick, route.groups)]
         for sink in sinks:
-            outcome = sink._offer(event)
-            if outcome > 0:
+            outcome = sink.offer(event)
+            if outcome is ACCEPTED:
                 delivered += 1
-            elif outcome < 0:
+            elif outcome is FULL:
                 if blocked is None:
                     blocked = []
                 blocked.append(sink)
@@ -343,10 +321,10 @@ class Bus:
         self._unyielded = 0
         for sink in blocked:
             while True:
-                await sink._wait_room()
-                outcome = sink._offer(event)
-                if outcome >= 0:
-                    self._delivered += outcome
+                await sink.wait_room()
+                outcome = sink.offer(event)
+                if outcome is not FULL:
+                    self._delivered += outcome is ACCEPTED
                     break
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -358,7 +336,7 @@ class Bus:
         n = len(members)
         for i in range(n):
             sink = members[(start + i) % n]
-            if sink._has_room():
+            if sink.has_room():
                 self._rotation[group] = start + i + 1
                 return sink
         self._rotation[group] = start + 1
@@ -457,7 +435,8 @@ class Bus:
         except (ValueError, TypeError) as exc:
             if len(batch) == 1:
                 logger.warning("event %s was not stored: %s", batch[0].event.id, exc)
-                return [exc]
+                # The store refuses an event with ValueError only for its id (see Store.append).
+                return [DuplicateEventId(str(exc)) if isinstance(exc, ValueError) else exc]
             # One bad event (such as an id stored long ago) must not fail its neighbours.
             return [(await self._append(store, [p]))[0] for p in batch]
         except Exception as exc:
@@ -502,7 +481,7 @@ class Bus:
         self._routes.clear()
         if retained and self._retained:
             for event in self.retained(sink.pattern):
-                sink._offer(event, force=True)
+                sink.offer(event, force=True)
 
     def remove_sink(self, sink: Sink) -> None:
         """Stop routing to *sink*; a no-op if it is not routed to."""
@@ -622,7 +601,7 @@ class Bus:
                     await stand_in.replay(store, since, self.retained)
                 except Exception as exc:
                     logger.exception("replaying %r from the store failed", sub.pattern)
-                    sub._fail(exc)
+                    sub.fail(exc)
             # Cancelled: the subscription's block exited; it is removed there.
         finally:
             if on_done is not None:
@@ -724,7 +703,7 @@ class Bus:
         """End every subscription and refuse further publishes."""
         self._closed = True
         for sink in self._index.match_all():
-            sink._end()
+            sink.end()
         for pending in self._pending:
             pending.error = trio.ClosedResourceError("the bus closed before storing the event")
             pending.done.set()
@@ -766,7 +745,7 @@ async def open_bus(
         if store is not None:
             await store.open()
         async with open_service_nursery() as nursery:
-            bus = Bus(
+            bus = Bus._create(
                 nursery, source=source, store=store, persist=persist, max_retained=max_retained
             )
             if store is not None:

@@ -1,8 +1,8 @@
 """The EventChannel interface and the Subscription every implementation hands out.
 
 A :class:`Subscription` is a bounded buffer of events with an explicit overflow policy. The
-producer side (the bus routing a publish, or the remote client's reader) calls the private
-``_offer`` / ``_wait_room`` methods; the consumer side iterates it.
+producer side (the bus routing a publish, or the remote client's reader) uses the
+:class:`Sink` methods (``offer``, ``wait_room``…); the consumer side iterates it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "EventChannel",
     "Handler",
+    "Offered",
     "Overflow",
+    "Sink",
     "Subscription",
     "SubscriptionStatistics",
 ]
@@ -76,6 +78,70 @@ class Overflow(enum.Enum):
 
 
 OverflowLike = Overflow | str
+
+
+class Offered(enum.Enum):
+    """What became of an event offered to a :class:`Sink`.
+
+    ``ACCEPTED``
+        The sink took it (buffered, queued, or held for later delivery).
+    ``DROPPED``
+        The sink let it go: its policy dropped it (counted as missed), its payload type
+        rejected it, or the sink has ended.
+    ``FULL``
+        The sink is full and its policy is ``block``: nothing was done. The producer waits
+        on :meth:`Sink.wait_room` and offers the event again.
+    """
+
+    ACCEPTED = "accepted"
+    DROPPED = "dropped"
+    FULL = "full"
+
+
+ACCEPTED: Final = Offered.ACCEPTED
+DROPPED: Final = Offered.DROPPED
+FULL: Final = Offered.FULL
+
+
+class Sink(Protocol):
+    """Where the bus routes the events that match one subscription.
+
+    A :class:`Subscription` is one; a broker session's remote subscription and a replay in
+    progress are others. Every method is synchronous and never blocks but
+    :meth:`wait_room`; none of them raises.
+    """
+
+    @property
+    def pattern(self) -> str:
+        """The pattern the sink subscribed to."""
+
+    @property
+    def group(self) -> str | None:
+        """Its queue group, or None."""
+
+    @property
+    def ended(self) -> bool:
+        """True once no more events are taken (:meth:`offer` answers ``DROPPED``)."""
+
+    def offer(self, event: Event, *, force: bool = False) -> Offered:
+        """Hand over *event* without waiting. With *force*, a full ``block`` sink takes it
+        past its size instead of answering ``FULL`` (for the few events a subscriber must
+        get at once, such as retained values when it subscribes)."""
+
+    def has_room(self) -> bool:
+        """Whether an offer now would be taken without overflow."""
+
+    async def wait_room(self) -> None:
+        """Return once the sink has room or has ended."""
+
+    def add_missed(self, n: int) -> None:
+        """Count *n* events lost before they reached the sink."""
+
+    def end(self) -> None:
+        """No more events will come; what was taken is still delivered."""
+
+    def fail(self, exc: BaseException) -> None:
+        """End the sink because of *exc*, which its consumer gets."""
 
 
 def as_overflow(value: OverflowLike) -> Overflow:
@@ -312,51 +378,59 @@ class Subscription:
             return None
         return attrs.evolve(event, data=data)
 
-    def _has_room(self) -> bool:
+    # -- the Sink protocol ------------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        """True once no more events will come (the consumer still drains the buffer)."""
+        return self._ended
+
+    def has_room(self) -> bool:
+        """Whether the buffer has room for one more event."""
         return len(self._buffer) < self.max_buffer_size
 
-    def _offer(self, event: Event, *, force: bool = False) -> int:
-        """Hand *event* to the subscription without waiting.
+    def offer(self, event: Event, *, force: bool = False) -> Offered:
+        """Hand *event* to the subscription without waiting; see :meth:`Sink.offer`.
 
-        Returns 1 if it was buffered, 0 if it was dropped, rejected or the subscription has
-        ended, and -1 if the buffer is full and the policy is ``block`` (the producer must
-        ``await _wait_room()`` and offer again). With *force*, a ``block`` subscription
-        buffers past its size instead (used for retained events at subscribe time).
+        A full buffer applies the overflow policy: ``block`` answers ``FULL`` (the producer
+        awaits :meth:`wait_room` and offers again), the others drop and answer ``DROPPED``.
+        With *force*, a ``block`` subscription buffers past its size instead (used for
+        retained events at subscribe time).
         """
         if self._ended:
-            return 0
+            return DROPPED
         if self.payload_type is not None:
             converted = self._convert(event)
             if converted is None:
-                return 0
+                return DROPPED
             event = converted
         buffer = self._buffer
         if len(buffer) >= self.max_buffer_size:
             policy = self.overflow
             if policy is Overflow.BLOCK:
                 if not force:
-                    return -1
+                    return FULL
             elif policy is Overflow.DROP_OLDEST:
                 buffer.popleft()
                 self._missed += 1
             elif policy is Overflow.DROP_NEWEST:
                 self._missed += 1
-                return 0
+                return DROPPED
             else:
                 self._missed += 1 + len(buffer)
                 buffer.clear()
-                self._fail(
+                self.fail(
                     SlowConsumer(
                         f"subscription {self.pattern!r} fell behind by more than "
                         f"{self.max_buffer_size} events and was disconnected "
                         f"(overflow='disconnect')"
                     )
                 )
-                return 0
+                return DROPPED
         buffer.append(event)
         if self._waiting_readers:
             self._readers.unpark()
-        return 1
+        return ACCEPTED
 
     def _notify(self, exc: BaseException) -> None:
         """Make the receive after the events buffered now raise *exc*, once; then go on."""
@@ -366,11 +440,11 @@ class Subscription:
         if self._waiting_readers:
             self._readers.unpark()
 
-    def _add_missed(self, n: int) -> None:
+    def add_missed(self, n: int) -> None:
         """Count *n* events lost before they reached this subscription (a broker's ``gap``)."""
         self._missed += n
 
-    async def _wait_room(self) -> None:
+    async def wait_room(self) -> None:
         """Wait until the buffer has room (or the subscription ends)."""
         while not self._ended and len(self._buffer) >= self.max_buffer_size:
             self._waiting_writers += 1
@@ -379,15 +453,15 @@ class Subscription:
             finally:
                 self._waiting_writers -= 1
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
         """End the subscription: its next receive raises *exc*."""
         self._buffer.clear()
         self._failure = exc
-        self._end()
+        self.end()
         if self._on_disconnect is not None:
             self._on_disconnect(self)
 
-    def _end(self) -> None:
+    def end(self) -> None:
         """No more events will come; the consumer drains the buffer, then iteration ends."""
         self._ended = True
         self._readers.unpark_all()
@@ -395,7 +469,7 @@ class Subscription:
 
     def _close(self) -> None:
         """The owner's block exited: drop the buffer; further receives raise."""
-        self._end()
+        self.end()
         self._closed = True
         self._buffer.clear()
 

@@ -62,7 +62,7 @@ from ._transport import (
     open_transport,
     parse_url,
 )
-from ._util import open_service_nursery
+from ._util import NoPublicConstructor, open_service_nursery
 from .protocol import Publish
 
 __all__ = ["Client", "ClientState", "ClientStatistics", "open_client"]
@@ -87,7 +87,7 @@ DEFAULT_SOURCE: Final = "trio-realtime"
 PUBLISH_BATCH: Final = 64
 
 
-class Client:
+class Client(metaclass=NoPublicConstructor):
     """A connection to a broker that implements :class:`~trio_realtime.EventChannel`.
 
     Get one from :func:`open_client`. It is not thread-safe: use it from the Trio thread it
@@ -399,7 +399,7 @@ class Client:
             rs.settle(error)
         elif rs.sub is not None:
             logger.warning("the broker refused to resubscribe %r: %s", rs.pattern, error)
-            rs.sub._fail(error)
+            rs.sub.fail(error)
 
     # -- request/reply --------------------------------------------------------------------
 
@@ -724,9 +724,9 @@ class Client:
             rs.settle(self._closed_error())
             if rs.sub is not None:
                 if reason is None:
-                    rs.sub._end()
+                    rs.sub.end()
                 else:
-                    rs.sub._fail(self._closed_error())
+                    rs.sub.fail(self._closed_error())
         link = self._link
         waiting: list[Any] = self._outbox.close()
         if link is not None:
@@ -833,7 +833,7 @@ async def open_client(
     if max_message_size < 1024:
         raise ValueError(f"max_message_size must be at least 1024, not {max_message_size!r}")
     async with open_service_nursery() as nursery:
-        client = Client(
+        client = Client._create(
             nursery,
             url,
             token=token,

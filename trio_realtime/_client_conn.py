@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
 
+from ._channel import FULL
 from ._client_state import OutboxItem, Pending, RemoteSub, error_from_frame
 from ._errors import (
     ConnectionClosed,
     HandshakeError,
     RemoteProtocolError,
+    TooLarge,
 )
 from ._event import Event
 from ._transport import open_transport
@@ -297,7 +299,7 @@ class Link:
                             last = rs.last_seq
                             if last is not None and seq <= last:
                                 continue  # delivered already (a resume overlaps what it had)
-                        if sub._offer(event) < 0:
+                        if sub.offer(event) is FULL:
                             await self._offer_blocking(sub, event)
                         if seq is not None:
                             # Only once the subscription has it: a resume starts after it.
@@ -319,8 +321,8 @@ class Link:
         self.stalled = True
         try:
             while True:
-                await sub._wait_room()
-                if sub._offer(event) >= 0:
+                await sub.wait_room()
+                if sub.offer(event) is not FULL:
                     return
         finally:
             self.stalled = False
@@ -349,10 +351,10 @@ class Link:
                 # A broker that does not say how many were stored: assume all may be.
                 stored = item.missed if item.stored is None else min(item.stored, item.missed)
                 if item.missed > stored:
-                    rs.sub._add_missed(item.missed - stored)  # not stored: lost for good
+                    rs.sub.add_missed(item.missed - stored)  # not stored: lost for good
                 if stored:
                     if rs.resume_point() is None:
-                        rs.sub._add_missed(stored)
+                        rs.sub.add_missed(stored)
                     else:
                         self.catch_up(rs)  # the store has them
         elif cls is Error:
@@ -479,7 +481,7 @@ class Link:
             if item.ref is not None:
                 self.inflight.pop(item.ref, None)
                 item.ref = None
-            item.fail(RemoteProtocolError(message, code="too_large"))
+            item.fail(TooLarge(message))
         else:
             self.client._errors += 1
             logger.error("%s", message)
@@ -736,15 +738,15 @@ async def catch_up_oversized(prober: Prober, rs: RemoteSub, sub: Subscription) -
                 seq,
                 prober.max_message_size,
             )
-            sub._add_missed(1)
+            sub.add_missed(1)
             skipped += 1
             rs.advance_to(seq)
             after = seq
             too_large = MAX_CATCH_UP_PAGE + 1  # that one was why
             continue
         for event in result.events:
-            while sub._offer(event) < 0:
-                await sub._wait_room()
+            while sub.offer(event) is FULL:
+                await sub.wait_room()
             if event.seq is not None:
                 rs.advance_to(event.seq)
                 after = event.seq

@@ -20,21 +20,19 @@ import trio
 from ._errors import (
     ConnectionClosed,
     HandshakeError,
-    InvalidTopic,
-    NoResponders,
-    PermissionDenied,
+    LocalProtocolError,
     RemoteProtocolError,
-    StoreUnavailable,
+    TooLarge,
+    refusal,
 )
 from ._event import Event, parse_time
 from .protocol import (
+    BAD_FRAME,
     CLOSE_POLICY,
     CLOSE_PROTOCOL,
-    FORBIDDEN,
-    INVALID_TOPIC,
-    NO_RESPONDERS,
-    NO_STORE,
-    TOO_LARGE,
+    PROTOCOL,
+    UNKNOWN_TYPE,
+    UNSUPPORTED_PROTOCOL,
     Ack,
     ClientFrame,
     Error,
@@ -74,20 +72,20 @@ T = TypeVar("T")
 def error_from_frame(error: Error, topic: str) -> Exception:
     """The exception that reports the broker's *error* about an operation on *topic*.
 
-    ``invalid_topic`` is :exc:`InvalidTopic`, ``forbidden`` :exc:`PermissionDenied`,
-    ``no_responders`` :exc:`NoResponders`, ``no_store`` :exc:`StoreUnavailable` (as a bus
-    without a store raises); any other code is a :exc:`RemoteProtocolError` carrying it.
+    A protocol code (``bad_frame``, ``unknown_type``, ``protocol``) means the broker found
+    this client's frame wrong: :exc:`LocalProtocolError`. Every other code is a refusal:
+    :func:`~trio_realtime._errors.refusal` maps it to the :exc:`Refused` subclass a bus
+    raises in the same situation.
     """
-    code = error.code
-    if code == INVALID_TOPIC:
-        return InvalidTopic(topic, f"refused by the broker: {error.message}")
-    if code == FORBIDDEN:
-        return PermissionDenied(f"the broker refused it: {error.message}")
-    if code == NO_RESPONDERS:
-        return NoResponders(topic)
-    if code == NO_STORE:
-        return StoreUnavailable(f"the broker has no store: {error.message}")
-    return RemoteProtocolError(f"the broker refused it ({code}): {error.message}", code=code)
+    if error.code in _PROTOCOL_CODES:
+        return LocalProtocolError(
+            f"the broker found this client's frame wrong ({error.code}): {error.message}",
+            code=error.code,
+        )
+    return refusal(error.code, error.message, topic=topic)
+
+
+_PROTOCOL_CODES: Final = frozenset({BAD_FRAME, UNKNOWN_TYPE, PROTOCOL, UNSUPPORTED_PROTOCOL})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,11 +440,10 @@ class HistoryQuery(Pending[HistoryPage]):
         if self.since_time is not None:
             where = f"from {self.since_time}"
         self.fail(
-            RemoteProtocolError(
+            TooLarge(
                 f"a stored event matching {self.topic!r} {where} is larger than this "
                 f"client's max_message_size ({max_message_size} bytes); raise it (the "
-                f"max_message_size argument of open_client) to read it",
-                code=TOO_LARGE,
+                f"max_message_size argument of open_client) to read it"
             )
         )
 

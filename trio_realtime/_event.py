@@ -12,7 +12,8 @@ import itertools
 import os
 import re
 import time as _time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 from urllib.parse import quote, unquote_plus
@@ -126,6 +127,31 @@ def event_type(name: str, *, topic: str | None = None) -> Callable[[C], C]:
         return cls
 
     return register
+
+
+_temporary: dict[type, int] = {}
+
+
+@contextmanager
+def temporary_event_type(cls: type, name: str) -> Iterator[None]:
+    """Register *cls* under *name* (as :func:`event_type` does) for the ``with`` block only.
+
+    Nested and concurrent blocks for the same class share one registration, removed when
+    the last exits; a class registered for good stays so.
+    """
+    permanent = registered_type(cls) is not None and cls not in _temporary
+    if not permanent:
+        event_type(name)(cls)
+        _temporary[cls] = _temporary.get(cls, 0) + 1
+    try:
+        yield
+    finally:
+        if not permanent:
+            _temporary[cls] -= 1
+            if not _temporary[cls]:
+                del _temporary[cls]
+                del _types_by_class[cls]
+                del _types_by_name[name]
 
 
 def registered_type(cls: type) -> tuple[str, str] | None:

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from ._channel import ACCEPTED, DROPPED, Offered, Sink
 from ._event import Event
 from .protocol import encoded_size
 
 if TYPE_CHECKING:
-    from ._bus import Sink
     from .store import Store
 
 __all__ = [
@@ -74,11 +74,11 @@ class ReplaySink:
             )
             for event in page:
                 # Replay is lossless whatever the policy: wait for room.
-                while not sub._has_room():
-                    await sub._wait_room()
-                    if sub._ended:
+                while not sub.has_room():
+                    await sub.wait_room()
+                    if sub.ended:
                         return
-                sub._offer(event)
+                sub.offer(event)
                 after = event.seq
             when = None if after is not None else when
             if page:  # (a page may be short for its bytes: only an empty one is the end)
@@ -89,7 +89,7 @@ class ReplaySink:
                 continue
             for event in retained(sub.pattern):
                 if event.seq is None:
-                    sub._offer(event, force=True)
+                    sub.offer(event, force=True)
             self.go_live(after)
             return
 
@@ -104,24 +104,24 @@ class ReplaySink:
         self.live = True
         for event in self.held:
             if event.seq is None or after is None or event.seq > after:
-                self.sub._offer(event, force=True)
+                self.sub.offer(event, force=True)
         self.held.clear()
         self.held_bytes = 0
 
-    def _offer(self, event: Event, *, force: bool = False) -> int:
-        if self.sub._ended:
-            return 0
+    def offer(self, event: Event, *, force: bool = False) -> Offered:
+        if self.sub.ended:
+            return DROPPED
         if self.live:
             seq = event.seq
             if seq is not None and self.after is not None and seq <= self.after:
-                return 0  # the replay delivered it already
-            return self.sub._offer(event, force=force)
+                return DROPPED  # the replay delivered it already
+            return self.sub.offer(event, force=force)
         if not self.overflowed and len(self.held) < MAX_HELD_DURING_REPLAY:
             size = encoded_size(event)
             if self.held_bytes + size <= MAX_HELD_BYTES_DURING_REPLAY:
                 self.held.append(event)
                 self.held_bytes += size
-                return 1
+                return ACCEPTED
         if not self.overflowed:
             # Too much held back: let it go and re-read the store, which has the stored
             # events; those of unstored topics are lost, and counted.
@@ -131,30 +131,31 @@ class ReplaySink:
             self.held_bytes = 0
         if event.seq is None:
             self._lose([event])
-        return 1
+            return DROPPED
+        return ACCEPTED  # the store has it: the next read delivers it
 
     def _lose(self, events: list[Event]) -> None:
         if events:
-            self.sub._add_missed(len(events))
+            self.sub.add_missed(len(events))
 
-    async def _wait_room(self) -> None:
+    async def wait_room(self) -> None:
         if self.live:
-            await self.sub._wait_room()
+            await self.sub.wait_room()
         else:
             await trio.lowlevel.checkpoint()
 
-    def _has_room(self) -> bool:
-        return self.sub._has_room() if self.live else True
+    def has_room(self) -> bool:
+        return self.sub.has_room() if self.live else True
 
-    def _end(self) -> None:
-        self.sub._end()
+    def end(self) -> None:
+        self.sub.end()
 
-    def _fail(self, exc: BaseException) -> None:
-        self.sub._fail(exc)
+    def fail(self, exc: BaseException) -> None:
+        self.sub.fail(exc)
 
-    def _add_missed(self, n: int) -> None:
-        self.sub._add_missed(n)
+    def add_missed(self, n: int) -> None:
+        self.sub.add_missed(n)
 
     @property
-    def _ended(self) -> bool:
-        return self.sub._ended
+    def ended(self) -> bool:
+        return self.sub.ended

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import trio
 
 from ._bus import PendingCommit
+from ._channel import ACCEPTED, DROPPED, Offered
 from ._errors import (
     ConnectionClosed,
     InvalidTopic,
     LocalProtocolError,
     NoResponders,
+    Refused,
     RemoteProtocolError,
     StoreError,
     StoreUnavailable,
@@ -131,29 +133,29 @@ class RemoteSubscription:
         self.group = group
         self.missed = 0
         self.replay: trio.CancelScope | None = None
-        self._ended = False
+        self.ended = False
 
-    def _offer(self, event: Event, *, force: bool = False) -> int:
-        if self._ended:
-            return 0
+    def offer(self, event: Event, *, force: bool = False) -> Offered:
+        if self.ended:
+            return DROPPED
         self.session._enqueue_event(self.id, event)
-        return 1
+        return ACCEPTED
 
-    def _has_room(self) -> bool:
+    def has_room(self) -> bool:
         return self.session._has_room()
 
-    async def _wait_room(self) -> None:
+    async def wait_room(self) -> None:
         await self.session._wait_room()
 
-    def _end(self) -> None:
-        self._ended = True
+    def end(self) -> None:
+        self.ended = True
 
-    def _add_missed(self, n: int) -> None:
+    def add_missed(self, n: int) -> None:
         self.missed += n
         self.session._gaps[self.id] = self.session._gaps.get(self.id, 0) + n
 
-    def _fail(self, exc: BaseException) -> None:
-        self._ended = True
+    def fail(self, exc: BaseException) -> None:
+        self.ended = True
         self.session._enqueue(
             Error(ref=self.id, code=INTERNAL, message=f"subscription {self.id} ended: {exc}")
         )
@@ -241,7 +243,7 @@ class Session:
                 self._slow = True
                 self.broker._count_error(SLOW_CONSUMER)
                 for remote in self.subscriptions.values():
-                    remote._end()  # a replay waiting for room stops too
+                    remote.end()  # a replay waiting for room stops too
                 self._writer_lot.unpark_all()
                 self._room_lot.unpark_all()
             return
@@ -466,7 +468,7 @@ class Session:
         for sub in self.subscriptions.values():
             if sub.replay is not None:
                 sub.replay.cancel()
-            sub._end()
+            sub.end()
             self.bus.remove_sink(sub)
         self.subscriptions.clear()
 
@@ -517,7 +519,9 @@ class Session:
                 self._error(ref, INTERNAL, f"the event was not stored: {exc}")
             except trio.ClosedResourceError:
                 self._error(ref, INTERNAL, "the broker is shutting down; the event was not stored")
-            except (ValueError, TypeError) as exc:  # refused by the store, such as a reused id
+            except Refused as exc:  # such as an id another publisher's event has
+                self._error(ref, exc.code, f"the event was not stored: {exc}")
+            except (ValueError, TypeError) as exc:  # refused by the store
                 self._error(ref, BAD_FRAME, f"the event was not stored: {exc}")
             else:
                 self._enqueue(Ack(ref=ref, id=event.id, seq=event.seq, duplicate=pending.duplicate))
@@ -591,7 +595,7 @@ class Session:
             if sub is not None:
                 if sub.replay is not None:
                     sub.replay.cancel()
-                sub._end()
+                sub.end()
                 self.bus.remove_sink(sub)
             self._enqueue(Unsubscribed(id=frame.id))
         elif kind is Ping:

@@ -4,10 +4,31 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, NoReturn, TypeVar
 
 import trio
 
-__all__ = ["only_leaf", "open_service_nursery"]
+__all__ = ["NoPublicConstructor", "only_leaf", "open_service_nursery"]
+
+_T = TypeVar("_T")
+
+
+class NoPublicConstructor(type):
+    """A metaclass whose classes are built by the library only, through ``cls._create(…)``.
+
+    Calling the class raises :exc:`TypeError` naming the function to use instead, as trio
+    does for its own such classes: a ``Bus`` exists only inside ``open_bus()`` (and a
+    ``Client`` inside ``open_client()``), which own its tasks and close it.
+    """
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(
+            f"trio_realtime.{cls.__qualname__} has no public constructor; use "
+            f"trio_realtime.open_{cls.__qualname__.lower()}() instead"
+        )
+
+    def _create(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
 
 
 def only_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

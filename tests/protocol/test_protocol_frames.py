@@ -120,8 +120,8 @@ def test_frame_defaults() -> None:
 
 
 def test_error_codes_are_the_protocol_list() -> None:
-    """ERROR_CODES holds the twelve codes of protocol version 1 and the extensions ``limit``
-    and ``no_store``."""
+    """ERROR_CODES holds the twelve codes of protocol version 1 and the extensions ``limit``,
+    ``no_store`` and ``duplicate_id``."""
     assert {
         "bad_frame",
         "unknown_type",
@@ -137,6 +137,7 @@ def test_error_codes_are_the_protocol_list() -> None:
         "internal",
         "limit",
         "no_store",
+        "duplicate_id",
     } == ERROR_CODES
 
 

@@ -47,6 +47,7 @@ from ._frames import CLOSE_POLICY as CLOSE_POLICY
 from ._frames import CLOSE_PROTOCOL as CLOSE_PROTOCOL
 from ._frames import CLOSE_SLOW_CONSUMER as CLOSE_SLOW_CONSUMER
 from ._frames import CLOSE_TOO_BIG as CLOSE_TOO_BIG
+from ._frames import DUPLICATE_ID as DUPLICATE_ID
 from ._frames import ERROR_CODES as ERROR_CODES
 from ._frames import FORBIDDEN as FORBIDDEN
 from ._frames import FRAME_TYPES as FRAME_TYPES
@@ -98,6 +99,7 @@ __all__ = [
     "CLOSE_PROTOCOL",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
+    "DUPLICATE_ID",
     "ERROR_CODES",
     "FORBIDDEN",
     "FRAME_TYPES",

@@ -31,6 +31,7 @@ __all__ = [
     "CLOSE_PROTOCOL",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
+    "DUPLICATE_ID",
     "ERROR_CODES",
     "FORBIDDEN",
     "FRAME_TYPES",
@@ -103,6 +104,8 @@ NO_STORE: Final = "no_store"
 #: (Extension) A configured limit refused the frame, such as the most subscriptions one
 #: connection may hold; the message names the limit. The connection stays usable.
 LIMIT: Final = "limit"
+#: (Extension) A published event's id is already stored for another publisher's event.
+DUPLICATE_ID: Final = "duplicate_id"
 
 #: Every error code of protocol version 1.
 ERROR_CODES: Final[frozenset[str]] = frozenset(
@@ -121,6 +124,7 @@ ERROR_CODES: Final[frozenset[str]] = frozenset(
         INTERNAL,
         LIMIT,
         NO_STORE,
+        DUPLICATE_ID,
     }
 )
 

@@ -13,7 +13,7 @@ import trio
 
 from .._channel import EventChannel, Overflow, Subscription
 from .._errors import InvalidTopic, NoResponders, RequestFailed, SlowConsumer, StoreUnavailable
-from .._event import Event, event_type
+from .._event import Event, temporary_event_type
 
 __all__ = ["CheckOrder", "check_channel"]
 
@@ -23,10 +23,13 @@ STEP_TIMEOUT: Final = 10.0
 ChannelFactory = Callable[[], AbstractAsyncContextManager[EventChannel]]
 
 
-@event_type("check.typed.order")
 @attrs.frozen
 class CheckOrder:
-    """The typed payload the conformance check publishes."""
+    """The typed payload the conformance check publishes.
+
+    :func:`check_channel` registers it as event type ``check.typed.order`` while it runs
+    (importing this module registers nothing).
+    """
 
     order_id: int
     total: float
@@ -85,15 +88,22 @@ async def check_channel(open_channel: ChannelFactory, *, stored: bool = False) -
         _check_bad_input,
     ]
     checks.append(_check_history if stored else _check_no_store)
-    for check in checks:
-        async with AsyncExitStack() as stack:
-            a = await stack.enter_async_context(open_channel())
-            b = await stack.enter_async_context(open_channel())
-            try:
-                with trio.fail_after(STEP_TIMEOUT * 6):
-                    await check(a, b)
-            except _Failed as exc:
-                raise AssertionError(f"{check.__name__[7:]}: {exc}") from None
+    with temporary_event_type(CheckOrder, "check.typed.order"):
+        for check in checks:
+            await _run_check(open_channel, check)
+
+
+async def _run_check(
+    open_channel: ChannelFactory, check: Callable[[EventChannel, EventChannel], Any]
+) -> None:
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(open_channel())
+        b = await stack.enter_async_context(open_channel())
+        try:
+            with trio.fail_after(STEP_TIMEOUT * 6):
+                await check(a, b)
+        except _Failed as exc:
+            raise AssertionError(f"{check.__name__[7:]}: {exc}") from None
 
 
 async def _check_basic(a: EventChannel, b: EventChannel) -> None:
