@@ -34,7 +34,7 @@ from ._event import Event, make_event
 from ._replay import ReplaySink
 from ._requests import DEFAULT_MAX_CONCURRENCY, check_reply, new_inbox, serving
 from ._retained import DEFAULT_MAX_RETAINED, RetainedValues
-from ._topics import INBOX_PREFIX, PatternIndex, validate_pattern, validate_topic
+from ._topics import PatternIndex, is_transient, validate_pattern, validate_topic
 from ._util import NoPublicConstructor, open_service_nursery
 
 if TYPE_CHECKING:
@@ -371,7 +371,7 @@ class Bus(metaclass=NoPublicConstructor):
         cached = self._persisted_cache.get(topic)
         if cached is None:
             if self._persist is None:
-                cached = not topic.startswith(("$", INBOX_PREFIX))
+                cached = not is_transient(topic)
             else:
                 cached = bool(self._persist.match(topic))
             if len(self._persisted_cache) >= 4096:

@@ -31,7 +31,7 @@ from ._errors import (
     StoreUnavailable,
 )
 from ._event import Event, parse_time
-from ._topics import validate_pattern, validate_topic
+from ._topics import is_reserved, validate_pattern, validate_topic
 from ._util import open_service_nursery
 from .protocol import (
     BAD_FRAME,
@@ -617,12 +617,12 @@ class Session:
         except InvalidTopic as exc:
             self._error(ref, INVALID_TOPIC, str(exc))
             return
-        if event.topic.startswith("$"):
+        if is_reserved(event.topic):
             self._error(
                 ref, FORBIDDEN, f"topic {event.topic!r}: '$' topics are reserved for the broker"
             )
             return
-        if reply_to is not None and reply_to.startswith("$"):
+        if reply_to is not None and is_reserved(reply_to):
             self._error(
                 ref,
                 FORBIDDEN,

@@ -24,7 +24,9 @@ __all__ = [
     "MAX_TOPIC_LENGTH",
     "PatternIndex",
     "TopicTree",
+    "is_inbox",
     "is_reserved",
+    "is_transient",
     "topic_matches",
     "validate_pattern",
     "validate_topic",
@@ -112,8 +114,21 @@ def validate_pattern(pattern: str) -> str:
 
 
 def is_reserved(topic: str) -> bool:
-    """Whether *topic* is reserved for the broker (its first token starts with ``$``)."""
+    """Whether *topic* is reserved for the broker (its first token starts with ``$``).
+
+    Clients may subscribe to such topics but not publish to them, nor ask for replies there.
+    """
     return topic.startswith("$")
+
+
+def is_inbox(topic: str) -> bool:
+    """Whether *topic* is a reply inbox (``_inbox.…``)."""
+    return topic.startswith(INBOX_PREFIX)
+
+
+def is_transient(topic: str) -> bool:
+    """Whether *topic* is left out of the store by default: reserved (``$…``) or an inbox."""
+    return topic.startswith(("$", INBOX_PREFIX))
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
