@@ -21,8 +21,10 @@ from ._channel import (
     ACCEPTED,
     DEFAULT_BUFFER_SIZE,
     DEFAULT_REQUEST_TIMEOUT,
+    DROPPED,
     FULL,
     Handler,
+    Offered,
     Overflow,
     OverflowLike,
     Sink,
@@ -32,7 +34,7 @@ from ._channel import (
 from ._errors import DuplicateEventId, NoResponders, StoreUnavailable
 from ._event import Event, make_event
 from ._replay import ReplaySink
-from ._requests import DEFAULT_MAX_CONCURRENCY, check_reply, new_inbox, serving
+from ._requests import DEFAULT_MAX_CONCURRENCY, ReplyInbox, check_reply, serving
 from ._retained import DEFAULT_MAX_RETAINED, RetainedValues
 from ._topics import PatternIndex, is_transient, validate_pattern, validate_topic
 from ._util import NoPublicConstructor, open_service_nursery
@@ -60,6 +62,64 @@ def _taken(event_id: str) -> DuplicateEventId:
         f"event id {event_id!r} was already stored by another publisher; event ids must be "
         "unique (leave the id out and the broker assigns one)"
     )
+
+
+class _ReplyWaiter:
+    """A request on the bus, waiting for its reply."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: Event | None = None
+        self.error: BaseException | None = None
+
+    def succeed(self, reply: Event) -> None:
+        if not self.done.is_set():
+            self.reply = reply
+            self.done.set()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.is_set():
+            self.error = exc
+            self.done.set()
+
+    def result(self) -> Event:
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+class _InboxSink:
+    """The bus's one reply inbox as a sink: replies go straight to the waiting request."""
+
+    group = None
+
+    def __init__(self, inbox: ReplyInbox[_ReplyWaiter]) -> None:
+        self.inbox = inbox
+        self.pattern = inbox.pattern
+        self.ended = False
+
+    def offer(self, event: Event, *, force: bool = False) -> Offered:
+        if not self.ended and self.inbox.deliver(event):
+            return ACCEPTED
+        return DROPPED  # no request waits for it (it timed out, or a second reply)
+
+    def has_room(self) -> bool:
+        return True
+
+    async def wait_room(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def add_missed(self, n: int) -> None:
+        pass
+
+    def end(self) -> None:
+        self.ended = True
+
+    def fail(self, exc: BaseException) -> None:
+        self.ended = True
 
 
 @attrs.frozen(kw_only=True)
@@ -166,6 +226,7 @@ class Bus(metaclass=NoPublicConstructor):
         self._delivered = 0
         self._stored = 0
         self._dropped_by_gone = 0
+        self._inbox: _InboxSink | None = None  # made on the first request
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -645,15 +706,20 @@ class Bus(metaclass=NoPublicConstructor):
             RequestFailed: if the responder's handler raised (with its message).
             trio.TooSlowError: if no reply came within *timeout* seconds.
         """
-        inbox = new_inbox()
-        async with self.subscribe(inbox, max_buffer_size=1, overflow=Overflow.DROP_NEWEST) as sub:
+        if self._closed:
+            raise trio.ClosedResourceError("the bus is closed")
+        if self._inbox is None:
+            self._inbox = _InboxSink(ReplyInbox())
+            self.add_sink(self._inbox, retained=False)
+        waiter = _ReplyWaiter()
+        with self._inbox.inbox.expect(waiter) as reply_to:
             event = make_event(
-                topic, data, headers=headers, source=self.source, type=None, reply_to=inbox
+                topic, data, headers=headers, source=self.source, type=None, reply_to=reply_to
             )
             await self.publish_event(event)
             with trio.fail_after(timeout):
-                reply = await sub.receive()
-        return check_reply(topic, reply)
+                await waiter.done.wait()
+        return check_reply(topic, waiter.result())
 
     async def history(
         self,
@@ -697,11 +763,15 @@ class Bus(metaclass=NoPublicConstructor):
         )
 
     def _all_sinks(self) -> list[Sink]:
-        return self._index.match_all()
+        """Every sink but the reply inbox (an internal one)."""
+        return [sink for sink in self._index.match_all() if sink is not self._inbox]
 
     def _close(self) -> None:
         """End every subscription and refuse further publishes."""
         self._closed = True
+        if self._inbox is not None:
+            for waiter in self._inbox.inbox.waiters():
+                waiter.fail(trio.ClosedResourceError("the bus closed before the reply came"))
         for sink in self._index.match_all():
             sink.end()
         for pending in self._pending:

@@ -1,17 +1,20 @@
-"""Request/reply over plain publish: inbox topics, reply checking, and answering requests.
+"""Request/reply over plain publish: the reply inbox, reply checking, and answering requests.
 
-Shared by the bus and the remote client: a requester subscribes a unique ``_inbox.`` topic and
-sets it as the request's ``reply_to``; a responder publishes its reply there, with the header
-``error`` when its handler failed.
+Shared by the bus and the remote client, which request the same way (as NATS's new-style
+requests do): one inbox subscription per channel, ``_inbox.<unique>.>``, made on the first
+request; each request's ``reply_to`` is ``_inbox.<unique>.<n>``, and a reply is matched to its
+request by that topic (:class:`ReplyInbox`). A responder publishes its reply to ``reply_to``,
+with the header ``error`` when its handler failed.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -20,7 +23,15 @@ from ._errors import ConnectionClosed, RequestFailed
 from ._event import REPLY_ERROR_HEADER, Event, new_event_id
 from ._topics import INBOX_PREFIX
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "answer_requests", "check_reply", "new_inbox", "serving"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "ReplyInbox",
+    "ReplyWaiter",
+    "answer_requests",
+    "check_reply",
+    "new_inbox",
+    "serving",
+]
 
 logger = logging.getLogger("trio_realtime.bus")
 
@@ -28,6 +39,57 @@ logger = logging.getLogger("trio_realtime.bus")
 def new_inbox() -> str:
     """A fresh, unique ``_inbox.`` topic for replies."""
     return f"{INBOX_PREFIX}{new_event_id()}"
+
+
+class ReplyWaiter(Protocol):
+    """A request waiting for its reply."""
+
+    def succeed(self, reply: Event) -> None:
+        """The reply arrived."""
+
+
+W = TypeVar("W", bound=ReplyWaiter)
+
+
+class ReplyInbox(Generic[W]):
+    """A channel's one reply inbox: hands out ``reply_to`` topics and matches replies to them.
+
+    The channel subscribes :attr:`pattern` once (on its first request) and hands every event
+    of that subscription to :meth:`deliver`. A reply that no request waits for (it timed out,
+    or a responder answered twice) is dropped.
+    """
+
+    def __init__(self) -> None:
+        self.prefix = new_inbox()
+        self._ids = itertools.count(1)
+        self._waiting: dict[str, W] = {}
+
+    @property
+    def pattern(self) -> str:
+        """The pattern the channel subscribes for its replies."""
+        return f"{self.prefix}.>"
+
+    @contextmanager
+    def expect(self, waiter: W) -> Iterator[str]:
+        """Register *waiter* for the ``with`` block; the block gets its ``reply_to`` topic."""
+        reply_to = f"{self.prefix}.{next(self._ids)}"
+        self._waiting[reply_to] = waiter
+        try:
+            yield reply_to
+        finally:
+            del self._waiting[reply_to]
+
+    def deliver(self, reply: Event) -> bool:
+        """Hand *reply* to the request waiting for it; whether one was."""
+        waiter = self._waiting.get(reply.topic)
+        if waiter is None:
+            return False
+        waiter.succeed(reply)
+        return True
+
+    def waiters(self) -> list[W]:
+        """The requests waiting now."""
+        return list(self._waiting.values())
 
 
 def check_reply(topic: str, reply: Event) -> Event:
