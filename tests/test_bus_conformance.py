@@ -17,7 +17,7 @@ async def test_bus_passes_check_channel() -> None:
         async def same_bus() -> AsyncIterator[EventChannel]:
             yield bus
 
-        await check_channel(same_bus)
+        await check_channel(same_bus, open_owned=open_bus)
 
 
 def test_bus_is_an_event_channel() -> None:

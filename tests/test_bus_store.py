@@ -40,7 +40,9 @@ async def test_stored_bus_passes_check_channel(make_store: StoreFactory) -> None
             async def same_bus() -> AsyncIterator[EventChannel]:
                 yield bus
 
-            await check_channel(same_bus, stored=True)
+            await check_channel(
+                same_bus, stored=True, open_owned=lambda: open_bus(store=MemoryStore())
+            )
 
 
 async def test_default_persistence_skips_reserved_and_inbox(make_store: StoreFactory) -> None:

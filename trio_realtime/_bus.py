@@ -739,6 +739,8 @@ class Bus(metaclass=NoPublicConstructor):
             StoreUnavailable: if the bus has no store.
         """
         validate_pattern(pattern)
+        if self._closed:
+            raise trio.ClosedResourceError("the bus is closed")
         if self.store is None:
             raise StoreUnavailable(
                 "history() needs a bus with a store: open it with open_bus(store=…)"

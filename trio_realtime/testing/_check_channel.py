@@ -10,9 +10,17 @@ from typing import Any, Final
 
 import attrs
 import trio
+import trio.testing
 
 from .._channel import EventChannel, Overflow, Subscription
-from .._errors import InvalidTopic, NoResponders, RequestFailed, SlowConsumer, StoreUnavailable
+from .._errors import (
+    InvalidTopic,
+    NoResponders,
+    Refused,
+    RequestFailed,
+    SlowConsumer,
+    StoreUnavailable,
+)
 from .._event import Event, temporary_event_type
 
 __all__ = ["CheckOrder", "check_channel"]
@@ -61,8 +69,18 @@ async def _until_marker(sub: Subscription) -> list[Event]:
     return events
 
 
-async def check_channel(open_channel: ChannelFactory, *, stored: bool = False) -> None:
+async def check_channel(
+    open_channel: ChannelFactory,
+    *,
+    stored: bool = False,
+    open_owned: ChannelFactory | None = None,
+) -> None:
     """Check an :class:`~trio_realtime.EventChannel` implementation against the whole contract.
+
+    Every row of the contract table (see the "EventChannel contract" page of the docs) is
+    checked: publishing, acknowledgements, wildcards, order, groups, retained events, typed
+    payloads, request and reply, ``serve``'s concurrency, the overflow policies, refusals,
+    ended subscriptions, closed channels, and the store (or its absence).
 
     *open_channel* is called several times; every channel it opens during one check must be
     connected to the others (for a bus, yield the same bus; for remote clients, connect each
@@ -71,6 +89,11 @@ async def check_channel(open_channel: ChannelFactory, *, stored: bool = False) -
     the channels' topics under ``check.`` are persisted, and ``history`` and
     ``subscribe(since=…)`` are checked too; without, they must raise
     :exc:`~trio_realtime.StoreUnavailable`.
+
+    *open_owned* opens a channel that its block owns: leaving the block closes it (for a
+    bus, ``open_bus``; for a client, ``open_client``). It checks what a closed channel and
+    its subscriptions do; by default *open_channel* is used, which must then close its
+    channels on exit.
 
     Raises:
         AssertionError: naming the first behaviour that does not hold.
@@ -83,14 +106,22 @@ async def check_channel(open_channel: ChannelFactory, *, stored: bool = False) -
         _check_retained,
         _check_typed,
         _check_request_reply,
+        _check_serve_concurrency,
+        _check_ack_stored if stored else _check_ack_unstored,
         _check_overflow,
         _check_leave,
         _check_bad_input,
+        _check_refusals,
     ]
     checks.append(_check_history if stored else _check_no_store)
     with temporary_event_type(CheckOrder, "check.typed.order"):
         for check in checks:
             await _run_check(open_channel, check)
+        try:
+            with trio.fail_after(STEP_TIMEOUT * 6):
+                await _check_closed(open_owned or open_channel)
+        except _Failed as exc:
+            raise AssertionError(f"closed: {exc}") from None
 
 
 async def _run_check(
@@ -259,6 +290,181 @@ async def _check_request_reply(a: EventChannel, b: EventChannel) -> None:
         pass
     else:
         raise _Failed("request() to a topic nobody serves must raise NoResponders")
+
+
+async def _check_serve_concurrency(a: EventChannel, b: EventChannel) -> None:
+    for limit in (1, 2):
+        await _check_concurrency_limit(a, b, limit)
+
+
+async def _check_concurrency_limit(a: EventChannel, b: EventChannel, limit: int) -> None:
+    async def echo(event: Event) -> Any:
+        return event.data
+
+    active = most = 0
+    first_in = trio.Event()
+    second_in = trio.Event()
+    release = trio.Event()
+
+    async def handler(event: Event) -> Any:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        (first_in if event.data == 0 else second_in).set()
+        if event.data == 0:
+            await release.wait()
+        active -= 1
+        return event.data
+
+    replies: list[Any] = []
+
+    async def ask(n: int, topic: str) -> None:
+        replies.append((await a.request(topic, n)).data)
+
+    async with (
+        b.serve(f"check.conc.{limit}", handler, max_concurrency=limit),
+        b.serve(f"check.probe.{limit}", echo),
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(ask, 0, f"check.conc.{limit}")
+        with trio.fail_after(STEP_TIMEOUT):
+            await first_in.wait()
+        nursery.start_soon(ask, 1, f"check.conc.{limit}")
+        await trio.testing.wait_all_tasks_blocked()  # the second request is sent (or queued)
+        if limit == 1:
+            # Two round trips through the responder after the second request: by their
+            # answers, it has read the second request, and could have started it.
+            await a.request(f"check.probe.{limit}", "probe")
+            await a.request(f"check.probe.{limit}", "probe")
+            _expect(not second_in.is_set(), "max_concurrency=1 started a second handler")
+        else:
+            with trio.fail_after(STEP_TIMEOUT):
+                await second_in.wait()  # while the first is still running
+        release.set()
+    _expect(sorted(replies) == [0, 1], f"serve answered {replies}, not [0, 1]")
+    _expect(most == limit, f"max_concurrency={limit} ran at most {most} handlers at once")
+
+
+async def _check_ack_stored(a: EventChannel, b: EventChannel) -> None:
+    async with b.subscribe("check.ack.>") as sub:
+        for i in range(3):
+            await a.publish("check.ack.x", i)
+        acked = await a.publish("check.ack.x", 3, ack=True)
+        _expect(acked.seq is not None, "ack=True on a stored topic returns the event's seq")
+        got = await _receive_n(sub, 4)
+        _expect([e.data for e in got] == [0, 1, 2, 3], f"acked publish order {got}")
+        _expect(got[3].id == acked.id and got[3].seq == acked.seq, "the acked event is routed")
+        seqs = [e.seq or 0 for e in got]
+        _expect(all(seqs) and seqs == sorted(seqs), f"stored events have rising seqs: {seqs}")
+
+
+async def _check_ack_unstored(a: EventChannel, b: EventChannel) -> None:
+    async with b.subscribe("check.ack.>") as sub:
+        for i in range(3):
+            await a.publish("check.ack.x", i)
+        acked = await a.publish("check.ack.x", 3, ack=True)
+        _expect(acked.seq is None, f"without a store, an acked event has no seq: {acked.seq}")
+        got = await _receive_n(sub, 4)
+        _expect([e.data for e in got] == [0, 1, 2, 3], f"acked publish order {got}")
+        _expect(got[3].id == acked.id, "the acked event is the one routed")
+
+
+async def _check_refusals(a: EventChannel, b: EventChannel) -> None:
+    async def refused(what: str, call: Callable[[], Any], cls: type[Refused], code: str) -> None:
+        try:
+            await call()
+        except cls as exc:
+            _expect(isinstance(exc, Refused), f"{what}: {cls.__name__} must be a Refused")
+            _expect(exc.code == code, f"{what}: code {exc.code!r}, not {code!r}")
+        else:
+            raise _Failed(f"{what} must raise {cls.__name__}")
+
+    async def subscribe_bad() -> None:
+        async with b.subscribe("check..x"):
+            pass
+
+    async def serve_bad() -> None:
+        async with b.serve("check..x", lambda event: None):
+            pass
+
+    await refused(
+        "publish to a bad topic", lambda: a.publish("check..x"), InvalidTopic, "invalid_topic"
+    )
+    await refused("subscribe to a bad pattern", subscribe_bad, InvalidTopic, "invalid_topic")
+    await refused("serve a bad pattern", serve_bad, InvalidTopic, "invalid_topic")
+    await refused(
+        "request to a bad topic", lambda: a.request("check.>", 1), InvalidTopic, "invalid_topic"
+    )
+    await refused(
+        "history of a bad pattern", lambda: a.history("check..x"), InvalidTopic, "invalid_topic"
+    )
+    await refused(
+        "a request nobody serves",
+        lambda: a.request("check.nobody", 1),
+        NoResponders,
+        "no_responders",
+    )
+    # A refusal leaves the channel usable.
+    async with b.subscribe("check.after") as sub:
+        await a.publish("check.after", "ok")
+        _expect((await _receive(sub)).data == "ok", "the channel stopped working after a refusal")
+
+
+async def _check_closed(open_owned: ChannelFactory) -> None:
+    """A subscription live when its channel closes ends cleanly after its buffered events;
+    a closed channel refuses everything with trio.ClosedResourceError."""
+    got: list[Any] = []
+    subscribed = trio.Event()
+    received = trio.Event()
+    ended_cleanly = trio.Event()
+    async with trio.open_nursery() as nursery:
+        async with open_owned() as channel:
+
+            async def consume() -> None:
+                async with channel.subscribe("check.closing") as sub:
+                    subscribed.set()
+                    async for event in sub:
+                        got.append(event.data)
+                        received.set()
+                ended_cleanly.set()  # the iteration ended without an exception
+
+            nursery.start_soon(consume)
+            with trio.fail_after(STEP_TIMEOUT):
+                await subscribed.wait()
+            await channel.publish("check.closing", 1)
+            with trio.fail_after(STEP_TIMEOUT):
+                await received.wait()
+        with trio.fail_after(STEP_TIMEOUT):
+            await ended_cleanly.wait()
+    _expect(got == [1], f"the live subscription got {got}")
+
+    async def subscribe() -> None:
+        async with channel.subscribe("check.closed"):
+            pass
+
+    async def serve() -> None:
+        async with channel.serve("check.closed", lambda event: None):
+            pass
+
+    calls: list[tuple[str, Callable[[], Any]]] = [
+        ("publish", lambda: channel.publish("check.closed", 1)),
+        ("publish(ack=True)", lambda: channel.publish("check.closed", 1, ack=True)),
+        ("subscribe", subscribe),
+        ("serve", serve),
+        ("request", lambda: channel.request("check.closed", 1)),
+        ("history", lambda: channel.history("check.closed")),
+    ]
+    for what, call in calls:
+        try:
+            await call()
+        except trio.ClosedResourceError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - any other exception is the failure
+            raise _Failed(
+                f"{what} on a closed channel raised {exc!r}, not ClosedResourceError"
+            ) from None
+        else:
+            raise _Failed(f"{what} on a closed channel must raise trio.ClosedResourceError")
 
 
 async def _check_overflow(a: EventChannel, b: EventChannel) -> None:
