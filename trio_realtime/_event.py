@@ -305,15 +305,21 @@ class Event:
         return registered[0] if registered is not None else self.topic
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as a JSON-compatible dict, in the wire protocol's event object form."""
+        """The event as a JSON-compatible dict, in the wire protocol's event object form.
+
+        This is the one mapping to the wire: the protocol encodes exactly this dict. ``time``
+        always has microseconds (a fixed width). The dict shares ``headers`` with the event
+        when that is a dict already (events are immutable: do not change it).
+        """
+        headers = self.headers
         return {
             "id": self.id,
             "topic": self.topic,
             "type": self.type,
             "source": self.source,
-            "time": self.time.isoformat(),
+            "time": self.time.isoformat(timespec="microseconds"),
             "data": unstructure_data(self.data),
-            "headers": dict(self.headers),
+            "headers": headers if type(headers) is dict else dict(headers),
             "seq": self.seq,
             "reply_to": self.reply_to,
         }
