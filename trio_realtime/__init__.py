@@ -1,7 +1,5 @@
 """trio_realtime: a Trio-native, structured-concurrency event bus, broker and client."""
 
-from __future__ import annotations
-
 from ._broker import Broker as Broker
 from ._broker import BrokerOptions as BrokerOptions
 from ._broker import BrokerServer as BrokerServer

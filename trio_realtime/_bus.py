@@ -751,6 +751,16 @@ class Bus(metaclass=NoPublicConstructor):
 
     # -- the rest -------------------------------------------------------------------------
 
+    async def aclose(self) -> None:
+        """Close the bus now, as leaving its ``open_bus`` block does; a no-op once closed.
+
+        Live subscriptions end cleanly (their buffered events are still received), waiting
+        requests and publishes raise :exc:`trio.ClosedResourceError`, and so does every
+        later call. The store stays open until the ``open_bus`` block exits.
+        """
+        self._close()
+        await trio.lowlevel.checkpoint()
+
     def statistics(self) -> BusStatistics:
         """A snapshot of the bus's counters."""
         subs = self._all_sinks()
