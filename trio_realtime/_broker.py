@@ -24,7 +24,7 @@ import trio
 from ._bus import Bus, open_bus
 from ._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
 from ._event import Event
-from ._session import Session
+from ._session import BrokerCounters, Session, SessionContext, SessionLimits
 from ._topics import validate_pattern
 from ._transport import ConnectionGate, listen
 from ._util import only_leaf
@@ -291,11 +291,23 @@ class Broker:
         self._session_ids = itertools.count(1)
         self._session_prefix = secrets.token_hex(3)
         self._connections_total = 0
-        self._events_in = 0
-        self._events_out = 0
         self._actor_errors = 0
-        self._errors: Counter[str] = Counter()
-        self._limits: Counter[str] = Counter()
+        #: What sessions count (errors, limits hit, events in and out), with the broker.
+        self._counters = BrokerCounters()
+        #: The settings sessions apply.
+        self._session_limits = SessionLimits(
+            name=name,
+            heartbeat=self.heartbeat,
+            handshake_timeout=self.handshake_timeout,
+            shutdown_timeout=self.shutdown_timeout,
+            max_message_size=max_message_size,
+            max_event_size=self.max_event_size,
+            max_pending_bytes=max_pending_bytes,
+            max_subscriptions=max_subscriptions,
+            max_replays=max_replays,
+            session_buffer=session_buffer,
+            slow_consumer=slow_consumer,
+        )
         self._failures_logged: set[tuple[str, str, int]] = set()
         self._gate = ConnectionGate(self.max_connections)
         self._serving = False
@@ -476,8 +488,15 @@ class Broker:
 
     async def _handle_connection(self, transport: Any) -> None:
         session_id = f"{self._session_prefix}-{next(self._session_ids)}"
+        context = SessionContext(
+            bus=self.bus,
+            limits=self._session_limits,
+            counters=self._counters,
+            started=self._session_started,
+            ended=self._session_ended,
+        )
         try:
-            await Session(self, transport, session_id).run()
+            await Session(context, transport, session_id).run()
         except Exception as exc:
             # A bug of the broker's. Its traceback is logged the first time only: a client
             # that can trigger it must not be able to flood the log with it.
@@ -538,10 +557,7 @@ class Broker:
                     return
 
     def _count_error(self, code: str) -> None:
-        self._errors[code] += 1
-
-    def _count_limit(self, name: str, n: int = 1) -> None:
-        self._limits[name] += n
+        self._counters.count_error(code)
 
     async def _run_actor(
         self, bus: Bus, spec: _ActorSpec, *, task_status: trio.TaskStatus[None]
@@ -577,18 +593,19 @@ class Broker:
         """A snapshot of what the broker has seen."""
         bus = self._bus.statistics() if self._bus is not None else None
         gate = self._gate
-        errors = Counter(self._errors)
+        counters = self._counters
+        errors = Counter(counters.errors)
         errors["handshake_timeout"] += gate.handshake_timeouts
         errors["accept_failed"] += gate.accept_failures
-        limits = Counter(self._limits)
+        limits = Counter(counters.limits)
         limits["max_connections"] += gate.refused
         limits["max_retained"] += bus.retained_evicted if bus else 0
         return BrokerStatistics(
             connections=len(self._sessions),
             connections_total=self._connections_total,
             subscriptions=bus.subscriptions if bus else 0,
-            events_in=self._events_in,
-            events_out=self._events_out,
+            events_in=counters.events_in,
+            events_out=counters.events_out,
             published=bus.published if bus else 0,
             dropped=bus.dropped if bus else 0,
             stored=bus.stored if bus else 0,

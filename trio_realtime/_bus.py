@@ -615,12 +615,14 @@ class Bus(metaclass=NoPublicConstructor):
         since: int | datetime,
         *,
         on_done: Callable[[], object] | None = None,
+        nursery: trio.Nursery | None = None,
     ) -> trio.CancelScope:
         """Replay stored events after *since* to *sink*, then route live events to it.
 
-        Replay runs in a task of the bus and is lossless whatever the sink's policy (it waits
-        for room); the switch to live events has no gap and no duplicate. Cancel the returned
-        scope to stop a replay early (then remove the sink with :meth:`remove_sink`).
+        Replay runs in a task in *nursery*, that of the sink's owner (by default the bus's),
+        and is lossless whatever the sink's policy (it waits for room); the switch to live
+        events has no gap and no duplicate. Cancel the returned scope to stop a replay early
+        (then remove the sink with :meth:`remove_sink`).
         *on_done* is called once the replay task ends, for whatever reason (caught up,
         cancelled, failed), if this returned (if it raised, it is not called).
 
@@ -633,7 +635,8 @@ class Bus(metaclass=NoPublicConstructor):
             )
         if self._closed:
             raise trio.ClosedResourceError("the bus is closed")
-        scope: trio.CancelScope = await self._nursery.start(self._replay, sink, since, on_done)
+        owner = self._nursery if nursery is None else nursery
+        scope: trio.CancelScope = await owner.start(self._replay, sink, since, on_done)
         return scope
 
     async def _replay(

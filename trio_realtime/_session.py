@@ -1,24 +1,34 @@
 """One connected client on the broker's side: its nursery, its queue, its limits.
 
-A session runs three tasks in its own nursery: the reader (the session's main task: it reads
-messages, feeds the sans-IO :class:`~trio_realtime.protocol.ServerConnection` and acts on each
-frame), the writer (drains the outgoing queue, batching frames into one message when a backlog
-exists) and the heartbeat. Each remote subscription is a sink in the broker's bus; a slow
-client never stalls anyone else: its queue drops the oldest events (reported with ``gap``
-frames) or, if so configured, the client is disconnected with close code 4001.
+A session runs its tasks in its own nursery: the reader (the session's main task: it reads
+messages, feeds the sans-IO :class:`~trio_realtime.protocol.Connection` and acts on each
+frame), the writer (the only task that sends on the socket: it drains the outgoing queue,
+batching frames into one message when a backlog exists, through the protocol's
+:class:`~trio_realtime.protocol.MessageBuilder`), the heartbeat and the acker, and the
+``since`` replays of its subscriptions. Every other path (pings, pongs, error frames, the
+error announcing a close) queues for the writer.
+
+Each remote subscription is a sink in the broker's bus; a slow client never stalls anyone
+else: its queue drops the oldest events (reported with ``gap`` frames) or, if so configured,
+the client is disconnected with close code 4001.
+
+A session knows the broker only through a :class:`SessionContext`: the bus, the limits, the
+counters it adds to, and the two calls that register it with the broker.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
+import attrs
 import trio
 
-from ._bus import PendingCommit
+from ._bus import Bus, PendingCommit
 from ._channel import ACCEPTED, DROPPED, Offered
 from ._errors import (
     ConnectionClosed,
@@ -35,10 +45,10 @@ from ._topics import is_reserved, validate_pattern, validate_topic
 from ._util import open_service_nursery
 from .protocol import (
     BAD_FRAME,
-    CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT,
     CLOSE_PROTOCOL,
     CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
     FORBIDDEN,
     INTERNAL,
     INVALID_TOPIC,
@@ -49,17 +59,21 @@ from .protocol import (
     SLOW_CONSUMER,
     TOO_LARGE,
     Ack,
+    Connection,
     ConnectionState,
     Error,
-    EventFrame,
+    FrameError,
     Gap,
+    Heartbeat,
+    HeartbeatAction,
     Hello,
     History,
     HistoryResult,
+    MessageBuilder,
     Ping,
     Pong,
     Publish,
-    ServerConnection,
+    Role,
     ServerFrame,
     Subscribe,
     Subscribed,
@@ -69,42 +83,93 @@ from .protocol import (
     close_code_for,
     encoded_size,
 )
-from .protocol._codec import encode_event_frame_text, encode_event_sized
+from .protocol._batch import FRAME_OVERHEAD, MESSAGE_MARGIN, SUB_ID_SIZE
 
 if TYPE_CHECKING:
-    from ._broker import Broker
     from ._transport import WebSocketTransport
 
-__all__ = ["Session"]
+__all__ = ["BrokerCounters", "Session", "SessionContext", "SessionLimits"]
 
 logger = logging.getLogger("trio_realtime.broker")
 
-#: Frames the writer puts in one message at most.
-MAX_BATCH: Final = 512
 #: Answers (weighted: a history result by its events) queued for a client before the broker
 #: stops reading from it until it reads them (and, whatever their count, ``max_pending_bytes``
 #: of them).
 MAX_ANSWER_BACKLOG: Final = 10_000
-#: Bytes a frame adds around its event (type, punctuation), counted generously; ``subs``
-#: adds :data:`SUB_ID_SIZE` per subscription id.
-FRAME_OVERHEAD: Final = 64
-#: Bytes one subscription id takes in ``subs`` at most (a 64-bit integer and a comma).
-SUB_ID_SIZE: Final = 21
-#: Bytes of a message the writer leaves unused (the batch's brackets, rounding).
-MESSAGE_MARGIN: Final = 64
 #: Most events one ``history`` request returns.
 MAX_HISTORY: Final = 10_000
 #: The longest ``hello.instance`` used to scope deduplication; longer ones are cut.
 MAX_INSTANCE_LENGTH: Final = 256
 
+_ENDED: Final = frozenset({ConnectionState.CLOSED, ConnectionState.ERROR})
 
-def cost_of_answer(frame: ServerFrame) -> int:
+
+# ---------------------------------------------------------------------------------------------
+# What a session knows of its broker
+
+
+@attrs.frozen(kw_only=True)
+class SessionLimits:
+    """The broker's settings a session applies (see :class:`~trio_realtime.Broker`)."""
+
+    name: str
+    heartbeat: float
+    handshake_timeout: float
+    shutdown_timeout: float
+    max_message_size: int
+    max_event_size: int
+    max_pending_bytes: int
+    max_subscriptions: int
+    max_replays: int
+    session_buffer: int
+    slow_consumer: Literal["drop_oldest", "disconnect"]
+
+
+@attrs.define
+class BrokerCounters:
+    """The broker's counters that its sessions add to (its statistics read them)."""
+
+    errors: Counter[str] = attrs.Factory(Counter)
+    limits: Counter[str] = attrs.Factory(Counter)
+    events_in: int = 0
+    events_out: int = 0
+
+    def count_error(self, code: str) -> None:
+        self.errors[code] += 1
+
+    def count_limit(self, name: str, n: int = 1) -> None:
+        self.limits[name] += n
+
+
+@attrs.frozen(kw_only=True)
+class SessionContext:
+    """What a session gets from its broker.
+
+    Attributes:
+        bus: The bus its subscriptions and publishes go to.
+        limits: The settings it applies.
+        counters: Where it counts errors, limits hit and events.
+        started: Called once the handshake is done; False if the broker is shutting down
+            (the session then leaves).
+        ended: Called when a started session ends.
+    """
+
+    bus: Bus
+    limits: SessionLimits
+    counters: BrokerCounters
+    started: Callable[[Session], Awaitable[bool]]
+    ended: Callable[[Session], Awaitable[None]]
+
+
+def cost_of_answer(frame: ServerFrame | str) -> int:
     """How much a queued answer counts against :data:`MAX_ANSWER_BACKLOG`."""
     return 1 + len(frame.events) if isinstance(frame, HistoryResult) else 1
 
 
-def size_of_answer(frame: ServerFrame) -> int:
+def size_of_answer(frame: ServerFrame | str) -> int:
     """Bytes a queued answer counts against ``max_pending_bytes`` (at least its size)."""
+    if isinstance(frame, str):
+        return FRAME_OVERHEAD + len(frame) * 4
     if isinstance(frame, HistoryResult):
         return FRAME_OVERHEAD + sum(encoded_size(e) + 1 for e in frame.events)
     if isinstance(frame, Error):
@@ -164,33 +229,43 @@ class RemoteSubscription:
 class Session:
     """The broker's side of one client connection. Created and run by the broker."""
 
-    def __init__(self, broker: Broker, transport: WebSocketTransport, session_id: str) -> None:
-        self.broker = broker
-        self.bus = broker.bus
+    def __init__(
+        self, context: SessionContext, transport: WebSocketTransport, session_id: str
+    ) -> None:
+        self.context = context
+        self.limits = limits = context.limits
+        self.counters = context.counters
+        self.bus = context.bus
         self.transport = transport
         self.id = session_id
         self.address = transport.remote
         self.client: str | None = None
-        self.conn = ServerConnection()
-        self.subscriptions: dict[int, RemoteSubscription] = {}
+        #: The protocol connection: the one record of the client's subscriptions (each
+        #: accepted one has its :class:`RemoteSubscription` attached) and open refs.
+        self.conn: Connection[RemoteSubscription, None] = Connection(Role.SERVER)
         self.events_in = 0
         self.events_out = 0
         self.dropped = 0
-        self._queue: deque[ServerFrame | _EventItem] = deque()
+        self._session_buffer = limits.session_buffer
+        self._max_pending_bytes = limits.max_pending_bytes
+        self._queue: deque[ServerFrame | _EventItem | str] = deque()
         self._queued_events = 0
         self._queued_bytes = 0  # of the queued events
         self._answer_bytes = 0  # of the queued answers
         self._publisher: str = f"session:{session_id}"  # who deduplication knows it as
-        self._replay_slots = trio.Semaphore(broker.max_replays)
+        self._replay_slots = trio.Semaphore(limits.max_replays)
         self._gaps: dict[int, int] = {}
         self._gaps_stored: dict[int, int] = {}  # of the gaps, how many were stored events
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
         self._slow = False
         self._closing = False
+        #: The error frame the writer sends last, before the close (set by close()).
+        self._final: Error | None = None
+        self._writer_done = trio.Event()
         self._queued_control = 0  # answers queued (weighted: a history result by its events)
         self._processing = False  # the reader is acting on the client's frames
-        self._last_received = trio.current_time()
+        self._heartbeat_policy = Heartbeat(limits.heartbeat, trio.current_time())
         self._nursery: trio.Nursery | None = None
         self._acks_send, self._acks_receive = trio.open_memory_channel[tuple[int, PendingCommit]](
             math.inf
@@ -201,7 +276,8 @@ class Session:
 
     # -- the outgoing queue ---------------------------------------------------------------
 
-    def _enqueue(self, frame: ServerFrame) -> None:
+    def _enqueue(self, frame: ServerFrame | str) -> None:
+        """Queue an answer (a frame, or the text the connection made of one) for the writer."""
         self._queue.append(frame)
         self._queued_control += cost_of_answer(frame)
         self._answer_bytes += size_of_answer(frame)
@@ -216,16 +292,13 @@ class Session:
                 last.subs.append(sub_id)  # one frame for every subscription it matched
                 self._queued_bytes += SUB_ID_SIZE
                 return
-        broker = self.broker
         size = encoded_size(event) + FRAME_OVERHEAD
+        buffer = self._session_buffer
         while self._queued_events and (
-            self._queued_events >= broker.session_buffer
-            or self._queued_bytes + size > broker.max_pending_bytes
+            self._queued_events >= buffer or self._queued_bytes + size > self._max_pending_bytes
         ):
-            broker._count_limit(
-                "session_buffer"
-                if self._queued_events >= broker.session_buffer
-                else "max_pending_bytes"
+            self.counters.count_limit(
+                "session_buffer" if self._queued_events >= buffer else "max_pending_bytes"
             )
             self._overflow()
             if self._slow:
@@ -238,11 +311,11 @@ class Session:
 
     def _overflow(self) -> None:
         """The queue is full: drop its oldest event (counted, reported) or end the session."""
-        if self.broker.slow_consumer == "disconnect":
+        if self.limits.slow_consumer == "disconnect":
             if not self._slow:
                 self._slow = True
-                self.broker._count_error(SLOW_CONSUMER)
-                for remote in self.subscriptions.values():
+                self.counters.count_error(SLOW_CONSUMER)
+                for _, remote in self.conn.subscriptions():
                     remote.end()  # a replay waiting for room stops too
                 self._writer_lot.unpark_all()
                 self._room_lot.unpark_all()
@@ -258,15 +331,15 @@ class Session:
                     self._gaps[sub_id] = self._gaps.get(sub_id, 0) + 1
                     if stored:
                         self._gaps_stored[sub_id] = self._gaps_stored.get(sub_id, 0) + 1
-                    sub = self.subscriptions.get(sub_id)
+                    sub = self.conn.subscription(sub_id)
                     if sub is not None:
                         sub.missed += 1
                 return
 
     def _has_room(self) -> bool:
         return (
-            self._queued_events < self.broker.session_buffer
-            and self._queued_bytes < self.broker.max_pending_bytes
+            self._queued_events < self._session_buffer
+            and self._queued_bytes < self._max_pending_bytes
         )
 
     async def _wait_room(self) -> None:
@@ -274,223 +347,213 @@ class Session:
         while not self._has_room() and not self._slow:
             await self._room_lot.park()
 
+    # -- the writer: the one task that sends on the socket ----------------------------------
+
     async def _writer(self) -> None:
+        try:
+            await self._write()
+        except ConnectionClosed:
+            self.conn.send_failed()
+            self._nursery_cancel()  # the client is gone: end the session quietly
+        finally:
+            self._writer_done.set()
+
+    async def _write(self) -> None:
         queue = self._queue
+        conn = self.conn
+        builder = MessageBuilder(conn, self.limits.max_message_size)
+        counters = self.counters
         while True:
-            if self._closing or self.conn.state is ConnectionState.CLOSED:
-                return  # the close frame (or a fatal error's) goes next: no new batches
-            if self._slow:
-                await self._close_slow()
+            if self._slow and not self._closing:
+                self._closing = True
+                self._final = Error(
+                    code=SLOW_CONSUMER,
+                    message=f"more than {self._session_buffer} events, or "
+                    f"{self._max_pending_bytes} bytes, were waiting to be sent to this "
+                    "client: it reads too slowly",
+                )
+                await self._send_final()
+                self._writer_done.set()
+                await self.transport.aclose(
+                    CLOSE_SLOW_CONSUMER, "slow consumer", timeout=self.limits.shutdown_timeout
+                )
+                return
+            if self._closing:
+                await self._send_final()  # then the close frame (no new batches)
+                return
+            if conn.state in _ENDED:
                 return
             if not queue and not self._gaps:
                 await self._writer_lot.park()
                 continue
-            # While the connection is open, event frames need no protocol checks or
-            # bookkeeping (ServerConnection records nothing for them): their text is joined
-            # here around each event's cached encoding, without building EventFrame objects;
-            # other frames go through the connection one by one (in the open state none of
-            # them changes it). Otherwise the whole batch goes through the connection.
-            conn = self.conn
-            fast = conn.state is ConnectionState.OPEN
-            frames: list[ServerFrame] = []  # when not fast
-            parts: list[str] = []  # each frame's text, when fast
-            count = 0
+            builder.start()
             if self._gaps:
                 stored = self._gaps_stored
-                gaps = [
-                    Gap(sub=sub_id, missed=missed, stored=stored.get(sub_id, 0))
-                    for sub_id, missed in self._gaps.items()
-                    if sub_id in self.subscriptions
-                ]
+                for sub_id, missed in self._gaps.items():
+                    if conn.subscription(sub_id) is not None:
+                        gap = Gap(sub=sub_id, missed=missed, stored=stored.get(sub_id, 0))
+                        builder.add_frame(gap, FRAME_OVERHEAD)
                 self._gaps.clear()
                 stored.clear()
-                if fast:
-                    parts.extend([conn.send(gap) for gap in gaps])
-                else:
-                    frames.extend(gaps)
-                count = len(gaps)
             events = 0
-            # A batch stays under the client's message size limit (the broker's own): an
-            # event always fits alone (it was refused at publish otherwise), and an event
-            # that matched more subscriptions than fit in one frame goes in several.
-            budget = self.broker.max_message_size - MESSAGE_MARGIN
-            size = 0
             freed = 0
-            while queue and count < MAX_BATCH:
+            while queue and not builder.full:
                 item = queue[0]
                 if type(item) is _EventItem:
-                    event_text, event_size = encode_event_sized(item.event)  # cached
                     subs = item.subs
-                    cost = event_size + FRAME_OVERHEAD + SUB_ID_SIZE * len(subs)
-                    fit = len(subs)
-                    if size + cost > budget:
-                        if count:
-                            break
-                        # Alone and still too big: send the subscriptions that fit now and
-                        # leave the rest at the head of the queue for the next message.
-                        fit = max(1, (budget - event_size - FRAME_OVERHEAD) // SUB_ID_SIZE)
+                    fit = builder.add_event(subs, item.event)
+                    if not fit:
+                        break
                     if fit < len(subs):
-                        subs, item.subs = subs[:fit], subs[fit:]
-                        cost = event_size + FRAME_OVERHEAD + SUB_ID_SIZE * fit
+                        item.subs = subs[fit:]  # the rest go in the next message
                     else:
                         queue.popleft()
                         events += 1
                         freed += item.size
-                    if fast:
-                        parts.append(encode_event_frame_text(subs, event_text))
-                    else:
-                        frames.append(EventFrame(subs=tuple(subs), event=item.event))
                 else:
-                    answer = cast("ServerFrame", item)
+                    answer = cast("ServerFrame | str", item)
                     cost = size_of_answer(answer)
-                    if count and size + cost > budget:
+                    if type(answer) is str:
+                        if builder.count:
+                            break  # (the welcome: alone)
+                        builder.add_text(answer, cost)
+                    elif not builder.add_frame(cast("ServerFrame", answer), cost):
                         break
                     queue.popleft()
                     self._queued_control -= cost_of_answer(answer)
                     self._answer_bytes -= cost
-                    if fast:
-                        parts.append(conn.send(answer))
-                    else:
-                        frames.append(answer)
-                count += 1
-                size += cost + 1
             self._queued_bytes -= freed
             self._queued_events -= events
             if self._room_lot:
                 self._room_lot.unpark_all()
-            if not count:
+            if not builder.count:
                 continue
-            if fast:
-                text = parts[0] if count == 1 else "[" + ",".join(parts) + "]"
-            else:
-                text = conn.send(frames if len(frames) > 1 else frames[0])
-            try:
-                await self.transport.send(text)
-            except ConnectionClosed:
-                self._nursery_cancel()  # the client is gone: end the session quietly
-                return
+            await self.transport.send(builder.finish())
             self.events_out += events
-            self.broker._events_out += events
+            counters.events_out += events
 
-    async def _close_slow(self) -> None:
-        text = self.conn.send(
-            Error(
-                code=SLOW_CONSUMER,
-                message=f"more than {self.broker.session_buffer} events, or "
-                f"{self.broker.max_pending_bytes} bytes, were waiting to be sent to this "
-                "client: it reads too slowly",
-            )
-        )
+    async def _send_final(self) -> None:
+        """Send the error frame that explains the close, if any (a bounded time)."""
+        final, self._final = self._final, None
+        if final is None:
+            return
         try:
-            with trio.move_on_after(self.broker.shutdown_timeout):
-                await self.transport.send(text)
-        except ConnectionClosed:
-            return  # it left by itself
-        await self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            text = self.conn.send(final)
+        except LocalProtocolError:  # pragma: no cover - an error may always be sent
+            return
+        with trio.move_on_after(self.limits.shutdown_timeout):
+            await self.transport.send(text)
 
     # -- the session's life ---------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve the connection until it closes; tidy up the client's subscriptions."""
         try:
-            hello = await self._handshake()
-            if hello is None:
-                return
-            if not await self.broker._session_started(self):
-                await self.close(CLOSE_GOING_AWAY, "broker shutting down")
-                return
-            try:
-                async with open_service_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._writer)
+            async with open_service_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                hello = await self._handshake()
+                if hello is None:
+                    return
+                if not await self.context.started(self):
+                    await self.close(1001, "broker shutting down")
+                    return
+                try:
                     nursery.start_soon(self._heartbeat)
                     nursery.start_soon(self._acker)
                     await self._reader()
-            finally:
-                self._drop_subscriptions()
-                await self.broker._session_ended(self)
+                finally:
+                    self._drop_subscriptions()
+                    await self.context.ended(self)
         except ConnectionClosed:
             pass
-        except RemoteProtocolError as exc:
-            await self._refuse(exc)
 
     async def _handshake(self) -> Hello | None:
-        """Read until the client's ``hello``; answer ``welcome``. None if the client left."""
-        with trio.move_on_after(self.broker.handshake_timeout):
+        """Read until the client's ``hello``; answer ``welcome``. None if the client left, or
+        was refused (then the connection is closed)."""
+        limits = self.limits
+        with trio.move_on_after(limits.handshake_timeout):
             while True:
                 text = await self.transport.receive()
-                self._last_received = trio.current_time()
+                self._heartbeat_policy.received(trio.current_time())
                 self.conn.receive_text(text)
                 for item in self.conn.frames():
-                    if isinstance(item, Hello):
+                    if type(item) is FrameError:  # fatal before hello
+                        await self._refuse(item)
+                        return None
+                    if type(item) is Hello:
                         self.client = item.client
                         if item.instance:
                             self._publisher = f"instance:{item.instance[:MAX_INSTANCE_LENGTH]}"
                         welcome = Welcome(
                             session=self.id,
-                            broker=self.broker.name,
-                            heartbeat=self.broker.heartbeat,
+                            broker=limits.name,
+                            heartbeat=limits.heartbeat,
                             epoch=self.bus.store.epoch if self.bus.store is not None else None,
                         )
-                        await self.transport.send(self.conn.send(welcome))
+                        # Sent through the connection now (it is open from here on: the
+                        # frames the client pipelined come out next), queued as text.
+                        self._enqueue(self.conn.send(welcome))
                         return item
-        self.broker._count_error("handshake_timeout")
-        message = f"no 'hello' within the handshake timeout ({self.broker.handshake_timeout:g} s)"
-        try:
-            with trio.move_on_after(self.broker.shutdown_timeout):
-                await self.transport.send(self.conn.send(Error(code=PROTOCOL, message=message)))
-        except ConnectionClosed:
-            return None
-        await self.close(CLOSE_PROTOCOL, "no 'hello' within the handshake timeout")
+        self.counters.count_error("handshake_timeout")
+        message = f"no 'hello' within the handshake timeout ({limits.handshake_timeout:g} s)"
+        await self.close(
+            CLOSE_PROTOCOL,
+            "no 'hello' within the handshake timeout",
+            error=Error(code=PROTOCOL, message=message),
+        )
         return None
 
-    async def _refuse(self, exc: RemoteProtocolError) -> None:
+    async def _refuse(self, error: FrameError | RemoteProtocolError) -> None:
         """A fatal protocol violation: explain it in an error frame, then close."""
-        self.broker._count_error(exc.code)
-        try:
-            with trio.move_on_after(self.broker.shutdown_timeout):
-                await self.transport.send(self.conn.send(Error.from_exception(exc)))
-        except ConnectionClosed:
-            pass
-        await self.close(close_code_for(exc.code), str(exc)[:120])
+        self.counters.count_error(error.code)
+        frame = Error(ref=error.ref, code=error.code, message=str(error))
+        await self.close(close_code_for(error.code), str(error)[:120], error=frame)
 
-    async def close(self, code: int, reason: str) -> None:
-        """Close the WebSocket with *code* (waiting a bounded time for the client to agree).
+    async def close(self, code: int, reason: str, *, error: Error | None = None) -> None:
+        """Close the WebSocket with *code* (waiting a bounded time for the client to agree),
+        after the writer sent *error*, if given, to explain.
 
         The writer finishes the message it is sending and stops, so the close frame follows.
         """
+        if error is not None and not self._closing:
+            self._final = error
         self._closing = True
         self._writer_lot.unpark_all()
         self._room_lot.unpark_all()
-        await self.transport.aclose(code, reason, timeout=self.broker.shutdown_timeout)
+        timeout = self.limits.shutdown_timeout
+        if self._nursery is not None:
+            with trio.move_on_after(timeout):
+                await self._writer_done.wait()
+        await self.transport.aclose(code, reason, timeout=timeout)
 
     def _drop_subscriptions(self) -> None:
-        for sub in self.subscriptions.values():
+        for sub_id, sub in self.conn.subscriptions():
             if sub.replay is not None:
                 sub.replay.cancel()
             sub.end()
             self.bus.remove_sink(sub)
-        self.subscriptions.clear()
+            self.conn.detach(sub_id)
 
     async def _heartbeat(self) -> None:
-        """Ping a client silent for an interval; close it if the ping gets no answer in time."""
-        interval = self.broker.heartbeat
+        """Ping a client silent for an interval; close it (4002) if the ping gets no answer in
+        time (the protocol's :class:`~trio_realtime.protocol.Heartbeat` policy)."""
+        policy = self._heartbeat_policy
         while True:
-            quiet_since = self._last_received
-            if trio.current_time() < quiet_since + interval:
-                await trio.sleep_until(quiet_since + interval)
-                continue
-            if self._processing:
-                # Busy with the client's frames (waiting on the bus): not the client's
-                # silence. A ping still tells the client that the broker is alive.
-                self._last_received = trio.current_time()
+            now = trio.current_time()
+            action, deadline = policy.poll(now)
+            if action is HeartbeatAction.WAIT:
+                await trio.sleep_until(deadline)
+            elif action is HeartbeatAction.PING:
+                if self._processing:
+                    # Busy with the client's frames (waiting on the bus): not the client's
+                    # silence. The ping still tells the client that the broker is alive.
+                    policy.received(now)
                 self._enqueue(Ping())
-                continue
-            pinged = trio.current_time()
-            self._enqueue(Ping())
-            await trio.sleep(interval)  # every ping gets a whole interval to be answered
-            if self._last_received < pinged and not self._processing:
-                self.broker._count_error("heartbeat_timeout")
+            elif self._processing:
+                policy.received(now)
+            else:
+                self.counters.count_error("heartbeat_timeout")
                 await self.close(CLOSE_HEARTBEAT, "heartbeat timeout")
                 self._nursery_cancel()
                 return
@@ -530,6 +593,8 @@ class Session:
 
     async def _reader(self) -> None:
         conn = self.conn
+        policy = self._heartbeat_policy
+        max_pending_bytes = self._max_pending_bytes
         while True:
             # While acting on the client's frames (which may wait on the bus), silence from
             # the client is ours: the heartbeat does not count it.
@@ -537,9 +602,12 @@ class Session:
             for item in conn.frames():
                 if type(item) is Publish:  # the bulk of the traffic: no dispatch
                     await self._publish(item)
-                elif isinstance(item, RemoteProtocolError):
-                    self.broker._count_error(item.code)
-                    self._enqueue(Error.from_exception(item))
+                elif type(item) is FrameError:
+                    if item.fatal:
+                        await self._refuse(item)
+                        return
+                    self.counters.count_error(item.code)
+                    self._enqueue(item.to_frame())
                 else:
                     await self._handle(item)
                     # One message may hold thousands of frames: let other connections in
@@ -549,28 +617,32 @@ class Session:
                 # either until it does (TCP then pushes back on it): checked between frames,
                 # since one message may ask for many answers.
                 if (
-                    self._answer_bytes > self.broker.max_pending_bytes
+                    self._answer_bytes > max_pending_bytes
                     or self._queued_control > MAX_ANSWER_BACKLOG
                 ):
                     await self._wait_answers_read()
             self._processing = False
-            self._last_received = trio.current_time()
+            policy.received(trio.current_time())
             try:
                 text = await self.transport.receive()
             except ConnectionClosed:
                 return
             except RemoteProtocolError as exc:  # a binary message, or one too big
-                if exc.code == TOO_LARGE:
-                    raise  # fatal: answered, then closed with 1009 (see run)
-                self._last_received = trio.current_time()
-                self.broker._count_error(exc.code)
-                self._enqueue(Error.from_exception(exc))
+                policy.received(trio.current_time())
+                if exc.code == TOO_LARGE:  # fatal: answered, then closed with 1009
+                    self.counters.count_error(exc.code)
+                    await self.close(
+                        CLOSE_TOO_BIG, str(exc)[:120], error=Error(code=exc.code, message=str(exc))
+                    )
+                    return
+                self.counters.count_error(exc.code)
+                self._enqueue(Error(ref=exc.ref, code=exc.code, message=str(exc)))
                 continue
-            self._last_received = trio.current_time()
+            policy.received(trio.current_time())
             conn.receive_text(text)
 
     async def _wait_answers_read(self) -> None:
-        limit = self.broker.max_pending_bytes
+        limit = self._max_pending_bytes
         # Waiting on the client now: its silence counts again, so a client that reads
         # nothing for a heartbeat interval is closed (it cannot answer the ping unread).
         self._processing = False
@@ -581,7 +653,7 @@ class Session:
         self._processing = True
 
     def _error(self, ref: int | None, code: str, message: str) -> None:
-        self.broker._count_error(code)
+        self.counters.count_error(code)
         self._enqueue(Error(ref=ref, code=code, message=message))
 
     async def _handle(self, frame: Any) -> None:
@@ -591,7 +663,8 @@ class Session:
         elif kind is Subscribe:
             await self._subscribe(frame)
         elif kind is Unsubscribe:
-            sub = self.subscriptions.pop(frame.id, None)
+            # (the connection forgets the id once this frame is handled)
+            sub = self.conn.detach(frame.id)
             if sub is not None:
                 if sub.replay is not None:
                     sub.replay.cancel()
@@ -608,7 +681,7 @@ class Session:
         event = frame.event
         ref = frame.ref
         self.events_in += 1
-        self.broker._events_in += 1
+        self.counters.events_in += 1
         reply_to = event.reply_to
         try:
             validate_topic(event.topic)
@@ -637,12 +710,12 @@ class Session:
         except (TypeError, LocalProtocolError) as exc:
             self._error(ref, BAD_FRAME, f"the event cannot be relayed: {exc}")
             return
-        if size > self.broker.max_event_size:
-            self.broker._count_limit("max_event_size")
+        if size > self.limits.max_event_size:
+            self.counters.count_limit("max_event_size")
             self._error(
                 ref,
                 TOO_LARGE,
-                f"the event takes {size} bytes encoded; the most is {self.broker.max_event_size} "
+                f"the event takes {size} bytes encoded; the most is {self.limits.max_event_size} "
                 "(max_event_size: the message size limit less room for the frame)",
             )
             return
@@ -680,9 +753,9 @@ class Session:
         if since is not None and self.bus.store is None:
             self._error(frame.id, NO_STORE, "this broker has no store: 'since' cannot be served")
             return
-        limit = self.broker.max_subscriptions
-        if len(self.subscriptions) >= limit:
-            self.broker._count_limit("max_subscriptions")
+        limit = self.limits.max_subscriptions
+        if self.conn.attached_count >= limit:
+            self.counters.count_limit("max_subscriptions")
             self._error(
                 frame.id,
                 LIMIT,
@@ -691,7 +764,7 @@ class Session:
             )
             return
         sub = RemoteSubscription(self, frame.id, frame.pattern, frame.group)
-        self.subscriptions[frame.id] = sub
+        self.conn.attach(frame.id, sub)
         # Where to resume if the connection drops before a stored event arrives.
         # (Not for a queue group member: it would replay what the other members handled.)
         resume = (
@@ -703,12 +776,13 @@ class Session:
         if since is None:
             self.bus.add_sink(sub)
             return
-        # Replays run in the bus; a connection has at most max_replays under way (each
-        # holding a page of stored events), and waits for one to finish before the next.
+        # Replays run in the session's nursery; a connection has at most max_replays under
+        # way (each holding a page of stored events), and waits for one to finish first.
+        assert self._nursery is not None
         await self._replay_slots.acquire()
         try:
             sub.replay = await self.bus.add_sink_since(
-                sub, since, on_done=self._replay_slots.release
+                sub, since, on_done=self._replay_slots.release, nursery=self._nursery
             )
         except BaseException:
             self._replay_slots.release()
@@ -723,7 +797,7 @@ class Session:
             )
             return
         limit = max(0, min(frame.limit, MAX_HISTORY))
-        budget = self.broker.max_message_size - MESSAGE_MARGIN - FRAME_OVERHEAD
+        budget = self.limits.max_message_size - MESSAGE_MARGIN - FRAME_OVERHEAD
         try:
             validate_pattern(frame.pattern)
             if frame.since_time is not None:

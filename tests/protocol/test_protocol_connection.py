@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 import pytest
 
-from trio_realtime import Event, LocalProtocolError, RemoteProtocolError
+from trio_realtime import Event, LocalProtocolError
 from trio_realtime.protocol import (
     AUTH_FAILED,
     BAD_FRAME,
@@ -23,9 +23,11 @@ from trio_realtime.protocol import (
     Ack,
     ClientConnection,
     ClientFrame,
+    Connection,
     ConnectionState,
     Error,
     EventFrame,
+    FrameError,
     Gap,
     Hello,
     History,
@@ -33,6 +35,7 @@ from trio_realtime.protocol import (
     Ping,
     Pong,
     Publish,
+    Role,
     ServerConnection,
     ServerFrame,
     Subscribe,
@@ -50,15 +53,15 @@ if TYPE_CHECKING:
 WELCOME = Welcome(session="sess-1", broker="test-broker", heartbeat=30.0, epoch="ep-1")
 T0 = datetime(2026, 11, 26, 15, 4, 5, tzinfo=UTC)
 
-Received = list[ClientFrame | ServerFrame | RemoteProtocolError]
+Received = list[ClientFrame | ServerFrame | FrameError]
 
 
 class ConnectionPair:
     """A client and a server connection wired together, as h11's tests do it."""
 
     def __init__(self) -> None:
-        self.client = ClientConnection()
-        self.server = ServerConnection()
+        self.client: Connection[Any, Any] = Connection(Role.CLIENT)
+        self.server: Connection[Any, Any] = Connection(Role.SERVER)
 
     def client_sends(self, frames: ClientFrame | Sequence[ClientFrame]) -> Received:
         """Send *frames* from the client; return what the server takes out."""
@@ -97,17 +100,19 @@ def pair() -> ConnectionPair:
     return pair
 
 
-def state_of(conn: ServerConnection | ClientConnection) -> ConnectionState:
+def state_of(conn: Connection[Any, Any]) -> ConnectionState:
     """*conn*'s state (a call, so that mypy does not narrow it across sends)."""
     return conn.state
 
 
-def fatal(conn: ServerConnection | ClientConnection) -> RemoteProtocolError:
-    """Take frames out of *conn*, which must fail fatally; return the error."""
-    with pytest.raises(RemoteProtocolError) as info:
-        list(conn.frames())
-    assert conn.state is ConnectionState.CLOSED
-    return info.value
+def fatal(conn: Connection[Any, Any]) -> FrameError:
+    """Take frames out of *conn*, which must fail fatally; return the error (the last item)."""
+    *_, error = conn.frames()
+    assert isinstance(error, FrameError)
+    assert error.fatal
+    assert conn.state is ConnectionState.ERROR
+    assert list(conn.frames()) == []
+    return error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +224,7 @@ def test_server_hello_must_come_first(first: ClientFrame | list[ClientFrame]) ->
     assert "first frame must be 'hello'" in str(error)
     assert close_code_for(error.code) == CLOSE_PROTOCOL
     # the broker can still explain, and nothing more is taken in
-    assert orjson.loads(server.send(Error.from_exception(error)))["code"] == "protocol"
+    assert orjson.loads(server.send(error.to_frame()))["code"] == "protocol"
     server.receive_text(encode(Hello()))
     assert list(server.frames()) == []
 
@@ -250,10 +255,13 @@ def test_server_second_hello_is_fatal(pair: ConnectionPair) -> None:
     pair.server.receive_text(encode([Ping(), Hello(), Pong()]))
     frames = pair.server.frames()
     assert next(frames) == Ping()
-    with pytest.raises(RemoteProtocolError, match="second 'hello'") as info:
-        next(frames)
-    assert info.value.code == PROTOCOL
-    assert pair.server.state is ConnectionState.CLOSED
+    error = next(frames)
+    assert isinstance(error, FrameError)
+    assert error.fatal
+    assert "second 'hello'" in str(error)
+    assert error.code == PROTOCOL
+    assert pair.server.state is ConnectionState.ERROR
+    assert list(frames) == []
     assert list(pair.server.frames()) == []
 
 
@@ -266,7 +274,7 @@ def test_server_unsupported_protocol_version(version: int) -> None:
     assert error.code == UNSUPPORTED_PROTOCOL
     assert str(version) in str(error)
     assert server.hello is None
-    assert Error.from_exception(error).code == "unsupported_protocol"
+    assert error.to_frame().code == "unsupported_protocol"
 
 
 def test_pipelined_frames_wait_for_welcome() -> None:
@@ -398,14 +406,14 @@ def test_client_second_welcome_is_fatal(pair: ConnectionPair) -> None:
 def test_client_cannot_send_broker_frames(pair: ConnectionPair, frame: ServerFrame) -> None:
     """Sending a broker-only frame from the client is a LocalProtocolError."""
     with pytest.raises(LocalProtocolError, match="cannot send"):
-        pair.client.send(frame)  # type: ignore[arg-type]
+        pair.client.send(frame)
 
 
 @pytest.mark.parametrize("frame", [Hello(), Subscribe(id=1, pattern="a"), Unsubscribe(id=1)])
 def test_server_cannot_send_client_frames(pair: ConnectionPair, frame: ClientFrame) -> None:
     """Sending a client-only frame from the server is a LocalProtocolError."""
     with pytest.raises(LocalProtocolError, match="cannot send"):
-        pair.server.send(frame)  # type: ignore[arg-type]
+        pair.server.send(frame)
 
 
 def test_sending_a_non_frame_is_refused(pair: ConnectionPair) -> None:
@@ -423,12 +431,12 @@ def test_server_answers_broker_frames_from_client_with_unknown_type(
     event = Event(topic="a", time=T0)
     pair.server.receive_text(encode([EventFrame(subs=(1,), event=event), Subscribed(id=4)]))
     first, second = pair.server.frames()
-    assert isinstance(first, RemoteProtocolError)
+    assert isinstance(first, FrameError)
     assert first.code == UNKNOWN_TYPE
     assert "'event' frames go from broker to client" in str(first)
-    assert isinstance(second, RemoteProtocolError)
+    assert isinstance(second, FrameError)
     assert second.ref == 4
-    pair.server.send([Error.from_exception(first), Error.from_exception(second)])
+    pair.server.send([first.to_frame(), second.to_frame()])
     assert pair.client_sends(Ping()) == [Ping()]
 
 
@@ -436,7 +444,7 @@ def test_client_reports_client_frames_from_broker_as_unknown_type(pair: Connecti
     """A client-only frame from the broker is a non-fatal unknown_type error."""
     pair.client.receive_text(encode(Subscribe(id=3, pattern="a")))
     (error,) = pair.client.frames()
-    assert isinstance(error, RemoteProtocolError)
+    assert isinstance(error, FrameError)
     assert error.code == UNKNOWN_TYPE
     assert error.ref == 3
     assert pair.server_sends(Ping()) == [Ping()]
@@ -450,15 +458,15 @@ def test_bad_frames_are_not_fatal(pair: ConnectionPair) -> None:
     """Bad frames come out as errors to answer; the connection stays usable."""
     pair.server.receive_text('[{"type":"subscribe","id":5}, {"type":"ping"}, 7]')
     first, second, third = pair.server.frames()
-    assert isinstance(first, RemoteProtocolError)
+    assert isinstance(first, FrameError)
     assert (first.code, first.ref) == (BAD_FRAME, 5)
     assert second == Ping()
-    assert isinstance(third, RemoteProtocolError)
+    assert isinstance(third, FrameError)
     pair.server.receive_text("garbage")
     (garbage,) = pair.server.frames()
-    assert isinstance(garbage, RemoteProtocolError)
+    assert isinstance(garbage, FrameError)
     assert garbage.code == BAD_FRAME
-    answer = Error.from_exception(first)
+    answer = first.to_frame()
     assert pair.server_sends(answer) == [answer]
     assert pair.server.state is ConnectionState.OPEN
     assert pair.subscribe("a") in pair.server.active_subscriptions
@@ -468,7 +476,7 @@ def test_client_bad_frames_are_not_fatal(pair: ConnectionPair) -> None:
     """A bad frame from the broker comes out as an error; the client goes on."""
     pair.client.receive_text('[{"type":"event","subs":"x"}, {"type":"pong"}]')
     error, pong = pair.client.frames()
-    assert isinstance(error, RemoteProtocolError)
+    assert isinstance(error, FrameError)
     assert error.code == BAD_FRAME
     assert pong == Pong()
     assert pair.client.state is ConnectionState.OPEN
@@ -483,10 +491,10 @@ def test_server_duplicate_subscription_id(pair: ConnectionPair) -> None:
     sub_id = pair.subscribe("a")
     pair.server.receive_text(encode(Subscribe(id=sub_id, pattern="b")))
     (error,) = pair.server.frames()
-    assert isinstance(error, RemoteProtocolError)
+    assert isinstance(error, FrameError)
     assert (error.code, error.ref) == (PROTOCOL, sub_id)
     assert "already in use" in str(error)
-    pair.server.send(Error.from_exception(error))
+    pair.server.send(error.to_frame())
     assert pair.server.active_subscriptions == {sub_id}  # the first one lives on
     assert pair.server.state is ConnectionState.OPEN
 
@@ -498,10 +506,10 @@ def test_server_duplicate_of_pending_subscription() -> None:
     pair.server.receive_text(encode([Subscribe(id=1, pattern=p) for p in ("a", "b", "c")]))
     first, duplicate, again = pair.server.frames()
     assert first == Subscribe(id=1, pattern="a")
-    assert isinstance(duplicate, RemoteProtocolError)
-    assert isinstance(again, RemoteProtocolError)
-    pair.server.send(Error.from_exception(duplicate))
-    pair.server.send(Error.from_exception(again))
+    assert isinstance(duplicate, FrameError)
+    assert isinstance(again, FrameError)
+    pair.server.send(duplicate.to_frame())
+    pair.server.send(again.to_frame())
     assert pair.server.pending_subscriptions == {1}
     pair.server.send(Subscribed(id=1))
     assert pair.server.active_subscriptions == {1}

@@ -103,5 +103,5 @@ def test_package_docstring_example_runs() -> None:
     doc = trio_realtime.protocol.__doc__
     assert doc is not None
     example = textwrap.dedent(doc.split("::\n\n", 1)[1].split("\n\n", 1)[0])
-    assert "ClientConnection()" in example
+    assert "Connection(Role.CLIENT)" in example
     exec(example, dict(vars(trio_realtime.protocol)))

@@ -1,17 +1,17 @@
-"""The wire protocol, sans I/O: frames, their JSON codec, and connection state machines.
+"""The wire protocol, sans I/O: frames, their JSON codec, and the connection state machine.
 
 Nothing here does I/O or imports Trio; the broker and the client wrap these objects around a
-WebSocket. A connection object has three verbs:
+WebSocket. A :class:`Connection` (``Connection(Role.SERVER)`` for the broker's side,
+``Connection(Role.CLIENT)`` for a client's) has three verbs:
 
-* :meth:`~ServerConnection.receive_text` feeds in one received WebSocket text message;
-* :meth:`~ServerConnection.frames` takes the frames out, checked against the protocol (a frame
-  that cannot be decoded comes out as a :exc:`~trio_realtime.RemoteProtocolError` to answer; a
-  fatal violation is raised);
-* :meth:`~ServerConnection.send` turns frames into the text of one message to send.
+* :meth:`~Connection.receive_text` feeds in one received WebSocket text message;
+* :meth:`~Connection.frames` takes out what it held: frames, checked against the protocol,
+  and a :class:`FrameError` in place of each frame that could not be taken (never raised);
+* :meth:`~Connection.send` turns frames into the text of one message to send.
 
 Two peers talking, with no network in between::
 
-    client, server = ClientConnection(), ServerConnection()
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
     server.receive_text(client.send(Hello(client="demo")))
     assert list(server.frames()) == [Hello(client="demo")]
     client.receive_text(server.send(Welcome(session="s1", broker="b", heartbeat=30.0)))
@@ -22,18 +22,30 @@ Two peers talking, with no network in between::
     (subscribe,) = server.frames()
     client.receive_text(server.send(Subscribed(id=subscribe.id)))
     assert list(client.frames()) == [Subscribed(id=sub)]
+    server.receive_text("not json")
+    (error,) = server.frames()
+    assert isinstance(error, FrameError) and not error.fatal and error.code == BAD_FRAME
 
-:func:`encode` and :func:`decode` are the codec on its own, without the protocol's rules.
+The state transitions are the tables :data:`SEND_TRANSITIONS` and :data:`RECEIVE_TRANSITIONS`.
+:class:`Heartbeat` is the heartbeat policy both sides follow, and :class:`MessageBuilder`
+the broker's batching of event frames around cached event texts. :func:`encode` and
+:func:`decode` are the codec on its own, without the protocol's rules.
 """
 
 from __future__ import annotations
 
+from ._batch import MessageBuilder as MessageBuilder
 from ._codec import decode as decode
 from ._codec import encode as encode
 from ._codec import encode_event as encode_event
 from ._codec import encoded_size as encoded_size
+from ._connection import RECEIVE_TRANSITIONS as RECEIVE_TRANSITIONS
+from ._connection import SEND_TRANSITIONS as SEND_TRANSITIONS
 from ._connection import ClientConnection as ClientConnection
+from ._connection import Connection as Connection
 from ._connection import ConnectionState as ConnectionState
+from ._connection import FrameError as FrameError
+from ._connection import Role as Role
 from ._connection import ServerConnection as ServerConnection
 from ._frames import AUTH_FAILED as AUTH_FAILED
 from ._frames import BAD_FRAME as BAD_FRAME
@@ -85,6 +97,8 @@ from ._frames import Unsubscribe as Unsubscribe
 from ._frames import Unsubscribed as Unsubscribed
 from ._frames import Welcome as Welcome
 from ._frames import close_code_for as close_code_for
+from ._heartbeat import Heartbeat as Heartbeat
+from ._heartbeat import HeartbeatAction as HeartbeatAction
 
 __all__ = [
     "AUTH_FAILED",
@@ -112,7 +126,9 @@ __all__ = [
     "PROTOCOL",
     "PROTOCOL_VERSION",
     "RATE_LIMITED",
+    "RECEIVE_TRANSITIONS",
     "REPLY_ERROR_HEADER",
+    "SEND_TRANSITIONS",
     "SERVER_FRAME_TYPES",
     "SLOW_CONSUMER",
     "TOO_LARGE",
@@ -121,17 +137,23 @@ __all__ = [
     "Ack",
     "ClientConnection",
     "ClientFrame",
+    "Connection",
     "ConnectionState",
     "Error",
     "EventFrame",
     "Frame",
+    "FrameError",
     "Gap",
+    "Heartbeat",
+    "HeartbeatAction",
     "Hello",
     "History",
     "HistoryResult",
+    "MessageBuilder",
     "Ping",
     "Pong",
     "Publish",
+    "Role",
     "ServerConnection",
     "ServerFrame",
     "Subscribe",
