@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+from conftest import running_broker
 
 from trio_realtime import EventChannel
 from trio_realtime._broker import Broker
@@ -18,16 +19,14 @@ from trio_realtime.testing import check_channel
 async def run_check(broker: Broker, *, stored: bool) -> None:
     """Serve *broker* on 127.0.0.1 and run check_channel with clients of it."""
     with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(broker.serve, "127.0.0.1", 0)
+        async with running_broker(broker) as served:
 
             @asynccontextmanager
             async def connect() -> AsyncIterator[EventChannel]:
-                async with open_client(server.url, name="check") as client:
+                async with open_client(served.url, name="check") as client:
                     yield client
 
             await check_channel(connect, stored=stored)
-            nursery.cancel_scope.cancel()
 
 
 async def test_remote_client_passes_check_channel() -> None:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import cast
 
 import orjson
 import pytest
 import trio
 import trio.testing
 import trio_websocket
+from conftest import FAST, running_broker, start_broker
 
 from trio_realtime import Broker, Client, EpochChanged, Event, Subscription, open_client
 from trio_realtime._client_conn import Prober, catch_up_oversized, locate_oversized
@@ -23,8 +23,6 @@ from trio_realtime.store import MemoryStore, SQLiteStore
 
 TIMEOUT = 30
 PAYLOAD = "x" * 64 * 1024
-#: Reconnect quickly in tests.
-FAST: Final[dict[str, Any]] = {"backoff_initial": 0.01, "backoff_max": 0.05}
 
 
 async def test_gap_on_a_persisted_subscription_is_caught_up_from_the_store() -> None:
@@ -32,58 +30,41 @@ async def test_gap_on_a_persisted_subscription_is_caught_up_from_the_store() -> 
     broker = Broker(store=MemoryStore(), session_buffer=5, stats_interval=None)
     total = 120
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(broker.serve, "127.0.0.1", 0)
-            async with (
-                open_client(server.url, name="slow") as client,
-                client.subscribe("feed.>", since=0, max_buffer_size=1) as sub,
-            ):
-                # The client does not read: its one-event buffer fills, its reader stalls, TCP
-                # fills, and the broker drops the oldest queued events for it (a gap).
-                for i in range(total):
-                    await broker.bus.publish("feed.x", {"i": i, "pad": PAYLOAD})
-                assert broker.statistics().dropped > 0
-                seqs = [(await sub.receive()).seq for _ in range(total)]
-                assert seqs == list(range(1, total + 1))
-                assert sub.missed == 0
-                assert client.statistics().catch_ups >= 1
-                await broker.bus.publish("feed.x", {"i": total})
-                assert (await sub.receive()).seq == total + 1
-            nursery.cancel_scope.cancel()
+        async with (
+            running_broker(broker) as server,
+            open_client(server.url, name="slow") as client,
+            client.subscribe("feed.>", since=0, max_buffer_size=1) as sub,
+        ):
+            # The client does not read: its one-event buffer fills, its reader stalls, TCP
+            # fills, and the broker drops the oldest queued events for it (a gap).
+            for i in range(total):
+                await broker.bus.publish("feed.x", {"i": i, "pad": PAYLOAD})
+            assert broker.statistics().dropped > 0
+            seqs = [(await sub.receive()).seq for _ in range(total)]
+            assert seqs == list(range(1, total + 1))
+            assert sub.missed == 0
+            assert client.statistics().catch_ups >= 1
+            await broker.bus.publish("feed.x", {"i": total})
+            assert (await sub.receive()).seq == total + 1
 
 
 async def test_restart_with_a_new_store_is_reported_once() -> None:
     """A broker that comes back with another store makes the subscription raise EpochChanged."""
     with trio.fail_after(TIMEOUT):
+        # The brokers serve in a nursery that encloses the client: they stop while it lives on.
         async with trio.open_nursery() as nursery:
-            first = Broker(store=MemoryStore(), stats_interval=None)
-            scope = trio.CancelScope()
-            stopped = trio.Event()
-
-            async def run(broker: Broker, port: int, *, task_status: trio.TaskStatus[int]) -> None:
-                try:
-                    with scope:
-                        async with trio.open_nursery() as inner:
-                            server = await inner.start(broker.serve, "127.0.0.1", port)
-                            task_status.started(server.port)
-                finally:
-                    stopped.set()
-
-            port = await nursery.start(run, first, 0)
+            first = await start_broker(nursery, store=MemoryStore())
             async with (
-                open_client(f"ws://127.0.0.1:{port}", backoff_max=0.1) as client,
+                open_client(first.url, backoff_max=0.1) as client,
                 client.subscribe("feed.>", since=0) as sub,
             ):
-                await first.bus.publish("feed.x", "old store")
+                await first.broker.bus.publish("feed.x", "old store")
                 assert (await sub.receive()).seq == 1
                 old_epoch = client.epoch
-                scope.cancel()
-                await stopped.wait()
+                await first.stop()
 
-                second = Broker(store=MemoryStore(), stats_interval=None)
-                scope = trio.CancelScope()
-                await nursery.start(run, second, port)
-                await second.bus.publish("feed.x", "stored before the client is back")
+                second = await start_broker(nursery, store=MemoryStore(), port=first.port)
+                await second.broker.bus.publish("feed.x", "stored before the client is back")
                 await client.wait_connected()
                 with pytest.raises(EpochChanged) as info:
                     await sub.receive()
@@ -92,7 +73,7 @@ async def test_restart_with_a_new_store_is_reported_once() -> None:
                 # then the subscription goes on, replaying the new store from its start
                 got = await sub.receive()
                 assert (got.seq, got.data) == (1, "stored before the client is back")
-            nursery.cancel_scope.cancel()
+            await second.stop()
 
 
 async def test_a_subscription_that_got_nothing_yet_resumes_from_when_it_subscribed(
@@ -102,48 +83,30 @@ async def test_a_subscription_that_got_nothing_yet_resumes_from_when_it_subscrib
     db = tmp_path / "events.db"
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
-            scope = trio.CancelScope()
-            stopped = trio.Event()
-
-            async def run(port: int, *, task_status: trio.TaskStatus[int]) -> None:
-                try:
-                    with scope:
-                        async with trio.open_nursery() as inner:
-                            broker = Broker(store=SQLiteStore(db), stats_interval=None)
-                            brokers.append(broker)
-                            server = await inner.start(broker.serve, "127.0.0.1", port)
-                            task_status.started(server.port)
-                finally:
-                    stopped.set()
-
-            brokers: list[Broker] = []
-            port = await nursery.start(run, 0)
-            await brokers[0].bus.publish("orders.old", "before the subscription")
+            first = await start_broker(nursery, store=SQLiteStore(db))
+            await first.broker.bus.publish("orders.old", "before the subscription")
             async with (
-                open_client(f"ws://127.0.0.1:{port}", backoff_max=0.1) as client,
+                open_client(first.url, backoff_max=0.1) as client,
                 client.subscribe("orders.>") as sub,
             ):
-                scope.cancel()
-                await stopped.wait()
+                await first.stop()
                 # stored while no broker runs: the client cannot be connected yet
                 async with SQLiteStore(db) as store:
                     await store.append(
                         [Event(topic="orders.new", data="while the client was away")]
                     )
-                scope, stopped = trio.CancelScope(), trio.Event()
-                await nursery.start(run, port)
+                second = await start_broker(nursery, store=SQLiteStore(db), port=first.port)
                 got = await sub.receive()
                 assert (got.topic, got.data) == ("orders.new", "while the client was away")
                 assert sub.missed == 0
-            nursery.cancel_scope.cancel()
+            await second.stop()
 
 
 async def test_only_subscriptions_outside_queue_groups_get_a_resume_point() -> None:
     """subscribed carries the store's last seq, but not for a queue group member."""
-    broker = Broker(store=MemoryStore(), stats_interval=None)
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(broker.serve, "127.0.0.1", 0)
+        async with running_broker(store=MemoryStore()) as server:
+            broker = server.broker
             for i in range(3):
                 await broker.bus.publish("jobs.x", i)
             async with trio_websocket.open_websocket_url(server.url) as ws:
@@ -162,7 +125,6 @@ async def test_only_subscriptions_outside_queue_groups_get_a_resume_point() -> N
                     {"type": "subscribed", "id": 1, "seq": 3},
                     {"type": "subscribed", "id": 2, "seq": None},
                 ]
-            nursery.cancel_scope.cancel()
 
 
 def test_resume_point_is_the_later_one_and_none_in_a_group() -> None:
@@ -183,20 +145,11 @@ def test_resume_point_is_the_later_one_and_none_in_a_group() -> None:
 # Messages too large for the client
 
 
-@asynccontextmanager
-async def serving(broker: Broker) -> AsyncIterator[str]:
-    """*broker* serving on a free port of 127.0.0.1 for the block; its URL."""
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(broker.serve, "127.0.0.1", 0)
-        yield server.url
-        nursery.cancel_scope.cancel()
-
-
 async def wait_until(predicate: Callable[[], bool]) -> None:
     """Poll *predicate* until it holds (callers hold a hang guard): for counters of the
     client's that no event announces."""
     while not predicate():
-        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        await trio.testing.wait_all_tasks_blocked()
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -218,8 +171,8 @@ async def test_a_stored_event_too_large_is_skipped_once_and_later_events_arrive(
     broker = Broker(store=MemoryStore(), stats_interval=None)  # 1 MiB messages
     with trio.fail_after(TIMEOUT):
         async with (
-            serving(broker) as url,
-            open_client(url, max_message_size=4096, **FAST) as client,
+            running_broker(broker) as served,
+            open_client(served.url, max_message_size=4096, **FAST) as client,
             client.subscribe("feed.>") as sub,
         ):
             await broker.bus.publish("feed.x", "before")
@@ -247,8 +200,8 @@ async def test_an_event_too_large_in_bytes_only_is_skipped_too() -> None:
     broker = Broker(store=MemoryStore(), stats_interval=None)
     with trio.fail_after(TIMEOUT):
         async with (
-            serving(broker) as url,
-            open_client(url, max_message_size=4096, **FAST) as client,
+            running_broker(broker) as served,
+            open_client(served.url, max_message_size=4096, **FAST) as client,
             client.subscribe("feed.>") as sub,
         ):
             await broker.bus.publish("feed.x", "é" * 3000)  # 3,000 characters, 6,000 bytes
@@ -265,8 +218,8 @@ async def test_an_unstored_event_too_large_is_counted_and_the_client_goes_on(
     broker = Broker(stats_interval=None)  # no store
     with trio.fail_after(TIMEOUT):
         async with (
-            serving(broker) as url,
-            open_client(url, max_message_size=4096, **FAST) as client,
+            running_broker(broker) as served,
+            open_client(served.url, max_message_size=4096, **FAST) as client,
             client.subscribe("live.>") as sub,
         ):
             await broker.bus.publish("live.x", "before")
@@ -288,11 +241,11 @@ async def test_a_replay_batched_beyond_the_limit_is_read_in_pages() -> None:
     broker = Broker(store=MemoryStore(), stats_interval=None)
     total = 100
     with trio.fail_after(TIMEOUT):
-        async with serving(broker) as url:
+        async with running_broker(broker) as served:
             for i in range(total):
                 await broker.bus.publish("feed.x", {"i": i, "pad": "p" * 200})
             async with (
-                open_client(url, max_message_size=4096, **FAST) as client,
+                open_client(served.url, max_message_size=4096, **FAST) as client,
                 client.subscribe("feed.>", since=0) as sub,
             ):
                 got = [(await sub.receive()).data["i"] for _ in range(total)]
@@ -311,8 +264,8 @@ async def test_reconnects_back_off_while_nothing_changes(monkeypatch: pytest.Mon
     attempts: list[int] = []
     with trio.fail_after(TIMEOUT):
         async with (
-            serving(broker) as url,
-            open_client(url, max_message_size=4096, **FAST) as client,
+            running_broker(broker) as served,
+            open_client(served.url, max_message_size=4096, **FAST) as client,
             client.subscribe("live.>"),
         ):
             backoff = client._backoff
