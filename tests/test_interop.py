@@ -15,17 +15,17 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack, asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
 import pytest
 import trio
+import trio.testing
+from conftest import running_broker
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
-
-from trio_realtime._broker import Broker
 
 T = TypeVar("T")
 Frame = dict[str, Any]
@@ -34,25 +34,15 @@ Frame = dict[str, Any]
 RECV_TIMEOUT: Final = 5.0
 #: Seconds a whole test may take.
 TEST_TIMEOUT: Final = 10.0
-#: The broker's name in these tests (checked in ``welcome``).
+#: The broker's name in the handshake test (checked in ``welcome``).
 BROKER_NAME: Final = "interop-broker"
-#: The broker's heartbeat in these tests (long: no heartbeat ping interferes).
+#: The broker's heartbeat in the handshake test. (The default, 30 s, is long enough that no
+#: heartbeat ping interferes with a test.)
 HEARTBEAT: Final = 25.5
 
 
 # ---------------------------------------------------------------------------------------------
 # Harness
-
-
-@asynccontextmanager
-async def open_broker(**options: Any) -> AsyncIterator[tuple[Broker, str]]:
-    """A serving broker and its ``ws://`` URL; stopped (clients get 1001) on exit."""
-    options.setdefault("heartbeat", HEARTBEAT)
-    broker = Broker(stats_interval=None, name=BROKER_NAME, **options)
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(broker.serve, "127.0.0.1", 0)
-        yield broker, server.url
-        nursery.cancel_scope.cancel()
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
@@ -163,10 +153,13 @@ def parse_iso(text: object) -> datetime:
 async def test_handshake_hello_welcome() -> None:
     """`hello` is answered by `welcome` with protocol 1, a session, the broker's name, heartbeat."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker(name=BROKER_NAME, heartbeat=HEARTBEAT) as served:
 
             def run() -> list[Frame]:
-                with open_peer(url, hello=False) as a, open_peer(url, hello=False) as b:
+                with (
+                    open_peer(served.url, hello=False) as a,
+                    open_peer(served.url, hello=False) as b,
+                ):
                     welcomes = []
                     for peer in (a, b):
                         peer.send({"type": "hello", "protocol": 1, "token": None, "client": "x"})
@@ -183,16 +176,16 @@ async def test_handshake_hello_welcome() -> None:
         assert isinstance(welcome["heartbeat"], float)
         assert welcome["heartbeat"] == HEARTBEAT
     assert welcomes[0]["session"] != welcomes[1]["session"]
-    assert broker.statistics().errors == {}
+    assert served.broker.statistics().errors == {}
 
 
 async def test_hello_with_only_the_type() -> None:
     """`hello` without `protocol`, `token` or `client` takes their defaults."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_, url):
+        async with running_broker() as served:
 
             def run() -> Frame:
-                with open_peer(url, hello=False) as peer:
+                with open_peer(served.url, hello=False) as peer:
                     peer.send({"type": "hello"})
                     welcome = peer.expect("welcome")
                     assert peer.ping() == []
@@ -204,24 +197,24 @@ async def test_hello_with_only_the_type() -> None:
 async def test_subscribe_answers_subscribed() -> None:
     """`subscribe` is answered by `subscribed` with its id."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> Frame:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     peer.send({"type": "subscribe", "id": 7, "pattern": "orders.>", "group": None})
                     return peer.expect("subscribed")
 
             assert await in_thread(run) == {"type": "subscribed", "id": 7, "seq": None}
-            assert broker.statistics().errors == {}
+            assert served.broker.statistics().errors == {}
 
 
 async def test_publish_with_ref_is_acked() -> None:
     """`publish` with `ref` is answered by `ack` with the ref, the event id, and seq null."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, Frame]:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     chosen = peer.publish(1, topic="orders.created", id="evt-1", data={"n": 1})
                     filled = peer.publish(2, topic="orders.created", data=None)
                     return chosen, filled
@@ -232,30 +225,30 @@ async def test_publish_with_ref_is_acked() -> None:
     assert isinstance(filled["id"], str)
     assert filled["id"]
     assert filled["seq"] is None
-    assert broker.statistics().events_in == 2
+    assert served.broker.statistics().events_in == 2
 
 
 async def test_publish_without_ref_gets_no_answer() -> None:
     """A `publish` without `ref` is fire and forget: nothing comes back."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> list[Frame]:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     peer.send({"type": "publish", "event": {"topic": "orders.created"}})
                     return peer.ping()
 
             assert await in_thread(run) == []
-            assert broker.statistics().events_in == 1
+            assert served.broker.statistics().events_in == 1
 
 
 async def test_event_reaches_wildcard_subscriber_once_with_every_matching_sub() -> None:
     """An event goes to another client in one frame whose `subs` lists all its matching ids."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, Frame, list[Frame]]:
-                with open_peer(url) as publisher, open_peer(url) as subscriber:
+                with open_peer(served.url) as publisher, open_peer(served.url) as subscriber:
                     subscriber.subscribe(1, "orders.>")
                     subscriber.subscribe(2, "orders.*")
                     subscriber.subscribe(3, "other.>")
@@ -282,10 +275,10 @@ async def test_event_reaches_wildcard_subscriber_once_with_every_matching_sub() 
 async def test_batch_in_several_answers_out() -> None:
     """A JSON array of frames is processed in order and every frame gets its answer."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_, url):
+        async with running_broker() as served:
 
             def run() -> list[Frame]:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     peer.send(
                         [
                             {"type": "subscribe", "id": 1, "pattern": "batch.*"},
@@ -311,10 +304,10 @@ async def test_batch_in_several_answers_out() -> None:
 async def test_broker_fills_omitted_event_fields() -> None:
     """A publish may omit id, type, source and time: the broker fills them in."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, Frame]:
-                with open_peer(url) as publisher, open_peer(url) as subscriber:
+                with open_peer(served.url) as publisher, open_peer(served.url) as subscriber:
                     subscriber.subscribe(1, "fill.>")
                     ack = publisher.publish(1, topic="fill.me", data=[1, 2])
                     return ack, subscriber.expect("event")["event"]
@@ -334,10 +327,10 @@ async def test_broker_fills_omitted_event_fields() -> None:
 async def test_client_chosen_event_fields_are_kept() -> None:
     """id, type, source, time and headers chosen by the publisher reach the subscriber."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_, url):
+        async with running_broker() as served:
 
             def run() -> Frame:
-                with open_peer(url) as publisher, open_peer(url) as subscriber:
+                with open_peer(served.url) as publisher, open_peer(served.url) as subscriber:
                     subscriber.subscribe(1, "kept.it")
                     publisher.publish(
                         1,
@@ -362,10 +355,10 @@ async def test_client_chosen_event_fields_are_kept() -> None:
 async def test_client_seq_is_ignored() -> None:
     """A `seq` chosen by the publisher is ignored: the ack and the event carry the broker's."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, Frame]:
-                with open_peer(url) as publisher, open_peer(url) as subscriber:
+                with open_peer(served.url) as publisher, open_peer(served.url) as subscriber:
                     subscriber.subscribe(1, "seq.test")
                     ack = publisher.publish(1, topic="seq.test", seq=42)
                     return ack, subscriber.expect("event")["event"]
@@ -378,10 +371,10 @@ async def test_client_seq_is_ignored() -> None:
 async def test_request_reply_between_two_clients() -> None:
     """A requester's publish with `reply_to` reaches a responder, whose reply reaches the inbox."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, Frame]:
-                with open_peer(url) as responder, open_peer(url) as requester:
+                with open_peer(served.url) as responder, open_peer(served.url) as requester:
                     responder.subscribe(1, "svc.echo")
                     requester.subscribe(1, "_inbox.x")
                     requester.publish(2, topic="svc.echo", data={"say": "hi"}, reply_to="_inbox.x")
@@ -399,16 +392,16 @@ async def test_request_reply_between_two_clients() -> None:
     assert reply["subs"] == [1]
     assert reply["event"]["topic"] == "_inbox.x"
     assert reply["event"]["data"] == {"echo": "hi"}
-    assert broker.statistics().errors == {}
+    assert served.broker.statistics().errors == {}
 
 
 async def test_request_without_responders_is_refused() -> None:
     """A publish with `reply_to` that matches no subscription gets `no_responders` with its ref."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, list[Frame]]:
-                with open_peer(url) as requester:
+                with open_peer(served.url) as requester:
                     requester.subscribe(1, "_inbox.y")
                     requester.send(
                         {
@@ -423,7 +416,7 @@ async def test_request_without_responders_is_refused() -> None:
                     return error, requester.ping()
 
             error, after = await in_thread(run)
-            assert broker.statistics().errors == {"no_responders": 1}
+            assert served.broker.statistics().errors == {"no_responders": 1}
     assert error["code"] == "no_responders"
     assert error["ref"] == 5
     assert isinstance(error["message"], str)
@@ -433,10 +426,10 @@ async def test_request_without_responders_is_refused() -> None:
 async def test_unsubscribe_stops_events() -> None:
     """`unsubscribe` is answered by `unsubscribed`, and no event follows."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, Frame, list[Frame]]:
-                with open_peer(url) as publisher, open_peer(url) as subscriber:
+                with open_peer(served.url) as publisher, open_peer(served.url) as subscriber:
                     subscriber.subscribe(3, "unsub.>")
                     publisher.publish(1, topic="unsub.a")
                     first = subscriber.expect("event")
@@ -454,10 +447,10 @@ async def test_unsubscribe_stops_events() -> None:
 async def test_ping_pong() -> None:
     """`ping` is answered by `pong`."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_, url):
+        async with running_broker() as served:
 
             def run() -> Frame:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     peer.send({"type": "ping"})
                     return peer.expect("pong")
 
@@ -598,17 +591,17 @@ async def test_bad_input_gets_error_and_connection_stays_usable(
 ) -> None:
     """Each kind of bad input gets its `error` frame, is counted, and the connection goes on."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> tuple[list[Frame], Frame, list[Frame]]:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     peer.send_text(text)
                     peer.send(AFTER)
                     before, ack = peer.until_ack(1000)
                     return before, ack, peer.ping()
 
             before, ack, after = await in_thread(run)
-            assert broker.statistics().errors == {code: 1}
+            assert served.broker.statistics().errors == {code: 1}
     assert len(before) == 1, before
     (error,) = before
     assert error["type"] == "error"
@@ -623,10 +616,10 @@ async def test_bad_input_gets_error_and_connection_stays_usable(
 async def test_bad_frame_in_batch_spoils_only_itself() -> None:
     """In a batch, a bad frame gets its error in place; the good frames around it, their answers."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> list[Frame]:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     peer.send(
                         [
                             {"type": "ping"},
@@ -640,7 +633,7 @@ async def test_bad_frame_in_batch_spoils_only_itself() -> None:
                     return peer.until(lambda f: f["type"] == "subscribed")
 
             frames = await in_thread(run)
-            assert broker.statistics().errors == {"bad_frame": 2, "unknown_type": 1}
+            assert served.broker.statistics().errors == {"bad_frame": 2, "unknown_type": 1}
     assert [(f["type"], f.get("code"), f.get("ref")) for f in frames] == [
         ("pong", None, None),
         ("error", "bad_frame", None),
@@ -654,10 +647,10 @@ async def test_bad_frame_in_batch_spoils_only_itself() -> None:
 async def test_duplicate_subscription_id_is_refused_not_fatal() -> None:
     """A second `subscribe` with a live id gets `protocol` with its ref; the first one stays."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, list[Frame], list[Frame]]:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     peer.subscribe(1, "dup.a")
                     peer.send({"type": "subscribe", "id": 1, "pattern": "dup.b"})
                     error = peer.expect("error")
@@ -668,7 +661,7 @@ async def test_duplicate_subscription_id_is_refused_not_fatal() -> None:
                     return error, on_a, on_b
 
             error, on_a, on_b = await in_thread(run)
-            assert broker.statistics().errors == {"protocol": 1}
+            assert served.broker.statistics().errors == {"protocol": 1}
     assert error["code"] == "protocol"
     assert error["ref"] == 1
     assert [f["type"] for f in on_a] == ["event", "ack"]
@@ -681,7 +674,7 @@ async def test_garbage_from_one_client_does_not_disturb_another() -> None:
     garbage = ["{", "[[1, 2]]", '{"type": 1}', '{"type": "publish", "event": {}}', "\x00" * 64]
     rounds = 50
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
             flooding = threading.Event()
             done = threading.Event()
             sent = 0
@@ -689,7 +682,7 @@ async def test_garbage_from_one_client_does_not_disturb_another() -> None:
             def flood() -> list[Frame]:
                 nonlocal sent
                 answers = []
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     while not done.is_set():
                         for text in garbage * 4:
                             peer.send_text(text)
@@ -702,7 +695,7 @@ async def test_garbage_from_one_client_does_not_disturb_another() -> None:
                 assert flooding.wait(RECV_TIMEOUT)
                 events = []
                 try:
-                    with open_peer(url) as publisher, open_peer(url) as subscriber:
+                    with open_peer(served.url) as publisher, open_peer(served.url) as subscriber:
                         subscriber.subscribe(1, "calm.>")
                         for i in range(rounds):
                             assert publisher.publish(i, topic="calm.x", data=i)["ref"] == i
@@ -719,7 +712,7 @@ async def test_garbage_from_one_client_does_not_disturb_another() -> None:
 
                 nursery.start_soon(run_flood)
                 events = await in_thread(behave)
-            assert broker.statistics().errors == {"bad_frame": sent}
+            assert served.broker.statistics().errors == {"bad_frame": sent}
     assert [e["event"]["data"] for e in events] == list(range(rounds))
     (answers,) = flood_result
     assert len(answers) == sent
@@ -733,16 +726,16 @@ async def test_garbage_from_one_client_does_not_disturb_another() -> None:
 async def test_first_frame_not_hello_is_fatal() -> None:
     """A first frame other than `hello` gets `error` code `protocol`, then close code 4000."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, int]:
-                with open_peer(url, hello=False) as peer:
+                with open_peer(served.url, hello=False) as peer:
                     peer.send({"type": "ping"})
                     error = peer.expect("error")
                     return error, peer.close_code()
 
             error, code = await in_thread(run)
-            assert broker.statistics().errors == {"protocol": 1}
+            assert served.broker.statistics().errors == {"protocol": 1}
     assert error["code"] == "protocol"
     assert code == 4000
 
@@ -750,10 +743,10 @@ async def test_first_frame_not_hello_is_fatal() -> None:
 async def test_first_frame_not_json_is_fatal() -> None:
     """A first message that is not JSON gets `error` code `protocol`, then close code 4000."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, int]:
-                with open_peer(url, hello=False) as peer:
+                with open_peer(served.url, hello=False) as peer:
                     peer.send_text("hello?")
                     error = peer.expect("error")
                     return error, peer.close_code()
@@ -766,17 +759,17 @@ async def test_first_frame_not_json_is_fatal() -> None:
 async def test_unsupported_protocol_version_is_refused() -> None:
     """`hello` with protocol 2 gets `error` code `unsupported_protocol`, then close (4000)."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, int]:
-                with open_peer(url, hello=False) as peer:
+                with open_peer(served.url, hello=False) as peer:
                     peer.send({"type": "hello", "protocol": 2})
                     error = peer.expect("error")
                     return error, peer.close_code()
 
             error, code = await in_thread(run)
-            assert broker.statistics().errors == {"unsupported_protocol": 1}
-            assert broker.statistics().connections_total == 0
+            assert served.broker.statistics().errors == {"unsupported_protocol": 1}
+            assert served.broker.statistics().connections_total == 0
     assert error["code"] == "unsupported_protocol"
     assert code == 4000
 
@@ -784,11 +777,11 @@ async def test_unsupported_protocol_version_is_refused() -> None:
 async def test_message_over_max_size_closes_1009() -> None:
     """A message larger than `max_message_size` closes the connection with code 1009."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(max_message_size=4096) as (broker, url):
-            async with broker.bus.subscribe("$sys.disconnect") as disconnects:
+        async with running_broker(max_message_size=4096) as served:
+            async with served.broker.bus.subscribe("$sys.disconnect") as disconnects:
 
                 def run() -> int:
-                    with open_peer(url) as peer:
+                    with open_peer(served.url) as peer:
                         peer.publish(1, topic="small", data="x" * 900)
                         peer.send(
                             {"type": "publish", "event": {"topic": "big", "data": "x" * 5000}}
@@ -797,21 +790,31 @@ async def test_message_over_max_size_closes_1009() -> None:
 
                 assert await in_thread(run) == 1009
                 await disconnects.receive()
-            assert broker.statistics().errors == {"too_large": 1}
+            assert served.broker.statistics().errors == {"too_large": 1}
 
 
-async def test_no_hello_within_handshake_timeout_closes() -> None:
-    """A client that sends nothing is closed once `handshake_timeout` has passed (4000)."""
-    with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(handshake_timeout=0.2) as (broker, url):
+async def test_no_hello_within_handshake_timeout_closes(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A client that sends nothing is closed once `handshake_timeout` has passed (4000), and
+    not before.
 
-            def run() -> int:
-                with open_peer(url, hello=False) as peer:
-                    return peer.close_code()
-
-            assert await in_thread(run) == 4000
-            assert broker.statistics().connections_total == 0
-            assert broker.statistics().errors == {"handshake_timeout": 1}
+    The broker's clock stands still while the client connects in its thread (no real time
+    limit can race the connect), then jumps over the timeout.
+    """
+    handshake_timeout = 5.0
+    with trio.fail_after(TEST_TIMEOUT), ExitStack() as stack:
+        async with running_broker(handshake_timeout=handshake_timeout) as served:
+            peer = await in_thread(lambda: stack.enter_context(open_peer(served.url, hello=False)))
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(handshake_timeout * 0.99)
+            await trio.testing.wait_all_tasks_blocked()
+            assert served.broker.statistics().errors == {}
+            mock_clock.jump(handshake_timeout * 0.02)
+            assert await in_thread(peer.close_code) == 4000
+            assert served.broker.statistics().connections_total == 0
+            assert served.broker.statistics().errors == {"handshake_timeout": 1}
+        await in_thread(stack.close)
 
 
 async def test_graceful_shutdown_closes_clients_1001() -> None:
@@ -819,10 +822,10 @@ async def test_graceful_shutdown_closes_clients_1001() -> None:
     with trio.fail_after(TEST_TIMEOUT):
         stack = ExitStack()
         try:
-            async with open_broker() as (_, url):
+            async with running_broker() as served:
 
                 def start() -> Peer:
-                    peer = stack.enter_context(open_peer(url))
+                    peer = stack.enter_context(open_peer(served.url))
                     peer.subscribe(1, "shutdown.>")
                     return peer
 
@@ -840,18 +843,18 @@ async def test_graceful_shutdown_closes_clients_1001() -> None:
 async def test_second_hello_is_fatal_for_that_client_only() -> None:
     """A second `hello` gets `error` code `protocol` and close 4000; other clients go on."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> tuple[Frame, int, list[Frame]]:
-                with open_peer(url) as bystander:
-                    with open_peer(url) as peer:
+                with open_peer(served.url) as bystander:
+                    with open_peer(served.url) as peer:
                         peer.send({"type": "hello", "protocol": 1})
                         error = peer.expect("error")
                         code = peer.close_code()
                     return error, code, bystander.ping()
 
             error, code, after = await in_thread(run)
-            assert broker.statistics().errors == {"protocol": 1}
+            assert served.broker.statistics().errors == {"protocol": 1}
     assert error["code"] == "protocol"
     assert code == 4000
     assert after == []
@@ -864,14 +867,14 @@ CLOSING_ATTEMPTS: Final = 40
 async def test_client_closing_with_answers_pending_does_not_crash_the_broker() -> None:
     """Clients that close right after sending requests, unanswered yet, do not hurt the broker."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_, url):
+        async with running_broker() as served:
 
             def run() -> list[Frame]:
                 for _ in range(CLOSING_ATTEMPTS):
-                    with open_peer(url) as peer:
+                    with open_peer(served.url) as peer:
                         peer.send([{"type": "ping"}] * 20)
                     # leaving the block closes the connection (a clean close handshake)
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     return peer.ping()
 
             assert await in_thread(run) == []

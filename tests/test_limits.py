@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_interop import TEST_TIMEOUT, Frame, Peer, in_thread, open_broker, open_peer
+from conftest import running_broker
+from test_interop import TEST_TIMEOUT, Frame, Peer, in_thread, open_peer
 from test_listener import frame, upgraded
 
 from trio_realtime._session import Session
@@ -56,10 +57,10 @@ async def test_max_subscriptions_refuses_with_limit() -> None:
     """Finding 6: one subscription over max_subscriptions gets `error` code `limit`; the
     connection stays usable, and an unsubscribe makes room again."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(max_subscriptions=3) as (broker, url):
+        async with running_broker(max_subscriptions=3) as served:
 
             def run() -> Frame:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     for i in range(1, 4):
                         peer.subscribe(i, f"s.{i}")
                     peer.send({"type": "subscribe", "id": 4, "pattern": "s.4"})
@@ -67,25 +68,25 @@ async def test_max_subscriptions_refuses_with_limit() -> None:
                     peer.send({"type": "unsubscribe", "id": 1})
                     peer.expect("unsubscribed")
                     peer.subscribe(4, "s.4")
-                    neighbour_served(url)
+                    neighbour_served(served.url)
                     return refused
 
             refused = await in_thread(run)
     assert refused["code"] == "limit"
     assert refused["ref"] == 4
     assert "max_subscriptions" in refused["message"]
-    assert broker.statistics().limits == {"max_subscriptions": 1}
+    assert served.broker.statistics().limits == {"max_subscriptions": 1}
 
 
 async def test_an_event_that_cannot_fit_in_a_frame_is_refused_as_too_large() -> None:
     """Finding 3: an event whose encoding exceeds max_event_size is refused to its publisher
     (`too_large`, with the ref; not fatal); one just under it is delivered."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(max_message_size=8192) as (broker, url):
-            limit = broker.max_event_size
+        async with running_broker(max_message_size=8192) as served:
+            limit = served.broker.max_event_size
 
             def run() -> tuple[Frame, Frame, list[str]]:
-                with open_peer(url) as sub, open_peer(url) as pub:
+                with open_peer(served.url) as sub, open_peer(served.url) as pub:
                     sub.subscribe(1, "big")
                     pub.send(
                         {"type": "publish", "ref": 1, "event": {"topic": "big", "data": "x" * 7900}}
@@ -95,7 +96,7 @@ async def test_an_event_that_cannot_fit_in_a_frame_is_refused_as_too_large() -> 
                     data = "y" * (limit - 400)
                     ack = pub.publish(2, topic="big", data=data)
                     messages = raw_messages(sub, lambda f: f.get("event", {}).get("data") == data)
-                    neighbour_served(url)
+                    neighbour_served(served.url)
                     return refused, ack, messages
 
             refused, ack, messages = await in_thread(run)
@@ -104,7 +105,7 @@ async def test_an_event_that_cannot_fit_in_a_frame_is_refused_as_too_large() -> 
     assert "max_event_size" in refused["message"]
     assert ack["ref"] == 2
     assert all(len(m.encode()) <= 8192 for m in messages)
-    assert broker.statistics().limits == {"max_event_size": 1}
+    assert served.broker.statistics().limits == {"max_event_size": 1}
 
 
 async def test_an_event_matching_many_subscriptions_is_split_across_frames() -> None:
@@ -112,11 +113,11 @@ async def test_an_event_matching_many_subscriptions_is_split_across_frames() -> 
     several frames, each message within max_message_size, every subscription named once."""
     size = 4096
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(max_message_size=size) as (broker, url):
-            data = "z" * (broker.max_event_size - 300)
+        async with running_broker(max_message_size=size) as served:
+            data = "z" * (served.broker.max_event_size - 300)
 
             def run() -> list[str]:
-                with open_peer(url) as sub, open_peer(url) as pub:
+                with open_peer(served.url) as sub, open_peer(served.url) as pub:
                     for first in range(1, 201, 40):
                         sub.send(
                             [
@@ -143,13 +144,13 @@ async def test_history_results_are_split_to_fit_in_a_message() -> None:
     `more: true`; asking again from the last seq gets the rest."""
     size = 8192
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(max_message_size=size, store=MemoryStore()) as (broker, url):
+        async with running_broker(max_message_size=size, store=MemoryStore()) as served:
             for i in range(30):
-                await broker.bus.publish("h.x", {"i": i, "pad": "p" * 1000})
+                await served.broker.bus.publish("h.x", {"i": i, "pad": "p" * 1000})
 
             def run() -> list[str]:
                 messages: list[str] = []
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     since = 0
                     for ref in range(1, 100):
                         peer.send(
@@ -181,10 +182,10 @@ async def test_history_results_are_split_to_fit_in_a_message() -> None:
 async def test_reply_to_a_dollar_topic_is_forbidden() -> None:
     """Finding 13: `reply_to` naming a `$` topic is refused (`forbidden`, with the ref)."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_broker, url):
+        async with running_broker() as served:
 
             def run() -> Frame:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     peer.subscribe(1, "svc")
                     peer.send(
                         {
@@ -194,7 +195,7 @@ async def test_reply_to_a_dollar_topic_is_forbidden() -> None:
                         }
                     )
                     refused = peer.expect("error")
-                    neighbour_served(url)
+                    neighbour_served(served.url)
                     return refused
 
             refused = await in_thread(run)
@@ -207,7 +208,7 @@ async def test_duplicate_ids_are_scoped_to_their_publisher() -> None:
     same `hello.instance`) is acked `duplicate: true` with the original seq; the same id from
     another publisher is refused, not acknowledged as success."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(store=MemoryStore()) as (_broker, url):
+        async with running_broker(store=MemoryStore()) as served:
 
             def hello(peer: Peer, instance: str) -> None:
                 peer.send({"type": "hello", "protocol": 1, "instance": instance})
@@ -215,21 +216,21 @@ async def test_duplicate_ids_are_scoped_to_their_publisher() -> None:
 
             def run() -> tuple[Frame, Frame, Frame, Frame, list[Frame]]:
                 event = {"topic": "d.x", "id": "chosen-id", "data": 1}
-                with open_peer(url, hello=False) as a:
+                with open_peer(served.url, hello=False) as a:
                     hello(a, "instance-a")
                     a.send({"type": "publish", "ref": 1, "event": event})
                     first = a.expect("ack")
                     a.send({"type": "publish", "ref": 2, "event": event})
                     again = a.expect("ack")
-                with open_peer(url, hello=False) as b:
+                with open_peer(served.url, hello=False) as b:
                     hello(b, "instance-b")
                     b.send({"type": "publish", "ref": 3, "event": {**event, "data": "forged"}})
                     forged = b.expect("error")
-                with open_peer(url, hello=False) as a2:
+                with open_peer(served.url, hello=False) as a2:
                     hello(a2, "instance-a")
                     a2.send({"type": "publish", "ref": 4, "event": event})
                     resent = a2.expect("ack")
-                with open_peer(url) as reader:
+                with open_peer(served.url) as reader:
                     reader.send({"type": "history", "ref": 1, "pattern": "d.>", "since": 0})
                     stored = reader.expect("history_result")["events"]
                 return first, again, forged, resent, stored
@@ -248,10 +249,10 @@ async def test_duplicate_ids_are_scoped_to_their_publisher() -> None:
 async def test_integers_outside_64_bits_are_refused_not_changed() -> None:
     """Finding 9: an integer outside 64 bits in `data` is a `bad_frame` naming the field."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (_broker, url):
+        async with running_broker() as served:
 
             def run() -> list[Frame]:
-                with open_peer(url) as sub, open_peer(url) as pub:
+                with open_peer(served.url) as sub, open_peer(served.url) as pub:
                     sub.subscribe(1, "n")
                     refused = []
                     for ref, number in ((1, 2**64 + 1), (2, -(2**63) - 1)):
@@ -274,10 +275,10 @@ async def test_integers_outside_64_bits_are_refused_not_changed() -> None:
 async def test_since_outside_the_store_range_is_a_bad_frame() -> None:
     """Finding 10: `since` below 0 or beyond 64 bits is `bad_frame`, never `internal`."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(store=MemoryStore()) as (broker, url):
+        async with running_broker(store=MemoryStore()) as served:
 
             def run() -> list[Frame]:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     answers = []
                     for frame in (
                         {"type": "subscribe", "id": 1, "pattern": "a", "since": 2**63},
@@ -287,7 +288,7 @@ async def test_since_outside_the_store_range_is_a_bad_frame() -> None:
                     ):
                         peer.send(frame)
                         answers.append(peer.expect("error"))
-                    neighbour_served(url)
+                    neighbour_served(served.url)
                     return answers
 
             answers = await in_thread(run)
@@ -297,7 +298,7 @@ async def test_since_outside_the_store_range_is_a_bad_frame() -> None:
         ("bad_frame", 3),
         ("bad_frame", 4),
     ]
-    assert "internal" not in broker.statistics().errors
+    assert "internal" not in served.broker.statistics().errors
 
 
 async def test_a_broker_bug_is_logged_with_its_traceback_once(
@@ -311,49 +312,59 @@ async def test_a_broker_bug_is_logged_with_its_traceback_once(
 
     monkeypatch.setattr(Session, "_handle", broken)
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker() as (broker, url):
+        async with running_broker() as served:
 
             def run() -> list[int]:
                 codes = []
                 for _ in range(3):
-                    with open_peer(url) as peer:
+                    with open_peer(served.url) as peer:
                         peer.send({"type": "ping"})
                         codes.append(peer.close_code())
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     peer.send({"type": "publish", "ref": 1, "event": {"topic": "ok"}})
                     peer.expect("ack")
                 return codes
 
             assert await in_thread(run) == [1011, 1011, 1011]
-            assert broker.statistics().errors == {"internal": 3}
+            assert served.broker.statistics().errors == {"internal": 3}
     failures = [r for r in caplog.records if "failed" in r.getMessage()]
     assert [r.levelname for r in failures] == ["ERROR", "WARNING", "WARNING"]
     assert failures[0].exc_info is not None
     assert all(r.exc_info is None for r in failures[1:])
 
 
-async def test_a_client_that_reads_no_answers_is_closed_by_the_heartbeat() -> None:
+async def test_a_client_that_reads_no_answers_is_closed_by_the_heartbeat(
+    mock_clock: trio.testing.MockClock,
+) -> None:
     """Finding 4: a client that asks for more than max_pending_bytes of answers and reads
     none is not read any further, holds no more than that, and is closed once it leaves a
-    ping unanswered for a heartbeat interval; a neighbour is served meanwhile."""
+    ping unanswered for a heartbeat interval; a neighbour is served meanwhile.
+
+    The broker's clock stands still while the neighbour works in its thread, and jumps one
+    heartbeat at a time once everything has settled.
+    """
+    heartbeat = 1.0
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(store=MemoryStore(), heartbeat=0.5, max_pending_bytes=2**20) as (
-            broker,
-            url,
-        ):
+        async with running_broker(
+            store=MemoryStore(), heartbeat=heartbeat, max_pending_bytes=2**20
+        ) as served:
             for i in range(40):
-                await broker.bus.publish("h.x", {"i": i, "pad": "p" * 100_000})
-            port = int(url.rsplit(":", 1)[1])
-            stream = await upgraded(port)
+                await served.broker.bus.publish("h.x", {"i": i, "pad": "p" * 100_000})
+            stream = await upgraded(served.port)
             stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             requests = [{"type": "history", "ref": i, "pattern": "h.>"} for i in range(40)]
             await stream.send_all(frame(1, json.dumps(requests).encode()))
-            await in_thread(lambda: neighbour_served(url))
-            with trio.fail_after(5):
-                while "heartbeat_timeout" not in broker.statistics().errors:
-                    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            await in_thread(lambda: neighbour_served(served.url))
+            intervals = 0
+            while "heartbeat_timeout" not in served.broker.statistics().errors:
+                assert intervals < 3, "not closed within three heartbeat intervals"
+                await trio.testing.wait_all_tasks_blocked()
+                mock_clock.jump(heartbeat)
+                await trio.testing.wait_all_tasks_blocked()
+                intervals += 1
+            assert intervals >= 2  # a ping after one interval, the close after another
             await stream.aclose()
-            await in_thread(lambda: neighbour_served(url))
+            await in_thread(lambda: neighbour_served(served.url))
 
 
 async def test_max_replays_bounds_the_replays_of_one_connection() -> None:
@@ -371,10 +382,10 @@ async def test_max_replays_bounds_the_replays_of_one_connection() -> None:
 
     store = PausingStore()
     with trio.fail_after(TEST_TIMEOUT):
-        async with open_broker(store=store, max_replays=1) as (broker, url):
+        async with running_broker(store=store, max_replays=1) as served:
 
             def run() -> list[Frame]:
-                with open_peer(url) as peer:
+                with open_peer(served.url) as peer:
                     peer.send(
                         [
                             {"type": "subscribe", "id": 1, "pattern": "r.a", "since": 0},
@@ -394,7 +405,7 @@ async def test_max_replays_bounds_the_replays_of_one_connection() -> None:
                 await store.paused.wait()  # the first replay reads the store, and waits
                 await trio.testing.wait_all_tasks_blocked()
                 # The second subscribe waits for the first replay: it is not on the bus yet.
-                assert broker.statistics().subscriptions == 1
+                assert served.broker.statistics().subscriptions == 1
                 store.resume.set()
             assert [(f["type"], f.get("id")) for f in frames] == [
                 ("subscribed", 1),
