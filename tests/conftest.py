@@ -8,9 +8,8 @@ context manager, for brokers with options or several brokers in one test) or fro
 
 from __future__ import annotations
 
-import math
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import pytest
@@ -138,18 +137,3 @@ def loopback_clock() -> trio.testing.MockClock:
     fires as soon as a test waits for something that cannot come.
     """
     return trio.testing.MockClock(autojump_threshold=LOOPBACK_SETTLE)
-
-
-@contextmanager
-def autojump(clock: trio.testing.MockClock) -> Iterator[None]:
-    """Let *clock* jump over idle time for the block, and not after it.
-
-    For a test that needs virtual time in one part (a broker's timeout) and a worker thread
-    in another: while a thread works, Trio's tasks all look blocked, and an autojumping
-    clock would skip to the test's hang guard.
-    """
-    clock.autojump_threshold = 0
-    try:
-        yield
-    finally:
-        clock.autojump_threshold = math.inf

@@ -13,13 +13,11 @@ import json
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from conftest import running_broker
 from test_interop import TEST_TIMEOUT, in_thread, open_peer
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
@@ -33,20 +31,12 @@ UPGRADE = (
 )
 
 
-@asynccontextmanager
-async def serving(**options: Any) -> AsyncIterator[tuple[Broker, int]]:
-    broker = Broker(stats_interval=None, **options)
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(broker.serve, "127.0.0.1", 0)
-        yield broker, server.port
-        nursery.cancel_scope.cancel()
-
-
 async def until_held(broker: Broker, count: int) -> None:
-    """Until the broker holds *count* connections (closes arrive through the kernel)."""
+    """Until the broker holds *count* connections (closes arrive through the kernel, which
+    delivers them on loopback before every task is blocked again)."""
     with trio.fail_after(5):
         while broker._gate.held != count:
-            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            await trio.testing.wait_all_tasks_blocked()
 
 
 def upgrade_request() -> bytes:
@@ -127,9 +117,9 @@ async def test_peers_leaving_during_the_upgrade_end_only_their_connection(
     """Finding 1: peers that leave mid-handshake (after one byte of the 101, half-way through
     the request, with a reset) end their connection only, with no error logged."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving() as (broker, port):
+        async with running_broker() as served:
             for i in range(30):
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                stream = await trio.open_tcp_stream("127.0.0.1", served.port)
                 request = upgrade_request()
                 if i % 3 == 0:
                     await stream.send_all(request)
@@ -140,13 +130,13 @@ async def test_peers_leaving_during_the_upgrade_end_only_their_connection(
                     await stream.send_all(request)
                     stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 await stream.aclose()
-            await until_held(broker, 0)
-            await in_thread(lambda: _publish_and_receive(broker, port))
+            await until_held(served.broker, 0)
+            await in_thread(lambda: _publish_and_receive(served.url))
     assert not [r for r in caplog.records if r.levelno >= 30]
 
 
-def _publish_and_receive(broker: Broker, port: int) -> None:
-    with open_peer(f"ws://127.0.0.1:{port}") as peer:
+def _publish_and_receive(url: str) -> None:
+    with open_peer(url) as peer:
         peer.subscribe(1, "alive")
         peer.send({"type": "publish", "ref": 1, "event": {"topic": "alive", "data": 1}})
         assert peer.until(lambda f: f["type"] == "event")[-1]["event"]["data"] == 1
@@ -156,51 +146,56 @@ async def test_max_connections_refuses_one_more_with_503() -> None:
     """Finding 2: a connection over max_connections gets HTTP 503 and is counted; the others
     are served, and once one leaves a new one gets in."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving(max_connections=2) as (broker, port):
-            first = await upgraded(port)
-            second = await upgraded(port)
-            extra = await trio.open_tcp_stream("127.0.0.1", port)
+        async with running_broker(max_connections=2) as served:
+            first = await upgraded(served.port)
+            second = await upgraded(served.port)
+            extra = await trio.open_tcp_stream("127.0.0.1", served.port)
             await extra.send_all(upgrade_request())
             answer = await read_until(extra, b"\r\n\r\n")
             assert answer.startswith(b"HTTP/1.1 503"), answer
             await extra.aclose()
-            assert broker.statistics().limits == {"max_connections": 1}
+            assert served.broker.statistics().limits == {"max_connections": 1}
             await first.aclose()
-            await until_held(broker, 1)
-            third = await upgraded(port)
+            await until_held(served.broker, 1)
+            third = await upgraded(served.port)
             await third.aclose()
             await second.aclose()
 
 
-async def test_a_peer_silent_during_the_upgrade_is_closed_after_the_handshake_timeout() -> None:
+async def test_a_peer_silent_during_the_upgrade_is_closed_after_the_handshake_timeout(
+    loopback_clock: trio.testing.MockClock,
+) -> None:
     """Finding 2: a connection that never completes the WebSocket handshake is closed after
     handshake_timeout, and counted."""
+    handshake_timeout = 5.0
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving(handshake_timeout=0.2) as (broker, port):
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with running_broker(handshake_timeout=handshake_timeout) as served:
+            stream = await trio.open_tcp_stream("127.0.0.1", served.port)
+            start = trio.current_time()
             await stream.send_all(upgrade_request()[:20])
             assert await stream.receive_some(10) == b""  # closed by the broker
+            assert trio.current_time() - start == pytest.approx(handshake_timeout)
             await stream.aclose()
-            assert broker.statistics().errors == {"handshake_timeout": 1}
+            assert served.broker.statistics().errors == {"handshake_timeout": 1}
 
 
 async def test_invalid_utf8_closes_with_1007() -> None:
     """Finding 11: a text message that is not UTF-8 is answered with close code 1007."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving() as (broker, port):
-            stream = await upgraded(port)
+        async with running_broker() as served:
+            stream = await upgraded(served.port)
             await stream.send_all(frame(1, b'{"type":"ping","x":"\xff\xfe"}'))
             assert await close_code(stream) == 1007
             await stream.aclose()
-            await in_thread(lambda: _publish_and_receive(broker, port))
+            await in_thread(lambda: _publish_and_receive(served.url))
 
 
 async def test_the_message_size_limit_counts_bytes() -> None:
     """Finding 11: 300,000 four-byte characters (1.2 MB, 300,000 characters) are over a
     1 MiB limit: the broker answers `too_large`, then closes the connection with 1009."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving() as (broker, port):
-            stream = await upgraded(port)
+        async with running_broker() as served:
+            stream = await upgraded(served.port)
             payload = ('{"type":"ping","pad":"' + "\U0001f600" * 300_000 + '"}').encode()
             await stream.send_all(frame(1, payload))
             texts, code = await until_close(stream)
@@ -208,39 +203,48 @@ async def test_the_message_size_limit_counts_bytes() -> None:
             # Announced first (issue 8): the error frame says why.
             assert [json.loads(t)["code"] for t in texts] == ["too_large"]
             await stream.aclose()
-            await in_thread(lambda: _publish_and_receive(broker, port))
-            assert broker.statistics().errors == {"too_large": 1}
+            await in_thread(lambda: _publish_and_receive(served.url))
+            assert served.broker.statistics().errors == {"too_large": 1}
 
 
 async def test_a_binary_message_is_refused_as_bad_frame() -> None:
     """Binary messages are not part of the protocol: `bad_frame`, and the connection stays
     usable."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving() as (broker, port):
-            stream = await upgraded(port)
+        async with running_broker() as served:
+            stream = await upgraded(served.port)
             await stream.send_all(frame(2, b'{"type":"ping"}'))
             await stream.send_all(frame(1, b'{"type":"ping"}'))
             answers = (await read_until(stream, b"pong")).decode(errors="replace")
             assert "binary messages are not part of the protocol" in answers
-            assert broker.statistics().errors == {"bad_frame": 1}
+            assert served.broker.statistics().errors == {"bad_frame": 1}
             await stream.aclose()
-            await in_thread(lambda: _publish_and_receive(broker, port))
+            await in_thread(lambda: _publish_and_receive(served.url))
 
 
-async def test_a_client_silent_after_the_upgrade_is_told_why_it_is_closed() -> None:
-    """No `hello` within the handshake timeout: an `error` frame (`protocol`), then 4000."""
+async def test_a_client_silent_after_the_upgrade_is_told_why_it_is_closed(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """No `hello` within the handshake timeout: an `error` frame (`protocol`), then 4000.
+
+    The clock jumps over the timeout by hand: an autojumping one would skip to the hang
+    guard while the neighbour works in its thread, at the end.
+    """
+    handshake_timeout = 5.0
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving(handshake_timeout=0.2) as (broker, port):
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with running_broker(handshake_timeout=handshake_timeout) as served:
+            stream = await trio.open_tcp_stream("127.0.0.1", served.port)
             await stream.send_all(upgrade_request())
             await read_until(stream, b"\r\n\r\n")
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(handshake_timeout)
             texts, code = await until_close(stream)
             assert code == 4000
             [error] = [json.loads(t) for t in texts]
             assert (error["type"], error["code"]) == ("error", "protocol")
             assert "hello" in error["message"]
             await stream.aclose()
-            await in_thread(lambda: _publish_and_receive(broker, port))
+            await in_thread(lambda: _publish_and_receive(served.url))
 
 
 @pytest.mark.parametrize(
@@ -258,11 +262,11 @@ async def test_the_subprotocol_is_selected_when_offered(
     """The broker selects `trio-realtime.v1` when a client offers it, and serves a client
     that offers none or only others (without selecting one)."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving() as (_, port):
+        async with running_broker() as served:
 
             def run() -> str | None:
                 with connect(
-                    f"ws://127.0.0.1:{port}",
+                    served.url,
                     subprotocols=[Subprotocol(p) for p in offered] or None,
                     open_timeout=5,
                 ) as ws:
@@ -276,5 +280,5 @@ async def test_the_subprotocol_is_selected_when_offered(
 async def test_the_client_offers_the_subprotocol() -> None:
     """open_client offers `trio-realtime.v1`, and the broker selects it."""
     with trio.fail_after(TEST_TIMEOUT):
-        async with serving() as (_, port), open_transport(f"ws://127.0.0.1:{port}") as transport:
+        async with running_broker() as served, open_transport(served.url) as transport:
             assert transport._ws.subprotocol == "trio-realtime.v1"
