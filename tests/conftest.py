@@ -37,8 +37,11 @@ class RunningBroker:
     watches the broker shut down while its clients live on.
     """
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, *, record_crash: bool = False) -> None:
         self.broker = broker
+        #: What ended serving on its own, when the crash is recorded rather than raised.
+        self.crash: Exception | None = None
+        self._record_crash = record_crash
         #: Set once serving ended (stopped, or the block left).
         self.stopped = trio.Event()
         self._scope = trio.CancelScope()
@@ -79,6 +82,10 @@ class RunningBroker:
         try:
             with self._scope:
                 await self.broker.serve(HOST, port, task_status=task_status)
+        except Exception as exc:
+            if not self._record_crash or self._server is None:
+                raise
+            self.crash = exc
         finally:
             self.stopped.set()
 
@@ -88,20 +95,27 @@ class RunningBroker:
 
 
 async def start_broker(
-    nursery: trio.Nursery, broker: Broker | None = None, *, port: int = 0, **options: Any
+    nursery: trio.Nursery,
+    broker: Broker | None = None,
+    *,
+    port: int = 0,
+    record_crash: bool = False,
+    **options: Any,
 ) -> RunningBroker:
     """Start *broker*, or ``Broker(**options)``, serving on 127.0.0.1:*port* in *nursery*.
 
     For a broker whose life is not one block: one that stops while its clients live on, and
     serves again (on the same port) later. A broker built here publishes no ``$sys.stats``
-    unless *options* ask for it.
+    unless *options* ask for it. With *record_crash*, a failure of serving once started is
+    kept in :attr:`RunningBroker.crash` instead of failing *nursery* (for a test that names
+    what made the broker crash).
     """
     if broker is None:
         options.setdefault("stats_interval", None)
         broker = Broker(**options)
     elif options:
         raise TypeError(f"options {sorted(options)} are for a broker built here")
-    running = RunningBroker(broker)
+    running = RunningBroker(broker, record_crash=record_crash)
     running._server = await nursery.start(running._serve, port)
     return running
 

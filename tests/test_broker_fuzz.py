@@ -33,10 +33,11 @@ from typing import Any, Final
 
 import trio
 import trio_websocket
+from conftest import RunningBroker, start_broker
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from trio_realtime._broker import Broker, BrokerServer
+from trio_realtime._broker import Broker
 
 Frame = dict[str, Any]
 Message = str | bytes
@@ -188,16 +189,14 @@ def check_message(message: Message) -> list[Frame]:
 class FuzzHarness:
     """A live broker, the checker client, and the (replaceable) fuzz client."""
 
-    def __init__(self, broker: Broker, nursery: trio.Nursery) -> None:
-        self.broker = broker
+    def __init__(self, running: RunningBroker, nursery: trio.Nursery) -> None:
+        self.running = running
+        self.broker = running.broker
         self.nursery = nursery
-        self.port = 0
+        self.port = running.port
         #: The TCP streams under the clients: trio-websocket leaves a client's open when the
         #: server closes first, so the test closes them itself.
         self._streams: dict[trio_websocket.WebSocketConnection, trio.SocketStream] = {}
-        self.serving = False
-        self.crash: Exception | None = None
-        self._stopped = trio.Event()
         self.checker: trio_websocket.WebSocketConnection | None = None
         self.fuzz: trio_websocket.WebSocketConnection | None = None
         self.examples = 0
@@ -207,22 +206,11 @@ class FuzzHarness:
         self.closes: Counter[int] = Counter()
         self._numbers = itertools.count(1)
 
-    async def serve(self, *, task_status: trio.TaskStatus[BrokerServer]) -> None:
-        """Run the broker; record how it ended if it ever does on its own."""
-        self.serving = True
-        try:
-            await self.broker.serve("127.0.0.1", 0, task_status=task_status)
-        except Exception as exc:  # noqa: BLE001 - recorded: every check then fails with it
-            self.crash = exc
-        finally:
-            self.serving = False
-            self._stopped.set()
-
     def check_serving(self) -> None:
         """(a) The broker's serve task is still running."""
-        if self.crash is not None:
-            raise AssertionError("the broker crashed") from self.crash
-        assert self.serving, "the broker stopped serving"
+        if self.running.crash is not None:
+            raise AssertionError("the broker crashed") from self.running.crash
+        assert self.running.serving, "the broker stopped serving"
 
     async def connect(self, client: str) -> trio_websocket.WebSocketConnection:
         """A new connection, past the handshake."""
@@ -251,7 +239,7 @@ class FuzzHarness:
         except Exception:
             # A crash explains the failure better: give a crashing broker time to finish.
             with trio.move_on_after(CRASH_GRACE):
-                await self._stopped.wait()
+                await self.running.stopped.wait()
             self.check_serving()
             raise
         self.check_serving()
@@ -370,9 +358,9 @@ async def open_harness() -> AsyncIterator[FuzzHarness]:
         max_retained=MAX_RETAINED,
     )
     async with trio.open_nursery() as nursery:
-        harness = FuzzHarness(broker, nursery)
-        server: BrokerServer = await nursery.start(harness.serve)
-        harness.port = server.port
+        # A crash is recorded, not raised: each example checks for one, and names itself.
+        running = await start_broker(nursery, broker, record_crash=True)
+        harness = FuzzHarness(running, nursery)
         try:
             harness.checker = await harness.connect("checker")
             yield harness
