@@ -242,6 +242,9 @@ async def test_descriptor_exhaustion_is_survived_and_logged_once() -> None:
                 figure(2, f"exhausted after {len(raws) - 1} raw connections (nofile {NOFILE})")
                 # While exhausted, the connected neighbour is served, several times over a
                 # window in which a broker retrying its accepts would warn again and again.
+                # Real time on purpose: the broker is another process, whose clock no mock
+                # clock reaches, and the fault is a repetition over time (a warning per
+                # retried accept), not an event to wait for; a bounded window is the check.
                 deadline = trio.current_time() + OBSERVATION_WINDOW
                 trips = [await in_thread(neighbour.round_trip)]
                 while trio.current_time() < deadline:
@@ -473,6 +476,8 @@ async def test_requests_from_a_client_that_does_not_read_take_bounded_memory(
                 nursery.start_soon(watch.run)
                 nursery.start_soon(trips.run)
                 await attacker.send_json(frames)  # and never read
+                # Real time on purpose: the peak RSS of another process over a window while
+                # its neighbour is served; there is no event to wait for instead.
                 await trio.sleep(OBSERVATION_WINDOW)
                 trips.stop()
                 watch.stop()
