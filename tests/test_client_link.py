@@ -49,9 +49,9 @@ class FakeTransport:
             self._inbox_send.send_nowait(encode(Pong()))
 
 
-def make_link(nursery: trio.Nursery, transport: FakeTransport) -> Link:
-    """A client's link over *transport*, past the handshake (heartbeat 5 s)."""
-    client = Client._create(
+def make_client(nursery: trio.Nursery) -> Client:
+    """A client that is not connected."""
+    return Client._create(
         nursery,
         "ws://fake/",
         token=None,
@@ -64,12 +64,17 @@ def make_link(nursery: trio.Nursery, transport: FakeTransport) -> Link:
         max_message_size=2**20,
         ssl_context=None,
     )
+
+
+def make_link(nursery: trio.Nursery, transport: FakeTransport) -> Link:
+    """A client's link over *transport*, past the handshake (heartbeat 5 s)."""
+    client = make_client(nursery)
     conn = ClientConnection()
     conn.send(Hello())
     conn.receive_text(encode(Welcome(session="s", broker="b", heartbeat=5.0)))
     (welcome,) = conn.frames()
     assert isinstance(welcome, Welcome)
-    return Link(client, cast("WebSocketTransport", transport), conn, welcome)
+    return Link(client._link_context(), cast("WebSocketTransport", transport), conn, welcome)
 
 
 async def test_heartbeat_gives_up_after_two_silent_intervals(
@@ -133,7 +138,7 @@ async def test_link_notes_a_message_too_large_even_if_a_send_fails_first(
         await trio.testing.wait_all_tasks_blocked()
         transport.refuse.set()
         await trio.testing.wait_all_tasks_blocked()
-        link.client._outbox.append(Ping())  # the writer sends while the reader closes
+        link.context.outbox.append(Ping())  # the writer sends while the reader closes
         await trio.sleep(2.0)
     assert link.reason is not None
     assert link.reason.code == 1000
@@ -143,7 +148,7 @@ async def test_link_notes_a_message_too_large_even_if_a_send_fails_first(
 async def test_backoff_is_capped_full_jitter() -> None:
     """Reconnect delays are uniform in [0, min(max, initial * 2**attempt)]."""
     async with trio.open_nursery() as nursery:
-        client = make_link(nursery, FakeTransport(answer_pings=False)).client
+        client = make_client(nursery)
         for attempt in range(8):
             ceiling = min(1.0, 0.1 * 2**attempt)
             delays = [client._backoff(attempt) for _ in range(200)]

@@ -30,7 +30,9 @@ from ._channel import (
     pattern_and_type,
 )
 from ._client_conn import (
+    ClientCounters,
     Link,
+    LinkContext,
     Prober,
     handshake,
     refused_as_too_big,
@@ -148,11 +150,10 @@ class Client(metaclass=NoPublicConstructor):
         self._replies: dict[str, RequestPending] = {}
         self._unyielded = 0
         self._reconnects = 0
-        self._catch_ups = 0
         self._published = 0
-        self._received = 0
-        self._errors = 0
         self._oversized = 0
+        #: What links count (events received, errors, catch-ups).
+        self._counters = ClientCounters()
 
     def __repr__(self) -> str:
         return f"<Client {self.url} {self._state.value} session={self.session}>"
@@ -168,13 +169,13 @@ class Client(metaclass=NoPublicConstructor):
         return ClientStatistics(
             state=self._state,
             reconnects=self._reconnects,
-            catch_ups=self._catch_ups,
+            catch_ups=self._counters.catch_ups,
             published=self._published,
-            received=self._received,
+            received=self._counters.received,
             outbox=len(self._outbox),
-            in_flight=len(link.inflight) if link is not None else 0,
+            in_flight=link.in_flight if link is not None else 0,
             subscriptions=sum(1 for rs in self._subs if rs.sub is not None),
-            errors=self._errors,
+            errors=self._counters.errors,
             oversized=self._oversized,
         )
 
@@ -296,13 +297,17 @@ class Client(metaclass=NoPublicConstructor):
         broker and waits (a bounded time) for it to confirm, so that the broker no longer
         routes to it once the block has exited.
 
-        The buffer and *overflow* policy apply to the local subscription exactly as on the
-        bus. A full ``block`` subscription stalls the whole connection until it has room
-        (no events, replies or acks are read meanwhile), which pushes back on the broker
-        through TCP; the broker then drops the oldest events for this client and reports them
-        as missed (:attr:`~trio_realtime.Subscription.missed`). A consumer that makes requests
-        or acknowledged publishes from its loop should therefore not use ``block`` with a
-        small buffer.
+        The buffer and *overflow* policy apply to the local subscription as on the bus, but
+        a client cannot make the broker's publishers wait, and a slow subscription never
+        stalls the connection: its other subscriptions, replies and acknowledgements keep
+        flowing. A full ``block`` subscription takes events past its buffer, up to as many
+        again (at most twice *max_buffer_size* buffered; a consumer that keeps up gets a
+        turn to drain before each of them). Beyond that it falls *behind*: its events are not
+        delivered now. Stored events (those with a ``seq``) are not lost: once the consumer
+        has made room, the subscription catches up from the broker's store, in order and
+        without duplicates (``statistics().catch_ups``). Events that are not stored, and
+        those of a subscription that cannot resume (a queue group member), are dropped and
+        counted in :attr:`~trio_realtime.Subscription.missed`. See :doc:`backpressure`.
 
         Args:
             pattern: A topic pattern (``*`` one token, ``>`` one or more at the end), or a
@@ -344,8 +349,8 @@ class Client(metaclass=NoPublicConstructor):
         try:
             yield sub
         finally:
-            # Close first: a reader stalled on this full subscription must go on to read the
-            # broker's `unsubscribed`.
+            # Close first: nothing more is delivered to it, and a catch-up waiting for its
+            # consumer to make room stops.
             sub._close()
             await self._stop(rs)
 
@@ -598,14 +603,16 @@ class Client(metaclass=NoPublicConstructor):
                     )
                     if not first:
                         self._reconnects += 1
-                    link = self._connected(Link(self, transport, conn, welcome), first)
+                    link = self._connected(
+                        Link(self._link_context(), transport, conn, welcome), first
+                    )
                     if first:
                         first = False
                         task_status.started()
                     attempt = 0
-                    received = self._received
+                    received = self._counters.received
                     reason = await link.run()
-                    changed = self._received > received
+                    changed = self._counters.received > received
                     if link.close_code is not None:
                         await transport.aclose(link.close_code, str(reason), timeout=0.5)
             except ConnectionClosed as exc:
@@ -635,6 +642,17 @@ class Client(metaclass=NoPublicConstructor):
             attempt += 1
             logger.info("%s; reconnecting in %.2f s", reason, delay)
             await trio.sleep(delay)
+
+    def _link_context(self) -> LinkContext:
+        """What a link of this client gets: the narrow view of the client it works with."""
+        return LinkContext(
+            url=self.url,
+            max_message_size=self._max_message_size,
+            outbox=self._outbox,
+            replies=self._replies,
+            counters=self._counters,
+            refused=self._refused,
+        )
 
     def _connected(self, link: Link, first: bool) -> Link:
         """Make *link* the current connection: re-create every subscription on it."""
@@ -677,14 +695,13 @@ class Client(metaclass=NoPublicConstructor):
             done.set()
         link.unsubscribing.clear()
         requeue: list[Pending[Any]] = []
-        for pending in link.inflight.values():
+        for pending in link.conn.forget_pending():
             pending.ref = None
             if oversized and isinstance(pending, HistoryQuery) and not pending.abandoned:
                 pending.shrink(self._max_message_size)
                 changed = True
             if not pending.done.is_set() and not pending.abandoned:
                 requeue.append(pending)
-        link.inflight.clear()
         self._outbox.drop_control()
         self._outbox.push_front(requeue)
         self._outbox.notify_drained()
@@ -707,7 +724,7 @@ class Client(metaclass=NoPublicConstructor):
             delivered, skipped = await skip_oversized(list(self._subs), prober)
         finally:
             await prober.aclose()
-        self._received += delivered
+        self._counters.received += delivered
         return bool(delivered or skipped)
 
     def _close(self, reason: ConnectionClosed | None) -> None:
@@ -730,8 +747,7 @@ class Client(metaclass=NoPublicConstructor):
         link = self._link
         waiting: list[Any] = self._outbox.close()
         if link is not None:
-            waiting += link.inflight.values()
-            link.inflight.clear()
+            waiting += link.conn.forget_pending()
             for done in link.unsubscribing.values():
                 done.set()
         waiting += self._replies.values()

@@ -3,10 +3,18 @@
 A :class:`~trio_realtime._client.Client` outlives its connections. What must survive a
 reconnect lives in the client (see ``_client_state``): its subscriptions, the outbox, the
 operations waiting for an answer. Each connection is a :class:`Link`: a WebSocket transport,
-a sans-IO :class:`~trio_realtime.protocol.ClientConnection` (all encoding, decoding and protocol
-bookkeeping), the ids this connection gave the subscriptions, and three tasks in one nursery
-(reader, writer, heartbeat). When a link ends, the client requeues what it had in flight and,
-when allowed, opens the next one.
+a sans-IO :class:`~trio_realtime.protocol.Connection` (all encoding, decoding and protocol
+bookkeeping, and the one record of this connection's subscription ids and refs, with the
+:class:`RemoteSub` or :class:`Pending` each stands for), and its tasks in one nursery
+(reader, writer, heartbeat, and a watcher per ``block`` subscription that fell behind). The
+writer is the only task that sends on the socket: everything else queues in the outbox. When
+a link ends, the client requeues what it had in flight and, when allowed, opens the next one.
+
+A link knows its client only through a :class:`LinkContext`.
+
+A full ``block`` subscription never stalls the reader (see :meth:`Link.deliver`): it takes
+events past its buffer, up to as many again; beyond that it is *behind*: stored events come
+back from the store once the consumer made room (a catch-up), others are counted as missed.
 
 A link that ended on a message too large for the client is followed by history reads on side
 connections (a :class:`Prober`), so that the next link is not sent the same stored events
@@ -17,14 +25,22 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import attrs
 import trio
 
 from ._channel import FULL
-from ._client_state import OutboxItem, Pending, RemoteSub, error_from_frame
+from ._client_state import (
+    Outbox,
+    OutboxItem,
+    Pending,
+    RemoteSub,
+    RequestPending,
+    error_from_frame,
+)
 from ._errors import (
     ConnectionClosed,
     HandshakeError,
@@ -37,17 +53,21 @@ from .protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_TOO_BIG,
     Ack,
-    ClientConnection,
     ClientFrame,
+    Connection,
     Error,
     EventFrame,
+    FrameError,
     Gap,
+    Heartbeat,
+    HeartbeatAction,
     Hello,
     History,
     HistoryResult,
     Ping,
     Pong,
     Publish,
+    Role,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -59,8 +79,11 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from ._channel import Subscription
-    from ._client import Client
     from ._transport import WebSocketTransport
+
+#: A client's side of one connection: subscription ids stand for a RemoteSub, refs for a
+#: Pending operation.
+ClientConn = Connection[RemoteSub, Pending[Any]]
 
 __all__ = [
     "LOCAL_TOO_BIG_REASON",
@@ -68,7 +91,10 @@ __all__ = [
     "MAX_CATCH_UP_READS",
     "MAX_PROBES",
     "WRITE_BATCH",
+    "ClientConn",
+    "ClientCounters",
     "Link",
+    "LinkContext",
     "ProbeFailed",
     "Prober",
     "catch_up_oversized",
@@ -95,6 +121,44 @@ def utf8_size(text: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# What a link knows of its client
+
+
+@attrs.define
+class ClientCounters:
+    """The client's counters that its links add to (its statistics read them)."""
+
+    #: Events received from the broker.
+    received: int = 0
+    #: Errors the broker reported that no operation waited for, and bad input from it.
+    errors: int = 0
+    #: Catch-ups from the store (after a ``gap``, or for a ``block`` subscription behind).
+    catch_ups: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class LinkContext:
+    """What a :class:`Link` gets from its client.
+
+    Attributes:
+        url: The broker's URL (for messages).
+        max_message_size: The largest message the client sends or receives, in bytes.
+        outbox: What waits to be sent; the link's writer drains it, and every other path
+            (pongs, pings, unsubscribes) queues there.
+        replies: The requests waiting for a reply, by reply topic.
+        counters: Where the link counts.
+        refused: Called when the broker refused (or ended) a subscription, with the error.
+    """
+
+    url: str
+    max_message_size: int
+    outbox: Outbox
+    replies: dict[str, RequestPending]
+    counters: ClientCounters
+    refused: Callable[[RemoteSub, Exception], None]
+
+
+# ---------------------------------------------------------------------------------------------
 # One connection
 
 
@@ -106,7 +170,7 @@ async def handshake(
     name: str | None,
     timeout: float,
     instance: str | None = None,
-) -> tuple[ClientConnection, Welcome]:
+) -> tuple[ClientConn, Welcome]:
     """Say ``hello`` and wait for ``welcome``: the protocol connection and the welcome.
 
     *instance* is the client's id across its reconnects (``hello.instance``), by which the
@@ -117,7 +181,7 @@ async def handshake(
             1008 for ``auth_failed``), broke the protocol, closed the connection, or did not
             answer within *timeout* seconds. The message names *url* and the reason.
     """
-    conn = ClientConnection()
+    conn: ClientConn = Connection(Role.CLIENT)
     answer: Welcome | Error | None = None
     with trio.move_on_after(timeout):
         try:
@@ -125,10 +189,15 @@ async def handshake(
             while answer is None:
                 conn.receive_text(await transport.receive())
                 for item in conn.frames():
+                    if type(item) is FrameError and item.fatal:
+                        raise HandshakeError(
+                            f"{url} broke the protocol during the handshake: {item}",
+                            code=close_code_for(item.code),
+                        )
                     if type(item) is Welcome or type(item) is Error:
                         answer = item
                         break
-        except RemoteProtocolError as exc:
+        except RemoteProtocolError as exc:  # a binary message that is not UTF-8
             raise HandshakeError(
                 f"{url} broke the protocol during the handshake: {exc}",
                 code=close_code_for(exc.code),
@@ -159,28 +228,25 @@ class Link:
 
     def __init__(
         self,
-        client: Client,
+        context: LinkContext,
         transport: WebSocketTransport,
-        conn: ClientConnection,
+        conn: ClientConn,
         welcome: Welcome,
     ) -> None:
-        self.client = client
+        self.context = context
         self.transport = transport
+        #: The protocol connection: the one record of this connection's subscription ids (each
+        #: standing for a :class:`RemoteSub`) and of the refs awaiting an answer (each for a
+        #: :class:`Pending` operation).
         self.conn = conn
         self.heartbeat = welcome.heartbeat
-        #: Subscriptions by their id on this connection.
-        self.by_id: dict[int, RemoteSub] = {}
-        #: Sent operations waiting for their answer, by ref, in the order they were sent.
-        self.inflight: dict[int, Pending[Any]] = {}
         #: ``unsubscribe`` frames waiting for ``unsubscribed``, by subscription id.
         self.unsubscribing: dict[int, trio.Event] = {}
         #: The writer is sending (so the outbox being empty does not mean all was sent).
         self.writing = False
-        #: The reader waits for room in a ``block`` subscription (it is not reading).
-        self.stalled = False
-        now = trio.current_time()
-        self.last_sent = now
-        self.last_received = now
+        self.heartbeat_policy = (
+            Heartbeat(self.heartbeat, trio.current_time()) if self.heartbeat > 0 else None
+        )
         self.last_error: Error | None = None
         self.reason: ConnectionClosed | None = None
         #: The close code to close the WebSocket with (None: it is closed already).
@@ -189,9 +255,15 @@ class Link:
         #: the reason the link ended: a send racing the close can fail first).
         self.oversized = False
         self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
 
     def __repr__(self) -> str:
-        return f"<Link {self.transport.remote} subscriptions={len(self.by_id)}>"
+        return f"<Link {self.transport.remote} subscriptions={self.conn.attached_count}>"
+
+    @property
+    def in_flight(self) -> int:
+        """Sent operations waiting for their answer."""
+        return len(self.conn.pending_items())
 
     # -- bookkeeping the client asks for ------------------------------------------------------
 
@@ -199,35 +271,37 @@ class Link:
         """Give *rs* an id on this connection; the ``subscribe`` frame to send."""
         sub_id = self.conn.next_id()
         rs.id = sub_id
-        self.by_id[sub_id] = rs
+        rs.behind = False
+        self.conn.attach(sub_id, rs)
         return rs.frame(sub_id)
 
     def unsubscribe(self, rs: RemoteSub) -> trio.Event | None:
         """Queue ``unsubscribe`` for *rs*; an event set on ``unsubscribed`` (None: not here)."""
         sub_id = rs.id
         rs.id = None
-        if sub_id is None or self.by_id.pop(sub_id, None) is None:
+        if sub_id is None or self.conn.detach(sub_id) is None:
             return None
         done = trio.Event()
         self.unsubscribing[sub_id] = done
-        self.client._outbox.append(Unsubscribe(id=sub_id))
+        self.context.outbox.append(Unsubscribe(id=sub_id))
         return done
 
     def catch_up(self, rs: RemoteSub) -> None:
-        """The broker dropped events of *rs*, a persisted subscription: fetch them from the store.
+        """Events of *rs*, a persisted subscription, were not delivered (the broker dropped
+        them, or the subscription fell behind): fetch them from the store.
 
-        The subscription is re-created under a new id, resuming after the last seq received;
-        whatever still arrives under the old id is ignored, so nothing is seen twice.
+        The subscription is re-created under a new id, resuming after the last seq it was
+        handed; whatever still arrives under the old id is ignored, so nothing is seen twice.
         """
         old = rs.id
-        if old is None or self.by_id.pop(old, None) is None:
+        if old is None or self.conn.detach(old) is None:
             return
         rs.id = None
         self.unsubscribing[old] = trio.Event()
-        outbox = self.client._outbox
+        outbox = self.context.outbox
         outbox.append(Unsubscribe(id=old))
         outbox.append(self.subscribe(rs))
-        self.client._catch_ups += 1
+        self.context.counters.catch_ups += 1
 
     def end(self, reason: ConnectionClosed, close_code: int | None = None) -> None:
         """The connection is over: stop the tasks; the first reason given wins."""
@@ -243,17 +317,18 @@ class Link:
         """Run the connection until it fails; why it did."""
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
+            self._nursery = nursery
             if self.reason is not None:  # ended before it started
                 nursery.cancel_scope.cancel()
             nursery.start_soon(self._reader)
             nursery.start_soon(self._writer)
-            if self.heartbeat > 0:
+            if self.heartbeat_policy is not None:
                 nursery.start_soon(self._heartbeat)
         assert self.reason is not None
         return self.reason
 
     def _lost(self, exc: ConnectionClosed) -> ConnectionClosed:
-        message = f"lost the connection to {self.client.url}: {exc}"
+        message = f"lost the connection to {self.context.url}: {exc}"
         error = self.last_error
         if error is not None:
             message += f" (the broker's last error: {error.code}: {error.message})"
@@ -263,48 +338,54 @@ class Link:
         try:
             await self._read()
         except ConnectionClosed as exc:
-            self.oversized = refused_as_too_big(exc, self.client._max_message_size)
+            self.oversized = refused_as_too_big(exc, self.context.max_message_size)
             self.end(self._lost(exc))
-        except RemoteProtocolError as exc:  # fatal: raised by conn.frames()
-            code = close_code_for(exc.code)
-            self.end(
-                ConnectionClosed(
-                    f"the broker at {self.client.url} broke the protocol: {exc}", code=code
-                ),
-                close_code=code,
-            )
+
+    def _broke(self, error: FrameError) -> None:
+        """A fatal violation by the broker: end the link, closing with the code it implies."""
+        code = close_code_for(error.code)
+        self.end(
+            ConnectionClosed(
+                f"the broker at {self.context.url} broke the protocol: {error}", code=code
+            ),
+            close_code=code,
+        )
 
     async def _read(self) -> None:
         conn = self.conn
         transport = self.transport
-        client = self.client
-        by_id = self.by_id
-        replies = client._replies
+        counters = self.context.counters
+        replies = self.context.replies
+        subscription = conn.subscription
+        policy = self.heartbeat_policy
+        deliver = self.deliver
         while True:
             for item in conn.frames():
                 if type(item) is EventFrame:
                     event = item.event
-                    seq = event.seq
+                    over = False
                     for sub_id in item.subs:
-                        rs = by_id.get(sub_id)
+                        rs = subscription(sub_id)
                         if rs is None:
                             continue  # unsubscribed meanwhile
-                        sub = rs.sub
-                        if sub is None:  # the inbox
+                        if rs.sub is None:  # the inbox
                             request = replies.get(event.topic)
                             if request is not None:
                                 request.succeed(event)
                             continue
-                        if seq is not None:
-                            last = rs.last_seq
-                            if last is not None and seq <= last:
-                                continue  # delivered already (a resume overlaps what it had)
-                        if sub.offer(event) is FULL:
-                            await self._offer_blocking(sub, event)
-                        if seq is not None:
-                            # Only once the subscription has it: a resume starts after it.
-                            rs.last_seq = seq
-                    client._received += 1
+                        if deliver(rs, rs.sub, event):
+                            over = True
+                    counters.received += 1
+                    if over:
+                        # A block subscription took it past its buffer: let a consumer that
+                        # keeps up drain it before the next frame, never waiting for room.
+                        # Two checkpoints: every task runnable now (the consumer woken by
+                        # this event) runs before this one resumes.
+                        await trio.lowlevel.checkpoint()
+                        await trio.lowlevel.checkpoint()
+                elif type(item) is FrameError and item.fatal:
+                    self._broke(item)
+                    return
                 else:
                     self._handle(item)
             try:
@@ -312,31 +393,65 @@ class Link:
             except RemoteProtocolError as exc:  # a binary message that is not UTF-8
                 self._report(exc)
                 continue
-            self.last_received = trio.current_time()
+            if policy is not None:
+                policy.received(trio.current_time())
             conn.receive_text(text)
 
-    async def _offer_blocking(self, sub: Subscription, event: Event) -> None:
-        """Wait for room in a full ``block`` subscription: the connection stalls meanwhile
-        (TCP pushes back on the broker, which then drops for this client and sends ``gap``)."""
-        self.stalled = True
-        try:
-            while True:
-                await sub.wait_room()
-                if sub.offer(event) is not FULL:
-                    return
-        finally:
-            self.stalled = False
-            self.last_received = trio.current_time()
+    def deliver(self, rs: RemoteSub, sub: Subscription, event: Event) -> bool:
+        """Hand *event* to *rs*'s subscription *sub*, never waiting; whether a ``block``
+        subscription took it past its buffer.
+
+        A full ``block`` subscription takes it past its buffer, up to as many events again
+        as the buffer holds. Beyond that it is *behind*: a stored event (with a ``seq``) of a
+        subscription that can resume is left to a catch-up from the store once the consumer
+        has made room (:meth:`_watch_behind`); any other event is dropped and counted in
+        ``missed``, as the broker drops for a slow connection. While behind, later events
+        are skipped too (the stored ones come back through the catch-up, in order).
+        """
+        seq = event.seq
+        if seq is not None:
+            last = rs.last_seq
+            if last is not None and seq <= last:
+                return False  # delivered already (a resume overlaps what it had)
+        if rs.behind:
+            if seq is None:
+                sub.add_missed(1)
+            return False
+        over = False
+        if sub.offer(event) is FULL:
+            if sub.statistics().buffered < 2 * sub.max_buffer_size:
+                sub.offer(event, force=True)
+                over = True
+            elif seq is not None and rs.resume_point() is not None:
+                rs.behind = True
+                assert self._nursery is not None
+                self._nursery.start_soon(self._watch_behind, rs, sub)
+                return False
+            else:
+                sub.add_missed(1)
+                return False
+        if seq is not None:
+            # Only once the subscription has it: a resume starts after it.
+            rs.last_seq = seq
+        return over
+
+    async def _watch_behind(self, rs: RemoteSub, sub: Subscription) -> None:
+        """Once the consumer of *rs*, which is behind, has made room: catch up from the store."""
+        await sub.wait_room()
+        if rs.behind and not sub.ended:
+            rs.behind = False
+            self.catch_up(rs)
 
     def _handle(self, item: Any) -> None:
         cls = type(item)
+        conn = self.conn
         if cls is Ack or cls is HistoryResult:
-            pending = self.inflight.pop(item.ref, None)
+            pending = conn.pending(item.ref)  # (forgotten once this is handled)
             if pending is not None:
                 pending.ref = None
                 pending.answer(item)
         elif cls is Subscribed:
-            rs = self.by_id.get(item.id)
+            rs = conn.subscription(item.id)
             if rs is not None:
                 if rs.resume_seq is None and item.seq is not None:
                     rs.resume_seq = item.seq  # resume from here if nothing stored arrives first
@@ -346,7 +461,7 @@ class Link:
             if done is not None:
                 done.set()
         elif cls is Gap:
-            rs = self.by_id.get(item.sub)
+            rs = conn.subscription(item.sub)
             if rs is not None and rs.sub is not None:
                 # A broker that does not say how many were stored: assume all may be.
                 stored = item.missed if item.stored is None else min(item.stored, item.missed)
@@ -360,42 +475,43 @@ class Link:
         elif cls is Error:
             self._refused(item)
         elif cls is Ping:
-            self.client._outbox.append(Pong())
+            self.context.outbox.append(Pong())
         elif cls is Pong:
             pass  # a sign of life, already noted
-        elif isinstance(item, RemoteProtocolError):
+        elif cls is FrameError:
             self._report(item)
-        else:  # pragma: no cover - ClientConnection lets no other frame through
-            logger.warning("unexpected frame from %s: %r", self.client.url, item)
+        else:  # pragma: no cover - the connection lets no other frame through
+            logger.warning("unexpected frame from %s: %r", self.context.url, item)
 
     def _refused(self, error: Error) -> None:
         ref = error.ref
+        conn = self.conn
         if ref is not None:
-            pending = self.inflight.pop(ref, None)
+            pending = conn.pending(ref)  # (forgotten once this is handled)
             if pending is not None:
                 pending.ref = None
                 pending.fail(error_from_frame(error, pending.topic))
                 return
-            rs = self.by_id.pop(ref, None)
+            rs = conn.detach(ref)
             if rs is not None:
                 rs.id = None
-                self.client._refused(rs, error_from_frame(error, rs.pattern))
+                self.context.refused(rs, error_from_frame(error, rs.pattern))
                 return
         self.last_error = error
-        self.client._errors += 1
+        self.context.counters.errors += 1
         logger.warning(
             "the broker at %s reported an error (%s): %s",
-            self.client.url,
+            self.context.url,
             error.code,
             error.message,
         )
 
-    def _report(self, exc: RemoteProtocolError) -> None:
-        self.client._errors += 1
-        logger.warning("bad input from the broker at %s: %s", self.client.url, exc)
+    def _report(self, error: RemoteProtocolError | FrameError) -> None:
+        self.context.counters.errors += 1
+        logger.warning("bad input from the broker at %s: %s", self.context.url, error)
 
     async def _writer(self) -> None:
-        outbox = self.client._outbox
+        outbox = self.context.outbox
         try:
             while True:
                 if not outbox.items:
@@ -409,13 +525,14 @@ class Link:
                 finally:
                     self.writing = False
         except ConnectionClosed as exc:
+            self.conn.send_failed()
             self.end(self._lost(exc))
 
     async def _send(self, items: list[OutboxItem]) -> None:
         """Send *items* as one message (or a few, if one would be too large)."""
         frames: list[ClientFrame] = []
         kept: list[OutboxItem] = []
-        inflight = self.inflight
+        refs: dict[int, Pending[Any]] = {}
         conn = self.conn
         for item in items:
             if type(item) is Publish:
@@ -425,7 +542,7 @@ class Link:
                     continue
                 ref = conn.next_id()
                 item.ref = ref
-                inflight[ref] = item
+                refs[ref] = item
                 frames.append(item.frame(ref))
             else:
                 frames.append(item)
@@ -434,8 +551,8 @@ class Link:
             return
         sent = 0  # how many of *kept* went out
         try:
-            text = conn.send(frames if len(frames) > 1 else frames[0])
-            if utf8_size(text) <= self.client._max_message_size:
+            text = conn.send(frames if len(frames) > 1 else frames[0], refs=refs)
+            if utf8_size(text) <= self.context.max_message_size:
                 await self.transport.send(text)
                 sent = len(kept)
             else:
@@ -443,7 +560,6 @@ class Link:
                     if piece is not None:
                         await self.transport.send(piece)
                     sent = end
-            self.last_sent = trio.current_time()
         finally:
             if sent < len(kept):
                 self._restore(kept[sent:])
@@ -453,7 +569,7 @@ class Link:
     ) -> Iterable[tuple[int, str | None]]:
         """Split a batch too large for one message: ``(end, text)`` per message, where *end*
         is the index after its last frame; a frame too large on its own fails (text None)."""
-        limit = self.client._max_message_size
+        limit = self.context.max_message_size
         texts = [encode(frame) for frame in frames]
         sizes = [utf8_size(text) for text in texts]
         start = 0
@@ -472,18 +588,18 @@ class Link:
             start = end
 
     def _too_large(self, item: OutboxItem, size: int) -> None:
-        limit = self.client._max_message_size
+        limit = self.context.max_message_size
         message = (
             f"a {type(item).__name__} frame of {size} bytes is larger than the largest "
             f"message ({limit} bytes, the client's max_message_size); it was not sent"
         )
         if isinstance(item, Pending):
             if item.ref is not None:
-                self.inflight.pop(item.ref, None)
+                self.conn.discard_pending(item.ref)
                 item.ref = None
             item.fail(TooLarge(message))
         else:
-            self.client._errors += 1
+            self.context.counters.errors += 1
             logger.error("%s", message)
 
     def _restore(self, items: list[OutboxItem]) -> None:
@@ -492,36 +608,35 @@ class Link:
         for item in items:
             if isinstance(item, Pending):
                 if item.ref is not None:
-                    self.inflight.pop(item.ref, None)
+                    self.conn.discard_pending(item.ref)
                     item.ref = None
                 keep.append(item)
             elif type(item) is Publish:
                 keep.append(item)
-        self.client._outbox.push_front(keep)
+        self.context.outbox.push_front(keep)
 
     async def _heartbeat(self) -> None:
-        interval = self.heartbeat
-        outbox = self.client._outbox
+        """Ping a broker silent for an interval; give it up when it stays silent for another
+        (the protocol's :class:`~trio_realtime.protocol.Heartbeat` policy)."""
+        policy = self.heartbeat_policy
+        assert policy is not None
+        outbox = self.context.outbox
         while True:
-            now = trio.current_time()
-            if self.stalled:  # we are not reading: the silence is ours, not the broker's
-                self.last_received = now
-            silent_until = self.last_received + 2 * interval
-            if now >= silent_until:
+            action, deadline = policy.poll(trio.current_time())
+            if action is HeartbeatAction.WAIT:
+                await trio.sleep_until(deadline)
+            elif action is HeartbeatAction.PING:
+                outbox.append(Ping())
+            else:
+                silence = 2 * policy.interval
                 self.end(
                     ConnectionClosed(
-                        f"lost the connection to {self.client.url}: the broker sent nothing "
-                        f"for {2 * interval:g} s (twice its heartbeat interval)"
+                        f"lost the connection to {self.context.url}: the broker sent nothing "
+                        f"for {silence:g} s (twice its heartbeat interval)"
                     ),
                     close_code=CLOSE_GOING_AWAY,
                 )
                 return
-            idle_until = self.last_sent + interval
-            if now >= idle_until:
-                outbox.append(Ping())
-                self.last_sent = now
-                idle_until = now + interval
-            await trio.sleep_until(min(silent_until, idle_until))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,7 +711,7 @@ class Prober:
         self._ssl_context = ssl_context
         self._stack: AsyncExitStack | None = None
         self._transport: WebSocketTransport | None = None
-        self._conn: ClientConnection | None = None
+        self._conn: ClientConn | None = None
         #: History reads made, and connections opened, so far.
         self.reads = 0
         self.connections = 0
@@ -607,7 +722,7 @@ class Prober:
         if stack is not None:
             await stack.aclose()
 
-    async def _connect(self) -> tuple[WebSocketTransport, ClientConnection]:
+    async def _connect(self) -> tuple[WebSocketTransport, ClientConn]:
         stack = AsyncExitStack()
         try:
             transport = await stack.enter_async_context(
@@ -654,6 +769,8 @@ class Prober:
                             raise ProbeFailed(str(error_from_frame(item, pattern)))
                         if type(item) is Ping:
                             await transport.send(conn.send(Pong()))
+                        if type(item) is FrameError and item.fatal:
+                            raise item.as_exception()
                     conn.receive_text(await transport.receive())
         except ConnectionClosed as exc:
             await self.aclose()

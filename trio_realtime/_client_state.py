@@ -196,6 +196,7 @@ class RemoteSub:
     """
 
     __slots__ = (
+        "behind",
         "error",
         "group",
         "id",
@@ -232,6 +233,9 @@ class RemoteSub:
         self.settled = trio.Event()
         #: Why the first ``subscribe`` failed, once settled.
         self.error: BaseException | None = None
+        #: Its ``block`` subscription fell behind by twice its buffer: its events are not
+        #: delivered until the consumer made room (stored ones then come from the store).
+        self.behind = False
 
     def __repr__(self) -> str:
         return f"<RemoteSub {self.pattern!r} id={self.id} last_seq={self.last_seq}>"

@@ -426,6 +426,11 @@ class Connection(Generic[_S, _R]):
             del self._subs[sub_id]  # reserved, never sent: free again
         return value
 
+    def discard_pending(self, ref: int) -> _R | None:
+        """Forget *ref* (its frame was not sent after all, or will not be answered here);
+        what was attached to it."""
+        return self._refs.pop(ref, None)
+
     def forget_pending(self) -> list[_R]:
         """Forget every ref awaiting its answer (the connection is over); what was attached."""
         values = [value for value in self._refs.values() if value is not None]
