@@ -60,6 +60,11 @@ class Overflow(enum.Enum):
 
     ``BLOCK``
         The publisher waits until there is room: lossless; the slowest consumer sets the pace.
+        On a remote client, which cannot make the broker's publishers wait, a full ``block``
+        subscription takes up to as many events again as its buffer holds, then falls
+        behind: stored events come back from the store once the consumer has made room,
+        others are counted as missed; it never stalls the connection (see the
+        backpressure page).
     ``DROP_OLDEST``
         The oldest buffered event is dropped to make room: a consumer that falls behind sees
         the latest events (good for state and telemetry).
