@@ -98,7 +98,7 @@ async def test_with_a_store_a_slow_block_subscription_catches_up_exactly_once() 
 
 async def test_a_block_subscription_consumed_as_events_arrive_loses_nothing() -> None:
     """A consumer that keeps up with a burst larger than twice its buffer loses nothing,
-    store or not: the reader lets it drain before each event past the buffer."""
+    store or not: the reader lets it drain before it takes more than twice its buffer."""
     with trio.fail_after(TIMEOUT):
         async with (
             running_broker() as served,

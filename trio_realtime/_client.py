@@ -301,8 +301,8 @@ class Client(metaclass=NoPublicConstructor):
         a client cannot make the broker's publishers wait, and a slow subscription never
         stalls the connection: its other subscriptions, replies and acknowledgements keep
         flowing. A full ``block`` subscription takes events past its buffer, up to as many
-        again (at most twice *max_buffer_size* buffered; a consumer that keeps up gets a
-        turn to drain before each of them). Beyond that it falls *behind*: its events are not
+        again (at most twice *max_buffer_size* buffered; there, a consumer that keeps up gets
+        a turn to drain first). Beyond that it falls *behind*: its events are not
         delivered now. Stored events (those with a ``seq``) are not lost: once the consumer
         has made room, the subscription catches up from the broker's store, in order and
         without duplicates (``statistics().catch_ups``). Events that are not stored, and

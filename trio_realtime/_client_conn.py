@@ -363,26 +363,26 @@ class Link:
             for item in conn.frames():
                 if type(item) is EventFrame:
                     event = item.event
-                    over = False
                     for sub_id in item.subs:
                         rs = subscription(sub_id)
                         if rs is None:
                             continue  # unsubscribed meanwhile
-                        if rs.sub is None:  # the inbox
+                        sub = rs.sub
+                        if sub is None:  # the inbox
                             request = replies.get(event.topic)
                             if request is not None:
                                 request.succeed(event)
                             continue
-                        if deliver(rs, rs.sub, event):
-                            over = True
+                        if not deliver(rs, sub, event):
+                            # A block subscription holds twice its buffer: let a consumer
+                            # that keeps up drain it first (never waiting for room). Two
+                            # checkpoints: every task runnable now (the consumer woken by
+                            # these events) runs before this one resumes.
+                            await trio.lowlevel.checkpoint()
+                            await trio.lowlevel.checkpoint()
+                            if subscription(sub_id) is rs:
+                                deliver(rs, sub, event, last_chance=True)
                     counters.received += 1
-                    if over:
-                        # A block subscription took it past its buffer: let a consumer that
-                        # keeps up drain it before the next frame, never waiting for room.
-                        # Two checkpoints: every task runnable now (the consumer woken by
-                        # this event) runs before this one resumes.
-                        await trio.lowlevel.checkpoint()
-                        await trio.lowlevel.checkpoint()
                 elif type(item) is FrameError and item.fatal:
                     self._broke(item)
                     return
@@ -397,43 +397,47 @@ class Link:
                 policy.received(trio.current_time())
             conn.receive_text(text)
 
-    def deliver(self, rs: RemoteSub, sub: Subscription, event: Event) -> bool:
-        """Hand *event* to *rs*'s subscription *sub*, never waiting; whether a ``block``
-        subscription took it past its buffer.
+    def deliver(
+        self, rs: RemoteSub, sub: Subscription, event: Event, *, last_chance: bool = False
+    ) -> bool:
+        """Hand *event* to *rs*'s subscription *sub*, never waiting. False (nothing done):
+        it is a ``block`` subscription that holds twice its buffer; yield to its consumer,
+        then call again with *last_chance*.
 
-        A full ``block`` subscription takes it past its buffer, up to as many events again
-        as the buffer holds. Beyond that it is *behind*: a stored event (with a ``seq``) of a
-        subscription that can resume is left to a catch-up from the store once the consumer
-        has made room (:meth:`_watch_behind`); any other event is dropped and counted in
-        ``missed``, as the broker drops for a slow connection. While behind, later events
-        are skipped too (the stored ones come back through the catch-up, in order).
+        A full ``block`` subscription takes the event past its buffer, up to as many events
+        again as the buffer holds. Beyond that (on the last chance) it is *behind*: a stored
+        event (with a ``seq``) of a subscription that can resume is left to a catch-up from
+        the store once the consumer has made room (:meth:`_watch_behind`); any other event is
+        dropped and counted in ``missed``, as the broker drops for a slow connection. While
+        behind, later events are skipped too (the stored ones come back through the
+        catch-up, in order).
         """
         seq = event.seq
         if seq is not None:
             last = rs.last_seq
             if last is not None and seq <= last:
-                return False  # delivered already (a resume overlaps what it had)
+                return True  # delivered already (a resume overlaps what it had)
         if rs.behind:
             if seq is None:
                 sub.add_missed(1)
-            return False
-        over = False
+            return True
         if sub.offer(event) is FULL:
             if sub.statistics().buffered < 2 * sub.max_buffer_size:
                 sub.offer(event, force=True)
-                over = True
+            elif not last_chance:
+                return False
             elif seq is not None and rs.resume_point() is not None:
                 rs.behind = True
                 assert self._nursery is not None
                 self._nursery.start_soon(self._watch_behind, rs, sub)
-                return False
+                return True
             else:
                 sub.add_missed(1)
-                return False
+                return True
         if seq is not None:
             # Only once the subscription has it: a resume starts after it.
             rs.last_seq = seq
-        return over
+        return True
 
     async def _watch_behind(self, rs: RemoteSub, sub: Subscription) -> None:
         """Once the consumer of *rs*, which is behind, has made room: catch up from the store."""

@@ -45,6 +45,7 @@ from ._topics import is_reserved, validate_pattern, validate_topic
 from ._util import open_service_nursery
 from .protocol import (
     BAD_FRAME,
+    CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT,
     CLOSE_PROTOCOL,
     CLOSE_SLOW_CONSUMER,
@@ -456,7 +457,7 @@ class Session:
                 if hello is None:
                     return
                 if not await self.context.started(self):
-                    await self.close(1001, "broker shutting down")
+                    await self.close(CLOSE_GOING_AWAY, "broker shutting down")
                     return
                 try:
                     nursery.start_soon(self._heartbeat)
