@@ -19,6 +19,9 @@ import trio.testing
 from trio_realtime._broker import Broker, BrokerServer
 from trio_realtime._util import open_service_nursery
 
+#: Checks at the end of a whole run that the docs' error and close codes were all produced.
+pytest_plugins = ["_wire_codes"]
+
 #: The host every in-process broker listens on.
 HOST: Final = "127.0.0.1"
 #: Hang guard (seconds) for a test that talks over loopback sockets.

@@ -65,7 +65,9 @@ ERROR_CODES: Final = frozenset(
         "no_responders",
         "internal",
         "limit",  # extensions of the project's: a configured limit refused the frame,
-        "no_store",  # and the broker has no store for since or history
+        "no_store",  # the broker has no store for since or history,
+        "duplicate_id",  # an event id is another publisher's,
+        "store_failed",  # and the store failed
     }
 )
 #: The error codes this broker (no store, no auth, no rate limit) can answer a client with.

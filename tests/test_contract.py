@@ -6,8 +6,13 @@ import inspect
 import subprocess
 import sys
 import typing
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
+import trio
+from conftest import TIMEOUT, running_broker
 
 import trio_realtime
 from trio_realtime import (
@@ -15,19 +20,26 @@ from trio_realtime import (
     BrokerOptions,
     Bus,
     Client,
+    ClientState,
     DuplicateEventId,
+    Event,
+    EventChannel,
     InvalidTopic,
     LimitExceeded,
     LocalProtocolError,
     NoResponders,
     PermissionDenied,
     Refused,
+    StoreError,
     StoreUnavailable,
     TooLarge,
+    open_bus,
+    open_client,
 )
 from trio_realtime._client_state import error_from_frame
 from trio_realtime._errors import refusal
 from trio_realtime.protocol import ERROR_CODES, Error
+from trio_realtime.store import MemoryStore, Store
 
 #: Each Refused subclass and the error code it stands for.
 REFUSALS: dict[type[Refused], str] = {
@@ -79,10 +91,12 @@ def test_a_protocol_code_answering_an_operation_is_a_local_protocol_error(code: 
 def test_every_refusal_code_the_client_can_get_has_a_mapping() -> None:
     """Every error code but the protocol ones maps to a Refused (a subclass where one exists)."""
     protocol_codes = {"bad_frame", "unknown_type", "protocol", "unsupported_protocol"}
-    for code in ERROR_CODES - protocol_codes:
+    for code in ERROR_CODES - protocol_codes - {"store_failed"}:
         error = error_from_frame(Error(ref=1, code=code, message="why"), "a.b")
         assert isinstance(error, Refused), code
         assert error.code == code
+    failed = error_from_frame(Error(ref=1, code="store_failed", message="disk"), "a.b")
+    assert type(failed) is StoreError
 
 
 @pytest.mark.parametrize("cls", [Bus, Client])
@@ -126,3 +140,66 @@ def test_importing_testing_registers_no_event_type() -> None:
         "assert e.registered_type(trio_realtime.testing.CheckOrder) is None\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same failure, the same exception: a bus and a client of a broker side by side
+
+
+class FailingStore(MemoryStore):
+    """A store that fails to store events on topics under ``boom.`` and to read them."""
+
+    async def append(self, events: Sequence[Event]) -> list[Event]:
+        if any(event.topic.startswith("boom.") for event in events):
+            raise StoreError("disk on fire")
+        return await super().append(events)
+
+    async def read(self, pattern: str, **kwargs: Any) -> list[Event]:
+        if pattern.startswith("boom."):
+            raise StoreError("cannot read")
+        return await super().read(pattern, **kwargs)
+
+
+@asynccontextmanager
+async def bus_and_client(store: Store) -> AsyncIterator[tuple[EventChannel, EventChannel]]:
+    """A bus over *store*, and a client of a broker over a store of the same kind."""
+    async with (
+        open_bus(store=store) as bus,
+        running_broker(store=type(store)()) as served,
+        open_client(served.url) as client,
+    ):
+        yield bus, client
+
+
+async def test_a_failing_store_raises_store_error_on_the_bus_and_the_client() -> None:
+    """The store fails to store or to read: StoreError, on the bus as on a client (the broker
+    answers `store_failed`); the channel goes on."""
+    with trio.fail_after(TIMEOUT):
+        async with bus_and_client(FailingStore()) as channels:
+            for channel in channels:
+                with pytest.raises(StoreError, match="disk on fire"):
+                    await channel.publish("boom.x", 1, ack=True)
+                with pytest.raises(StoreError, match="cannot read"):
+                    await channel.history("boom.>")
+                async with channel.subscribe("boom.>", since=0) as sub:
+                    with pytest.raises(StoreError, match="cannot read"):
+                        await sub.receive()
+                assert (await channel.publish("fine.x", 2, ack=True)).seq == 1
+
+
+async def test_a_broker_whose_bus_closed_answers_internal() -> None:
+    """A broker that can no longer route (its bus closed under it) refuses a publish with
+    `internal`: a Refused carrying that code; the connection stays up."""
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_bus() as bus,
+            running_broker(bus=bus) as served,
+            open_client(served.url) as client,
+        ):
+            await client.publish("a.b", 1, ack=True)
+            await bus.aclose()
+            with pytest.raises(Refused) as info:
+                await client.publish("a.b", 2, ack=True)
+            assert type(info.value) is Refused
+            assert info.value.code == "internal"
+            assert client.statistics().state is ClientState.CONNECTED

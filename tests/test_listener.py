@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -186,6 +187,26 @@ async def test_invalid_utf8_closes_with_1007() -> None:
             stream = await upgraded(served.port)
             await stream.send_all(frame(1, b'{"type":"ping","x":"\xff\xfe"}'))
             assert await close_code(stream) == 1007
+            await stream.aclose()
+            await in_thread(lambda: _publish_and_receive(served.url))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(lambda: bytes([0xC1]) + frame(1, b"{}")[1:], id="reserved bit"),
+        pytest.param(lambda: frame(3, b"{}"), id="reserved opcode"),
+        pytest.param(lambda: frame(1, b"{}")[:1] + bytes([0x02]) + b"{}", id="unmasked"),
+    ],
+)
+async def test_a_frame_breaking_rfc_6455_closes_with_1002(bad: Callable[[], bytes]) -> None:
+    """A WebSocket frame that breaks RFC 6455 is answered with close code 1002 (by the
+    WebSocket layer), and only that connection ends."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running_broker() as served:
+            stream = await upgraded(served.port)
+            await stream.send_all(bad())
+            assert await close_code(stream) == 1002
             await stream.aclose()
             await in_thread(lambda: _publish_and_receive(served.url))
 

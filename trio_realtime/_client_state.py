@@ -22,6 +22,7 @@ from ._errors import (
     HandshakeError,
     LocalProtocolError,
     RemoteProtocolError,
+    StoreError,
     TooLarge,
     refusal,
 )
@@ -31,6 +32,7 @@ from .protocol import (
     CLOSE_POLICY,
     CLOSE_PROTOCOL,
     PROTOCOL,
+    STORE_FAILED,
     UNKNOWN_TYPE,
     UNSUPPORTED_PROTOCOL,
     Ack,
@@ -73,7 +75,8 @@ def error_from_frame(error: Error, topic: str) -> Exception:
     """The exception that reports the broker's *error* about an operation on *topic*.
 
     A protocol code (``bad_frame``, ``unknown_type``, ``protocol``) means the broker found
-    this client's frame wrong: :exc:`LocalProtocolError`. Every other code is a refusal:
+    this client's frame wrong: :exc:`LocalProtocolError`. ``store_failed`` is the
+    :exc:`StoreError` a bus raises when its store fails. Every other code is a refusal:
     :func:`~trio_realtime._errors.refusal` maps it to the :exc:`Refused` subclass a bus
     raises in the same situation.
     """
@@ -82,6 +85,8 @@ def error_from_frame(error: Error, topic: str) -> Exception:
             f"the broker found this client's frame wrong ({error.code}): {error.message}",
             code=error.code,
         )
+    if error.code == STORE_FAILED:
+        return StoreError(f"the broker's store failed: {error.message}")
     return refusal(error.code, error.message, topic=topic)
 
 

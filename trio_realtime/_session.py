@@ -58,6 +58,7 @@ from .protocol import (
     NO_STORE,
     PROTOCOL,
     SLOW_CONSUMER,
+    STORE_FAILED,
     TOO_LARGE,
     Ack,
     Connection,
@@ -222,8 +223,9 @@ class RemoteSubscription:
 
     def fail(self, exc: BaseException) -> None:
         self.ended = True
+        code = STORE_FAILED if isinstance(exc, StoreError) else INTERNAL
         self.session._enqueue(
-            Error(ref=self.id, code=INTERNAL, message=f"subscription {self.id} ended: {exc}")
+            Error(ref=self.id, code=code, message=f"subscription {self.id} ended: {exc}")
         )
 
 
@@ -580,7 +582,7 @@ class Session:
                 if event is None:
                     event = await pending.wait()
             except StoreError as exc:
-                self._error(ref, INTERNAL, f"the event was not stored: {exc}")
+                self._error(ref, STORE_FAILED, f"the event was not stored: {exc}")
             except trio.ClosedResourceError:
                 self._error(ref, INTERNAL, "the broker is shutting down; the event was not stored")
             except Refused as exc:  # such as an id another publisher's event has
@@ -826,6 +828,6 @@ class Session:
         except ValueError as exc:
             self._error(frame.ref, INTERNAL, str(exc))
         except StoreError as exc:
-            self._error(frame.ref, INTERNAL, f"reading the store failed: {exc}")
+            self._error(frame.ref, STORE_FAILED, f"reading the store failed: {exc}")
         else:
             self._enqueue(HistoryResult(ref=frame.ref, events=tuple(events), more=more))

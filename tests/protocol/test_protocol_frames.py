@@ -121,7 +121,7 @@ def test_frame_defaults() -> None:
 
 def test_error_codes_are_the_protocol_list() -> None:
     """ERROR_CODES holds the twelve codes of protocol version 1 and the extensions ``limit``,
-    ``no_store`` and ``duplicate_id``."""
+    ``no_store``, ``duplicate_id`` and ``store_failed``."""
     assert {
         "bad_frame",
         "unknown_type",
@@ -138,6 +138,7 @@ def test_error_codes_are_the_protocol_list() -> None:
         "limit",
         "no_store",
         "duplicate_id",
+        "store_failed",
     } == ERROR_CODES
 
 

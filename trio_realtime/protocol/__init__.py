@@ -75,6 +75,7 @@ from ._frames import RATE_LIMITED as RATE_LIMITED
 from ._frames import REPLY_ERROR_HEADER as REPLY_ERROR_HEADER
 from ._frames import SERVER_FRAME_TYPES as SERVER_FRAME_TYPES
 from ._frames import SLOW_CONSUMER as SLOW_CONSUMER
+from ._frames import STORE_FAILED as STORE_FAILED
 from ._frames import TOO_LARGE as TOO_LARGE
 from ._frames import UNKNOWN_TYPE as UNKNOWN_TYPE
 from ._frames import UNSUPPORTED_PROTOCOL as UNSUPPORTED_PROTOCOL
@@ -131,6 +132,7 @@ __all__ = [
     "SEND_TRANSITIONS",
     "SERVER_FRAME_TYPES",
     "SLOW_CONSUMER",
+    "STORE_FAILED",
     "TOO_LARGE",
     "UNKNOWN_TYPE",
     "UNSUPPORTED_PROTOCOL",

@@ -45,6 +45,7 @@ __all__ = [
     "REPLY_ERROR_HEADER",
     "SERVER_FRAME_TYPES",
     "SLOW_CONSUMER",
+    "STORE_FAILED",
     "TOO_LARGE",
     "UNKNOWN_TYPE",
     "UNSUPPORTED_PROTOCOL",
@@ -106,6 +107,8 @@ NO_STORE: Final = "no_store"
 LIMIT: Final = "limit"
 #: (Extension) A published event's id is already stored for another publisher's event.
 DUPLICATE_ID: Final = "duplicate_id"
+#: (Extension) The broker's store failed to store or read events; not the client's fault.
+STORE_FAILED: Final = "store_failed"
 
 #: Every error code of protocol version 1.
 ERROR_CODES: Final[frozenset[str]] = frozenset(
@@ -125,6 +128,7 @@ ERROR_CODES: Final[frozenset[str]] = frozenset(
         LIMIT,
         NO_STORE,
         DUPLICATE_ID,
+        STORE_FAILED,
     }
 )
 
