@@ -562,3 +562,13 @@ class EventChannel(Protocol):
                 running without one).
         """
         ...
+
+    async def aclose(self) -> None:
+        """Close the channel now, as leaving the block that opened it does; a no-op once
+        closed.
+
+        Live subscriptions end cleanly (their buffered events are still received, then
+        iteration stops); waiting operations and every later call raise
+        :exc:`trio.ClosedResourceError`.
+        """
+        ...

@@ -140,6 +140,8 @@ class Client(metaclass=NoPublicConstructor):
         self._state = ClientState.CONNECTING
         self._state_changed = trio.Event()
         self._closed_reason: ConnectionClosed | None = None
+        self._run_scope = trio.CancelScope()  # the connection loop's, for aclose()
+        self._run_done = trio.Event()
         self._link: Link | None = None
         self._outbox = Outbox(max_outbox)
         #: Every live subscription (and the inbox), in the order they were made.
@@ -573,7 +575,27 @@ class Client(metaclass=NoPublicConstructor):
         """Seconds to wait before reconnect attempt *attempt* (0, 1, …)."""
         return backoff_delay(attempt, self._backoff_initial, self._backoff_max)
 
+    async def aclose(self) -> None:
+        """Close the client now, as leaving its ``open_client`` block does; a no-op once closed.
+
+        Sends what waits in the outbox (for a bounded time), closes the connection, and
+        returns once it is closed. Live subscriptions end cleanly (their buffered events are
+        still received); waiting operations, and every later call, raise
+        :exc:`trio.ClosedResourceError`.
+        """
+        await self._shutdown()
+        self._run_scope.cancel()
+        await self._run_done.wait()
+
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The connection loop, in a scope that :meth:`aclose` cancels."""
+        try:
+            with self._run_scope:
+                await self._keep_connected(task_status=task_status)
+        finally:
+            self._run_done.set()
+
+    async def _keep_connected(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Connect, then keep connected (reconnecting as allowed) until cancelled or closed.
 
         The first connection is made before ``task_status.started()``; if it fails, this

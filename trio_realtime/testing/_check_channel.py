@@ -117,11 +117,13 @@ async def check_channel(
     with temporary_event_type(CheckOrder, "check.typed.order"):
         for check in checks:
             await _run_check(open_channel, check)
-        try:
-            with trio.fail_after(STEP_TIMEOUT * 6):
-                await _check_closed(open_owned or open_channel)
-        except _Failed as exc:
-            raise AssertionError(f"closed: {exc}") from None
+        for early in (False, True):
+            try:
+                with trio.fail_after(STEP_TIMEOUT * 6):
+                    await _check_closed(open_owned or open_channel, early=early)
+            except _Failed as exc:
+                how = "aclose()" if early else "leaving its block"
+                raise AssertionError(f"closed by {how}: {exc}") from None
 
 
 async def _run_check(
@@ -410,9 +412,10 @@ async def _check_refusals(a: EventChannel, b: EventChannel) -> None:
         _expect((await _receive(sub)).data == "ok", "the channel stopped working after a refusal")
 
 
-async def _check_closed(open_owned: ChannelFactory) -> None:
-    """A subscription live when its channel closes ends cleanly after its buffered events;
-    a closed channel refuses everything with trio.ClosedResourceError."""
+async def _check_closed(open_owned: ChannelFactory, *, early: bool) -> None:
+    """A subscription live when its channel closes (its block exits or, *early*, aclose() is
+    called in the block) ends cleanly after its buffered events; a closed channel refuses
+    everything with trio.ClosedResourceError; aclose() again is a no-op."""
     got: list[Any] = []
     subscribed = trio.Event()
     received = trio.Event()
@@ -434,6 +437,11 @@ async def _check_closed(open_owned: ChannelFactory) -> None:
             await channel.publish("check.closing", 1)
             with trio.fail_after(STEP_TIMEOUT):
                 await received.wait()
+            if early:
+                await channel.aclose()
+                with trio.fail_after(STEP_TIMEOUT):
+                    await ended_cleanly.wait()  # before the block exits
+                await channel.aclose()  # a no-op
         with trio.fail_after(STEP_TIMEOUT):
             await ended_cleanly.wait()
     _expect(got == [1], f"the live subscription got {got}")
