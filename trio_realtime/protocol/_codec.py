@@ -39,7 +39,7 @@ from cattrs.preconf.orjson import OrjsonConverter, make_converter
 from cattrs.strategies import configure_tagged_union
 
 from .._errors import LocalProtocolError, RemoteProtocolError
-from .._event import Event, new_event_id, parse_time, unstructure_data
+from .._event import Event, new_event_id, parse_time
 from ._frames import (
     BAD_FRAME,
     FRAME_TYPES,
@@ -227,7 +227,8 @@ def _parse_time_field(value: object, path: str = "") -> datetime:
 
 
 def structure_event(obj: Any, _: object = None) -> Event:
-    """Build an :class:`~trio_realtime.Event` from its wire form (a dict parsed from JSON).
+    """Build an :class:`~trio_realtime.Event` from its wire form (a dict parsed from JSON):
+    the inverse of :meth:`Event.to_dict <trio_realtime.Event.to_dict>`.
 
     ``topic`` is required and must be a string (its grammar is the broker's to check). ``id``,
     ``type``, ``source``, ``time``, ``headers``, ``seq`` and ``reply_to`` may be missing or
@@ -551,22 +552,8 @@ _event_cache_bytes = 0
 
 
 def _event_bytes(event: Event) -> bytes:
-    # Event.to_dict(), inlined (without copying headers that are a dict already): this is
-    # every event's first encoding, on both sides.
-    headers = event.headers
-    return orjson.dumps(
-        {
-            "id": event.id,
-            "topic": event.topic,
-            "type": event.type,
-            "source": event.source,
-            "time": event.time.isoformat(timespec="microseconds"),  # fixed width
-            "data": unstructure_data(event.data),
-            "headers": headers if type(headers) is dict else dict(headers),
-            "seq": event.seq,
-            "reply_to": event.reply_to,
-        }
-    )
+    # The one mapping to the wire is Event.to_dict (structure_event is its inverse).
+    return orjson.dumps(event.to_dict())
 
 
 def _event_json(event: Event) -> str:
