@@ -211,6 +211,47 @@ async def test_a_frame_breaking_rfc_6455_closes_with_1002(bad: Callable[[], byte
             await in_thread(lambda: _publish_and_receive(served.url))
 
 
+async def hello_less(port: int) -> trio.SocketStream:
+    """A raw TCP stream past the WebSocket handshake, before the protocol's hello."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(upgrade_request())
+    answer = await read_until(stream, b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return stream
+
+
+@pytest.mark.parametrize(
+    ("first", "code", "close"),
+    [
+        pytest.param(lambda: frame(2, b'{"type":"hello"}'), "bad_frame", 4000, id="binary"),
+        pytest.param(
+            lambda: frame(1, b'{"type":"hello","pad":"' + b"x" * 2048 + b'"}'),
+            "too_large",
+            1009,
+            id="too large",
+        ),
+    ],
+)
+async def test_a_bad_first_message_is_answered_then_closed(
+    first: Callable[[], bytes], code: str, close: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A binary or too large message instead of `hello` gets its `error` frame, then the
+    close (4000 before hello; 1009 for the size): no failure in the broker's log, and a
+    neighbour is served."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running_broker(max_message_size=1024) as served:
+            stream = await hello_less(served.port)
+            await stream.send_all(first())
+            texts, close_code = await until_close(stream)
+            assert close_code == close
+            [error] = [json.loads(text) for text in texts]
+            assert (error["type"], error["code"]) == ("error", code)
+            await stream.aclose()
+            await in_thread(lambda: _publish_and_receive(served.url))
+            assert served.broker.statistics().errors == {code: 1}
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
 async def test_the_message_size_limit_counts_bytes() -> None:
     """Finding 11: 300,000 four-byte characters (1.2 MB, 300,000 characters) are over a
     1 MiB limit: the broker answers `too_large`, then closes the connection with 1009."""

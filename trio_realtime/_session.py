@@ -49,7 +49,6 @@ from .protocol import (
     CLOSE_HEARTBEAT,
     CLOSE_PROTOCOL,
     CLOSE_SLOW_CONSUMER,
-    CLOSE_TOO_BIG,
     FORBIDDEN,
     INTERNAL,
     INVALID_TOPIC,
@@ -224,9 +223,7 @@ class RemoteSubscription:
     def fail(self, exc: BaseException) -> None:
         self.ended = True
         code = STORE_FAILED if isinstance(exc, StoreError) else INTERNAL
-        self.session._enqueue(
-            Error(ref=self.id, code=code, message=f"subscription {self.id} ended: {exc}")
-        )
+        self.session._error(self.id, code, f"subscription {self.id} ended: {exc}")
 
 
 class Session:
@@ -293,6 +290,7 @@ class Session:
             last = queue[-1]
             if type(last) is _EventItem and last.event is event:
                 last.subs.append(sub_id)  # one frame for every subscription it matched
+                last.size += SUB_ID_SIZE  # (freed with the item)
                 self._queued_bytes += SUB_ID_SIZE
                 return
         size = encoded_size(event) + FRAME_OVERHEAD
@@ -391,13 +389,17 @@ class Session:
                 continue
             builder.start()
             if self._gaps:
-                stored = self._gaps_stored
-                for sub_id, missed in self._gaps.items():
+                # As many gaps as fit in this message; the others go in the next.
+                gaps, stored = self._gaps, self._gaps_stored
+                for sub_id in list(gaps):
+                    if builder.full:
+                        break
                     if conn.subscription(sub_id) is not None:
-                        gap = Gap(sub=sub_id, missed=missed, stored=stored.get(sub_id, 0))
-                        builder.add_frame(gap, FRAME_OVERHEAD)
-                self._gaps.clear()
-                stored.clear()
+                        gap = Gap(sub=sub_id, missed=gaps[sub_id], stored=stored.get(sub_id, 0))
+                        if not builder.add_frame(gap, FRAME_OVERHEAD):
+                            break
+                    del gaps[sub_id]
+                    stored.pop(sub_id, None)
             events = 0
             freed = 0
             while queue and not builder.full:
@@ -475,15 +477,20 @@ class Session:
         """Read until the client's ``hello``; answer ``welcome``. None if the client left, or
         was refused (then the connection is closed)."""
         limits = self.limits
+        refusal: FrameError | RemoteProtocolError | None = None
         with trio.move_on_after(limits.handshake_timeout):
-            while True:
-                text = await self.transport.receive()
+            while refusal is None:
+                try:
+                    text = await self.transport.receive()
+                except RemoteProtocolError as exc:  # binary, or too big: fatal before hello
+                    refusal = exc
+                    break
                 self._heartbeat_policy.received(trio.current_time())
                 self.conn.receive_text(text)
                 for item in self.conn.frames():
                     if type(item) is FrameError:  # fatal before hello
-                        await self._refuse(item)
-                        return None
+                        refusal = item
+                        break
                     if type(item) is Hello:
                         self.client = item.client
                         if item.instance:
@@ -498,6 +505,9 @@ class Session:
                         # frames the client pipelined come out next), queued as text.
                         self._enqueue(self.conn.send(welcome))
                         return item
+        if refusal is not None:  # (refused outside the timeout: the refusal takes its time)
+            await self._refuse(refusal)
+            return None
         self.counters.count_error("handshake_timeout")
         message = f"no 'hello' within the handshake timeout ({limits.handshake_timeout:g} s)"
         await self.close(
@@ -508,7 +518,8 @@ class Session:
         return None
 
     async def _refuse(self, error: FrameError | RemoteProtocolError) -> None:
-        """A fatal protocol violation: explain it in an error frame, then close."""
+        """A fatal protocol violation: explain it in an error frame, then close (1009 for a
+        message too large, else the code :func:`close_code_for` gives)."""
         self.counters.count_error(error.code)
         frame = Error(ref=error.ref, code=error.code, message=str(error))
         await self.close(close_code_for(error.code), str(error)[:120], error=frame)
@@ -528,6 +539,7 @@ class Session:
         if self._nursery is not None:
             with trio.move_on_after(timeout):
                 await self._writer_done.wait()
+        self.conn.close()  # (one that broke the protocol stays in ERROR)
         await self.transport.aclose(code, reason, timeout=timeout)
 
     def _drop_subscriptions(self) -> None:
@@ -633,10 +645,7 @@ class Session:
             except RemoteProtocolError as exc:  # a binary message, or one too big
                 policy.received(trio.current_time())
                 if exc.code == TOO_LARGE:  # fatal: answered, then closed with 1009
-                    self.counters.count_error(exc.code)
-                    await self.close(
-                        CLOSE_TOO_BIG, str(exc)[:120], error=Error(code=exc.code, message=str(exc))
-                    )
+                    await self._refuse(exc)
                     return
                 self.counters.count_error(exc.code)
                 self._enqueue(Error(ref=exc.ref, code=exc.code, message=str(exc)))
@@ -782,7 +791,13 @@ class Session:
         # Replays run in the session's nursery; a connection has at most max_replays under
         # way (each holding a page of stored events), and waits for one to finish first.
         assert self._nursery is not None
-        await self._replay_slots.acquire()
+        # A slot frees as the client reads what the replays send: waiting on the client now,
+        # so its silence counts again (a client that stops reading is closed, as ever).
+        self._processing = False
+        try:
+            await self._replay_slots.acquire()
+        finally:
+            self._processing = True
         try:
             sub.replay = await self.bus.add_sink_since(
                 sub, since, on_done=self._replay_slots.release, nursery=self._nursery
