@@ -29,6 +29,8 @@ from ._channel import (
     OverflowLike,
     Sink,
     Subscription,
+    check_int,
+    check_since,
     pattern_and_type,
 )
 from ._errors import DuplicateEventId, NoResponders, StoreUnavailable
@@ -302,7 +304,8 @@ class Bus(metaclass=NoPublicConstructor):
         *publisher* scopes deduplication: an event whose id was stored recently is a
         duplicate (not stored again; the commit is done with ``duplicate`` set) only if the
         same *publisher* stored it; from another publisher it is refused with
-        :exc:`ValueError`, so that nobody can suppress another's events by reusing their ids.
+        :exc:`~trio_realtime.DuplicateEventId`, so that nobody can suppress another's events
+        by reusing their ids.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
@@ -584,10 +587,13 @@ class Bus(metaclass=NoPublicConstructor):
 
         Raises:
             InvalidTopic: if *pattern* is not a valid pattern.
+            TypeError: if *since* is neither a seq, a datetime nor None.
+            ValueError: if *since* is a negative seq.
             trio.ClosedResourceError: if the bus is closed.
         """
         await trio.lowlevel.checkpoint()
         pattern, payload_type = pattern_and_type(pattern)
+        since = check_since(since)
         sub = Subscription(
             pattern,
             group=group,
@@ -629,12 +635,12 @@ class Bus(metaclass=NoPublicConstructor):
         Raises:
             StoreUnavailable: if the bus has no store.
         """
+        if self._closed:
+            raise trio.ClosedResourceError("the bus is closed")
         if self.store is None:
             raise StoreUnavailable(
                 "subscribe(since=…) needs a bus with a store: open it with open_bus(store=…)"
             )
-        if self._closed:
-            raise trio.ClosedResourceError("the bus is closed")
         owner = self._nursery if nursery is None else nursery
         scope: trio.CancelScope = await owner.start(self._replay, sink, since, on_done)
         return scope
@@ -715,12 +721,13 @@ class Bus(metaclass=NoPublicConstructor):
             self._inbox = _InboxSink(ReplyInbox())
             self.add_sink(self._inbox, retained=False)
         waiter = _ReplyWaiter()
-        with self._inbox.inbox.expect(waiter) as reply_to:
+        reply_to = self._inbox.inbox.reply_to()
+        with self._inbox.inbox.expect(reply_to, waiter):
             event = make_event(
                 topic, data, headers=headers, source=self.source, type=None, reply_to=reply_to
             )
-            await self.publish_event(event)
-            with trio.fail_after(timeout):
+            with trio.fail_after(timeout):  # the whole request, publishing it included
+                await self.publish_event(event)
                 await waiter.done.wait()
         return check_reply(topic, waiter.result())
 
@@ -740,8 +747,12 @@ class Bus(metaclass=NoPublicConstructor):
 
         Raises:
             StoreUnavailable: if the bus has no store.
+            TypeError: if *since* is neither a seq, a datetime nor None.
+            ValueError: if *since* is a negative seq, or *limit* not an int of 0 or more.
         """
         validate_pattern(pattern)
+        since = check_since(since)
+        check_int(limit, "limit", minimum=0)
         if self._closed:
             raise trio.ClosedResourceError("the bus is closed")
         if self.store is None:

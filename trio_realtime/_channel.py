@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from ._errors import SlowConsumer
-from ._event import Event, converter, registered_type
+from ._event import Event, converter, parse_time, registered_type
 from ._topics import validate_pattern
 
 if TYPE_CHECKING:
@@ -165,6 +165,31 @@ def check_buffer_size(size: float) -> float:
     return size
 
 
+def check_since(since: object) -> int | datetime | None:
+    """Validate a ``since`` argument, as every channel does: a seq (an int, 0 or more), a
+    :class:`~datetime.datetime` (naive is taken as UTC; returned aware), or None.
+
+    Raises:
+        TypeError: if *since* is of another type.
+        ValueError: if it is a negative seq.
+    """
+    if since is None:
+        return None
+    if isinstance(since, datetime):
+        return parse_time(since)
+    if isinstance(since, bool) or not isinstance(since, int):
+        raise TypeError(f"since must be a seq (int), a datetime or None, not {since!r}")
+    if since < 0:
+        raise ValueError(f"since must not be negative, not {since!r}")
+    return since
+
+
+def check_int(value: object, what: str, *, minimum: int) -> None:
+    """Raise ValueError unless *value* is an int (not a bool) of at least *minimum*."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an int of at least {minimum}, not {value!r}")
+
+
 def pattern_and_type(pattern: str | type) -> tuple[str, type | None]:
     """The pattern and payload type to subscribe to, from a pattern or a registered class."""
     if isinstance(pattern, str):
@@ -256,6 +281,11 @@ class Subscription:
     def missed(self) -> int:
         """How many events this subscription lost to overflow so far."""
         return self._missed
+
+    @property
+    def buffered(self) -> int:
+        """How many events wait in the buffer now."""
+        return len(self._buffer)
 
     def statistics(self) -> SubscriptionStatistics:
         """A snapshot of this subscription's counters."""
@@ -404,17 +434,19 @@ class Subscription:
         """
         if self._ended:
             return DROPPED
+        buffer = self._buffer
+        full = len(buffer) >= self.max_buffer_size
+        if full and not force and self.overflow is Overflow.BLOCK:
+            return FULL  # (before converting: a producer offers it again once there is room)
         if self.payload_type is not None:
             converted = self._convert(event)
             if converted is None:
                 return DROPPED
             event = converted
-        buffer = self._buffer
-        if len(buffer) >= self.max_buffer_size:
+        if full:
             policy = self.overflow
             if policy is Overflow.BLOCK:
-                if not force:
-                    return FULL
+                pass  # forced past its size
             elif policy is Overflow.DROP_OLDEST:
                 buffer.popleft()
                 self._missed += 1

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 import attrs
 import trio
 
+from ._channel import check_since
 from ._errors import (
     ConnectionClosed,
     HandshakeError,
@@ -26,7 +27,7 @@ from ._errors import (
     TooLarge,
     refusal,
 )
-from ._event import Event, parse_time
+from ._event import Event
 from .protocol import (
     BAD_FRAME,
     CLOSE_POLICY,
@@ -62,7 +63,6 @@ __all__ = [
     "RemoteSub",
     "RequestPending",
     "backoff_delay",
-    "check_int",
     "error_from_frame",
     "is_fatal",
     "since_fields",
@@ -156,22 +156,12 @@ class ClientStatistics:
 
 
 def since_fields(since: object) -> tuple[int | None, str | None]:
-    """The ``(since, since_time)`` frame fields for a ``since`` argument (seq or datetime)."""
-    if since is None:
-        return None, None
-    if isinstance(since, datetime):
-        return None, parse_time(since).isoformat()
-    if isinstance(since, bool) or not isinstance(since, int):
-        raise TypeError(f"since must be a seq (int), a datetime or None, not {since!r}")
-    if since < 0:
-        raise ValueError(f"since must not be negative, not {since!r}")
-    return since, None
-
-
-def check_int(value: object, what: str, *, minimum: int) -> None:
-    """Raise ValueError unless *value* is an int of at least *minimum*."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an int of at least {minimum}, not {value!r}")
+    """The ``(since, since_time)`` frame fields for a ``since`` argument (seq or datetime),
+    checked as every channel checks it (:func:`~trio_realtime._channel.check_since`)."""
+    checked = check_since(since)
+    if isinstance(checked, datetime):
+        return None, checked.isoformat()
+    return checked, None
 
 
 def is_fatal(exc: ConnectionClosed) -> bool:

@@ -450,6 +450,10 @@ async def _check_closed(open_owned: ChannelFactory, *, early: bool) -> None:
         async with channel.subscribe("check.closed"):
             pass
 
+    async def subscribe_since() -> None:
+        async with channel.subscribe("check.closed", since=0):
+            pass
+
     async def serve() -> None:
         async with channel.serve("check.closed", lambda event: None):
             pass
@@ -458,6 +462,7 @@ async def _check_closed(open_owned: ChannelFactory, *, early: bool) -> None:
         ("publish", lambda: channel.publish("check.closed", 1)),
         ("publish(ack=True)", lambda: channel.publish("check.closed", 1, ack=True)),
         ("subscribe", subscribe),
+        ("subscribe(since=0)", subscribe_since),
         ("serve", serve),
         ("request", lambda: channel.request("check.closed", 1)),
         ("history", lambda: channel.history("check.closed")),
@@ -554,9 +559,40 @@ async def _check_bad_input(a: EventChannel, b: EventChannel) -> None:
         _expect("{1, 2}" in str(exc), f"the TypeError must name the bad value: {exc}")
     else:
         raise _Failed("publishing data that is not JSON-compatible must raise TypeError")
+    await _check_bad_arguments(b)
     async with b.subscribe("check.bad") as sub:
         await a.publish("check.bad", "fine")
         _expect((await _receive(sub)).data == "fine", "the channel must work after bad input")
+
+
+async def _check_bad_arguments(channel: EventChannel) -> None:
+    """A bad ``since`` or ``limit`` is refused before anything else, store or no store."""
+
+    def subscribe_since(since: Any) -> Callable[[], Any]:
+        async def call() -> None:
+            async with channel.subscribe("check.bad", since=since):
+                pass
+
+        return call
+
+    calls: list[tuple[str, Callable[[], Any], type[Exception]]] = [
+        ("subscribe(since=-1)", subscribe_since(-1), ValueError),
+        ("subscribe(since='1')", subscribe_since("1"), TypeError),
+        ("subscribe(since=True)", subscribe_since(True), TypeError),
+        ("history(since=-1)", lambda: channel.history("check.bad", since=-1), ValueError),
+        ("history(since=1.5)", lambda: channel.history("check.bad", since=1.5), TypeError),  # type: ignore[arg-type]
+        ("history(limit=-1)", lambda: channel.history("check.bad", limit=-1), ValueError),
+        ("history(limit=True)", lambda: channel.history("check.bad", limit=True), ValueError),
+    ]
+    for what, call, expected in calls:
+        try:
+            await call()
+        except StoreUnavailable:
+            raise _Failed(f"{what}: the bad argument must be refused first") from None
+        except expected:
+            pass
+        else:
+            raise _Failed(f"{what} must raise {expected.__name__}")
 
 
 async def _check_history(a: EventChannel, b: EventChannel) -> None:
