@@ -117,9 +117,23 @@ def pytest_configure(config: pytest.Config) -> None:
     WebSocketTransport.__init__ = _noting_transport_init  # type: ignore[method-assign]
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    Connection.send = _send  # type: ignore[method-assign]
+    wsproto.WSConnection.send = _ws_send  # type: ignore[method-assign]
+    WebSocketTransport.__init__ = _transport_init  # type: ignore[method-assign]
+
+
 def _whole_suite_ran(session: pytest.Session) -> bool:
     option = session.config.option
-    if option.keyword or option.markexpr or option.maxfail or session.testsfailed:
+    partial = (
+        option.keyword,
+        option.markexpr,
+        option.maxfail,
+        option.deselect,
+        getattr(option, "lf", False),
+        session.testsfailed,
+    )
+    if any(partial):
         return False
     tests = Path(__file__).parent
     collected = {Path(str(item.path)).resolve() for item in session.items}

@@ -111,6 +111,7 @@ def test_broker_options_are_the_broker_arguments() -> None:
     parameters = inspect.signature(Broker).parameters
     assert set(BrokerOptions.__annotations__) == set(parameters)
     assert BrokerOptions.__total__ is False
+    assert set(typing.get_type_hints(BrokerOptions)) == set(parameters)  # hints resolve
     hints = typing.get_type_hints(trio_realtime.serve_broker, include_extras=True)
     assert "broker_options" in hints
 

@@ -16,7 +16,7 @@ import secrets
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypedDict, Unpack
+from typing import Any, Final, Literal, NoReturn, TypedDict, Unpack
 
 import attrs
 import trio
@@ -29,9 +29,7 @@ from ._topics import validate_pattern
 from ._transport import ConnectionGate, listen
 from ._util import only_leaf
 from .protocol import CLOSE_GOING_AWAY
-
-if TYPE_CHECKING:
-    from .store import Store
+from .store import Store  # at run time too: BrokerOptions's hints resolve (get_type_hints)
 
 __all__ = ["Broker", "BrokerOptions", "BrokerServer", "BrokerStatistics", "serve_broker"]
 

@@ -9,7 +9,6 @@ exponential backoff, re-creates every subscription (resuming stored topics after
 
 from __future__ import annotations
 
-import itertools
 import logging
 import secrets
 import ssl
@@ -27,6 +26,7 @@ from ._channel import (
     Overflow,
     OverflowLike,
     Subscription,
+    check_int,
     pattern_and_type,
 )
 from ._client_conn import (
@@ -49,13 +49,12 @@ from ._client_state import (
     RemoteSub,
     RequestPending,
     backoff_delay,
-    check_int,
     is_fatal,
     since_fields,
 )
 from ._errors import ConnectionClosed, EpochChanged
 from ._event import Event, make_event
-from ._requests import DEFAULT_MAX_CONCURRENCY, check_reply, new_inbox, serving
+from ._requests import DEFAULT_MAX_CONCURRENCY, ReplyInbox, check_reply, serving
 from ._topics import validate_pattern
 from ._transport import (
     CLOSE_TIMEOUT,
@@ -147,9 +146,7 @@ class Client(metaclass=NoPublicConstructor):
         #: Every live subscription (and the inbox), in the order they were made.
         self._subs: dict[RemoteSub, None] = {}
         self._inbox: RemoteSub | None = None
-        self._inbox_prefix = new_inbox()
-        self._reply_ids = itertools.count(1)
-        self._replies: dict[str, RequestPending] = {}
+        self._replies: ReplyInbox[RequestPending] = ReplyInbox()
         self._unyielded = 0
         self._reconnects = 0
         self._published = 0
@@ -234,8 +231,12 @@ class Client(metaclass=NoPublicConstructor):
             InvalidTopic: if *topic* is not a valid topic (or, with *ack*, the broker says so).
             TypeError: if *data* is not JSON-compatible (the message names the value).
             PermissionDenied: with *ack*, if the broker refused (such as a ``$…`` topic).
-            RemoteProtocolError: with *ack*, if the broker refused for another reason (its
-                ``code`` says which).
+            TooLarge: with *ack*, if the event is larger than the broker's
+                ``max_event_size`` (or than this client's ``max_message_size``).
+            DuplicateEventId: with *ack*, if the id is another publisher's stored event's.
+            StoreError: with *ack*, if the broker's store failed to store it.
+            Refused: with *ack*, if the broker refused for another reason (its ``code``
+                says which).
             trio.ClosedResourceError: if the client is closed (its block exited).
             ConnectionClosed: if the connection was lost for good (reconnecting is off, or
                 gave up).
@@ -325,8 +326,10 @@ class Client(metaclass=NoPublicConstructor):
             InvalidTopic: if *pattern* is not a valid pattern (checked here first).
             PermissionDenied: if the broker refused the subscription.
             StoreUnavailable: for *since*, if the broker has no store (as a bus without one).
-            RemoteProtocolError: if the broker refused it for another reason (its ``code``
-                says which).
+            LimitExceeded: if the broker's ``max_subscriptions`` is reached.
+            TypeError: if *since* is neither a seq, a datetime nor None.
+            ValueError: if *since* is a negative seq.
+            Refused: if the broker refused it for another reason (its ``code`` says which).
             trio.ClosedResourceError: if the client is closed (its block exited).
             ConnectionClosed: if the connection was lost for good (reconnecting is off, or
                 gave up).
@@ -478,26 +481,25 @@ class Client(metaclass=NoPublicConstructor):
             ConnectionClosed: if the connection was lost for good (reconnecting is off, or
                 gave up).
         """
-        reply_to = f"{self._inbox_prefix}.{next(self._reply_ids)}"
+        reply_to = self._replies.reply_to()
         event = make_event(
             topic, data, headers=headers, source=self._source, type=None, reply_to=reply_to
         )
         pending = RequestPending(event)
-        self._replies[reply_to] = pending
-        try:
-            with trio.fail_after(timeout):
-                await self._ensure_inbox()
-                reply: Event = await self._submit(pending)
-        finally:
-            pending.abandoned = True
-            del self._replies[reply_to]
+        with self._replies.expect(reply_to, pending):
+            try:
+                with trio.fail_after(timeout):
+                    await self._ensure_inbox()
+                    reply: Event = await self._submit(pending)
+            finally:
+                pending.abandoned = True
         return check_reply(topic, reply)
 
     async def _ensure_inbox(self) -> None:
         rs = self._inbox
         if rs is None:
             self._check_open()
-            rs = self._inbox = RemoteSub(f"{self._inbox_prefix}.>")
+            rs = self._inbox = RemoteSub(self._replies.pattern)
             self._add(rs)
         await rs.settled.wait()
         if rs.error is not None:
@@ -523,7 +525,10 @@ class Client(metaclass=NoPublicConstructor):
             InvalidTopic: if *pattern* is not a valid pattern.
             PermissionDenied: if the broker refused.
             StoreUnavailable: if the broker has no store (as a bus without one).
-            RemoteProtocolError: if the broker could not answer (its ``code`` says why).
+            StoreError: if the broker's store failed to read (as a bus's would).
+            TypeError: if *since* is neither a seq, a datetime nor None.
+            ValueError: if *since* is a negative seq, or *limit* not an int of 0 or more.
+            Refused: if the broker refused for another reason (its ``code`` says why).
             trio.ClosedResourceError: if the client is closed (its block exited).
             ConnectionClosed: if the connection was lost for good (reconnecting is off, or
                 gave up).
@@ -772,7 +777,7 @@ class Client(metaclass=NoPublicConstructor):
             waiting += link.conn.forget_pending()
             for done in link.unsubscribing.values():
                 done.set()
-        waiting += self._replies.values()
+        waiting += self._replies.waiters()
         for item in waiting:
             if isinstance(item, Pending):
                 item.fail(self._closed_error())
@@ -823,9 +828,9 @@ async def open_client(
     closed: waiting and later operations raise :exc:`~trio_realtime.ConnectionClosed`, and
     subscriptions' receives raise it too.
 
-    Leaving the block sends what waits in the outbox (a bounded time), ends every
-    subscription's iteration cleanly, fails operations still waiting with
-    :exc:`~trio_realtime.ConnectionClosed`, and closes the WebSocket with code 1000. No task
+    Leaving the block (or :meth:`Client.aclose`) sends what waits in the outbox (a bounded
+    time), ends every subscription's iteration cleanly, fails operations still waiting with
+    :exc:`trio.ClosedResourceError`, and closes the WebSocket with code 1000. No task
     outlives the block. An exception raised in the block propagates as itself.
 
     Args:
@@ -843,7 +848,7 @@ async def open_client(
         max_message_size: The largest message received or sent, in bytes of UTF-8 text. The
             default is the broker's default (1 MiB): keep the two the same. A frame larger
             than this is not sent (an acknowledged publish raises
-            :exc:`~trio_realtime.RemoteProtocolError` ``too_large``); a broker closes the
+            :exc:`~trio_realtime.TooLarge`); a broker closes the
             connection on a message larger than its own limit, and never sends one. A larger
             message received closes the connection (1009) and is lost, with the events in
             it: the client logs a warning, counts it (``statistics().oversized``) and

@@ -48,6 +48,7 @@ from ._errors import (
     TooLarge,
 )
 from ._event import Event
+from ._requests import ReplyInbox
 from ._transport import open_transport
 from .protocol import (
     CLOSE_GOING_AWAY,
@@ -145,7 +146,7 @@ class LinkContext:
         max_message_size: The largest message the client sends or receives, in bytes.
         outbox: What waits to be sent; the link's writer drains it, and every other path
             (pongs, pings, unsubscribes) queues there.
-        replies: The requests waiting for a reply, by reply topic.
+        replies: The client's reply inbox, which hands each reply to its request.
         counters: Where the link counts.
         refused: Called when the broker refused (or ended) a subscription, with the error.
     """
@@ -153,7 +154,7 @@ class LinkContext:
     url: str
     max_message_size: int
     outbox: Outbox
-    replies: dict[str, RequestPending]
+    replies: ReplyInbox[RequestPending]
     counters: ClientCounters
     refused: Callable[[RemoteSub, Exception], None]
 
@@ -324,6 +325,7 @@ class Link:
             nursery.start_soon(self._writer)
             if self.heartbeat_policy is not None:
                 nursery.start_soon(self._heartbeat)
+        self.conn.close()  # (a connection that broke the protocol stays in ERROR)
         assert self.reason is not None
         return self.reason
 
@@ -369,9 +371,7 @@ class Link:
                             continue  # unsubscribed meanwhile
                         sub = rs.sub
                         if sub is None:  # the inbox
-                            request = replies.get(event.topic)
-                            if request is not None:
-                                request.succeed(event)
+                            replies.deliver(event)
                             continue
                         if not deliver(rs, sub, event):
                             # A block subscription holds twice its buffer: let a consumer
@@ -422,7 +422,7 @@ class Link:
                 sub.add_missed(1)
             return True
         if sub.offer(event) is FULL:
-            if sub.statistics().buffered < 2 * sub.max_buffer_size:
+            if sub.buffered < 2 * sub.max_buffer_size:
                 sub.offer(event, force=True)
             elif not last_chance:
                 return False

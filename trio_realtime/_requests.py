@@ -55,8 +55,9 @@ class ReplyInbox(Generic[W]):
     """A channel's one reply inbox: hands out ``reply_to`` topics and matches replies to them.
 
     The channel subscribes :attr:`pattern` once (on its first request) and hands every event
-    of that subscription to :meth:`deliver`. A reply that no request waits for (it timed out,
-    or a responder answered twice) is dropped.
+    of that subscription to :meth:`deliver`. A request takes a fresh :meth:`reply_to` topic
+    and waits for its reply while it is :meth:`expected <expect>`. A reply that no request
+    waits for (it timed out, or a responder answered twice) is dropped.
     """
 
     def __init__(self) -> None:
@@ -69,13 +70,16 @@ class ReplyInbox(Generic[W]):
         """The pattern the channel subscribes for its replies."""
         return f"{self.prefix}.>"
 
+    def reply_to(self) -> str:
+        """A fresh ``reply_to`` topic, under :attr:`pattern`."""
+        return f"{self.prefix}.{next(self._ids)}"
+
     @contextmanager
-    def expect(self, waiter: W) -> Iterator[str]:
-        """Register *waiter* for the ``with`` block; the block gets its ``reply_to`` topic."""
-        reply_to = f"{self.prefix}.{next(self._ids)}"
+    def expect(self, reply_to: str, waiter: W) -> Iterator[None]:
+        """Hand the reply to *reply_to* to *waiter* during the ``with`` block."""
         self._waiting[reply_to] = waiter
         try:
-            yield reply_to
+            yield
         finally:
             del self._waiting[reply_to]
 

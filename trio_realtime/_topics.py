@@ -24,7 +24,6 @@ __all__ = [
     "MAX_TOPIC_LENGTH",
     "PatternIndex",
     "TopicTree",
-    "is_inbox",
     "is_reserved",
     "is_transient",
     "topic_matches",
@@ -119,11 +118,6 @@ def is_reserved(topic: str) -> bool:
     Clients may subscribe to such topics but not publish to them, nor ask for replies there.
     """
     return topic.startswith("$")
-
-
-def is_inbox(topic: str) -> bool:
-    """Whether *topic* is a reply inbox (``_inbox.…``)."""
-    return topic.startswith(INBOX_PREFIX)
 
 
 def is_transient(topic: str) -> bool:

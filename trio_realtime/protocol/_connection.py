@@ -290,8 +290,9 @@ class Connection(Generic[_S, _R]):
     **One record of ids and refs.** The connection is where a side keeps its subscriptions
     and refs: the owner attaches its own object to each (:meth:`attach` for a subscription,
     the *refs* argument of :meth:`send` for a ref), looks it up (:meth:`subscription`,
-    :meth:`pending`), and lets the connection forget it as the protocol says (a broker's
-    ``subscribed`` or refusing ``error``, an ``unsubscribe``, an ``ack``). When a received
+    :meth:`pending`), and lets the connection forget it as the protocol says (a refusing
+    ``error`` or an ``unsubscribe`` for an id, which ``subscribed`` only confirms; an
+    ``ack``, a ``history_result`` or an ``error`` for a ref). When a received
     frame ends a subscription or answers a ref, what was attached stays readable while the
     owner handles that frame, and goes when the next item is taken.
     """
