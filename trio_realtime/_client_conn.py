@@ -373,6 +373,15 @@ class Link:
                         if sub is None:  # the inbox
                             replies.deliver(event)
                             continue
+                        if not rs.behind:  # the common case, inlined: in order and taken
+                            seq = event.seq
+                            last = rs.last_seq
+                            if (seq is None or last is None or seq > last) and sub.offer(
+                                event
+                            ) is not FULL:
+                                if seq is not None:
+                                    rs.last_seq = seq  # a resume starts after it
+                                continue
                         if not deliver(rs, sub, event):
                             # A block subscription holds twice its buffer: let a consumer
                             # that keeps up drain it first (never waiting for room). Two
