@@ -126,8 +126,8 @@ def raw_process(kind: str) -> AbstractAsyncContextManager[str]:
 async def run_child(kind: str, store: str) -> None:
     """The child processes' side (``--child KIND``)."""
     if kind == "broker-responder":
-        from trio_realtime._broker import Broker
         from trio_realtime._cli import open_store
+        from trio_realtime.broker._broker import Broker
 
         def double(event: Event) -> object:
             return {"n": event.data["n"] * 2}

@@ -89,7 +89,9 @@ html_theme_options = {
 _NO_SIGNATURE = {"trio_realtime.Bus", "trio_realtime.Client", "trio_realtime.EventChannel"}
 # The public subpackages: each is declared with ``.. module::`` and documents its ``__all__``.
 _SUBPACKAGES = ("protocol", "store", "testing")
-# ``trio_realtime._channel.Overflow`` -> ``trio_realtime.Overflow``, and
+# The subpackages that only lay the code out: their public names are the root package's.
+_LAYOUT = ("bus", "broker", "client")
+# ``trio_realtime.bus._channel.Overflow`` -> ``trio_realtime.Overflow``, and
 # ``trio_realtime.store._base.Store`` -> ``trio_realtime.store.Store`` (napoleon spells
 # attribute types out in full, with the private module).
 _PRIVATE_PATH = re.compile(r"\btrio_realtime((?:\.[a-z]\w*)?)\._\w+\.(\w+)")
@@ -122,8 +124,9 @@ def _public_paths(
     """Spell types by their public name: ``trio_realtime.X``, not ``trio_realtime._mod.X``."""
 
     def repl(match: re.Match[str]) -> str:
-        package = f"trio_realtime{match[1]}"
-        if package != "trio_realtime" and match[1][1:] not in _SUBPACKAGES:
+        sub = match[1][1:]
+        package = "trio_realtime" if sub in _LAYOUT else f"trio_realtime{match[1]}"
+        if package != "trio_realtime" and sub not in _SUBPACKAGES:
             return match[0]
         public = importlib.import_module(package).__all__
         return f"{package}.{match[2]}" if match[2] in public else match[0]

@@ -16,8 +16,8 @@ import pytest
 import trio
 import trio.testing
 
-from trio_realtime._broker import Broker, BrokerServer
 from trio_realtime._util import open_service_nursery
+from trio_realtime.broker._broker import Broker, BrokerServer
 
 #: Checks at the end of a whole run that the docs' error and close codes were all produced.
 pytest_plugins = ["_wire_codes"]

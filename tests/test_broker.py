@@ -24,8 +24,8 @@ import trio_websocket
 from conftest import TIMEOUT, RunningBroker, running_broker, start_broker
 
 from trio_realtime import Event, InvalidTopic, open_bus
-from trio_realtime._broker import Broker, BrokerServer, BrokerStatistics, serve_broker
 from trio_realtime._util import open_service_nursery
+from trio_realtime.broker._broker import Broker, BrokerServer, BrokerStatistics, serve_broker
 from trio_realtime.protocol import CLOSE_GOING_AWAY, CLOSE_HEARTBEAT, CLOSE_SLOW_CONSUMER
 from trio_realtime.store import MemoryStore
 

@@ -37,7 +37,7 @@ from conftest import RunningBroker, start_broker
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from trio_realtime._broker import Broker
+from trio_realtime.broker._broker import Broker
 
 Frame = dict[str, Any]
 Message = str | bytes

@@ -20,7 +20,7 @@ from trio_realtime import (
     event_type,
     open_bus,
 )
-from trio_realtime._channel import RECEIVE_BATCH, Subscription
+from trio_realtime.bus._channel import RECEIVE_BATCH, Subscription
 
 
 @event_type("test.bus.point")

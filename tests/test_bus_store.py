@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-import trio_realtime._bus as bus_module
-import trio_realtime._replay as replay_module
+import trio_realtime.bus._bus as bus_module
+import trio_realtime.bus._replay as replay_module
 from trio_realtime import Event, EventChannel, StoreError, open_bus
 from trio_realtime.store import MemoryStore, SQLiteStore, Store
 from trio_realtime.testing import check_channel

@@ -155,7 +155,7 @@ def test_request_gets_the_reply(broker: ServeProcess, capsys: pytest.CaptureFixt
     """request prints the reply's data; a silent responder times out with one line."""
     import trio
 
-    from trio_realtime._client import open_client
+    from trio_realtime.client._client import open_client
 
     ready = threading.Event()
     stop = threading.Event()

@@ -10,8 +10,8 @@ import trio
 from conftest import running_broker
 
 from trio_realtime import EventChannel
-from trio_realtime._broker import Broker
-from trio_realtime._client import open_client
+from trio_realtime.broker._broker import Broker
+from trio_realtime.client._client import open_client
 from trio_realtime.store import SQLiteStore
 from trio_realtime.testing import check_channel
 

@@ -23,9 +23,9 @@ from trio_realtime import (
     HandshakeError,
     open_bus,
 )
-from trio_realtime._client import Client, ClientState, open_client
 from trio_realtime._transport import parse_url
 from trio_realtime._util import open_service_nursery
+from trio_realtime.client._client import Client, ClientState, open_client
 from trio_realtime.protocol import (
     AUTH_FAILED,
     CLOSE_POLICY,

@@ -13,7 +13,7 @@ from trio_realtime import (
     Event,
     open_bus,
 )
-from trio_realtime._client import open_client
+from trio_realtime.client._client import open_client
 from trio_realtime.protocol import (
     History,
     HistoryResult,

@@ -15,10 +15,10 @@ from trio_realtime import (
     Event,
     TooLarge,
 )
-from trio_realtime._broker import Broker
-from trio_realtime._client import open_client
-from trio_realtime._client_conn import LOCAL_TOO_BIG_REASON, refused_as_too_big
 from trio_realtime._transport import DEFAULT_MAX_MESSAGE_SIZE
+from trio_realtime.broker._broker import Broker
+from trio_realtime.client._client import open_client
+from trio_realtime.client._link import LOCAL_TOO_BIG_REASON, refused_as_too_big
 from trio_realtime.protocol import (
     History,
     HistoryResult,

@@ -15,9 +15,9 @@ import trio.testing
 from trio_realtime import (
     ConnectionClosed,
 )
-from trio_realtime._client import Client, ClientState, ClientStatistics
-from trio_realtime._client_conn import LOCAL_TOO_BIG_REASON, Link
 from trio_realtime._transport import WebSocketTransport
+from trio_realtime.client._client import Client, ClientState, ClientStatistics
+from trio_realtime.client._link import LOCAL_TOO_BIG_REASON, Link
 from trio_realtime.protocol import (
     CLOSE_GOING_AWAY,
     ClientConnection,

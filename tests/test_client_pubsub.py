@@ -18,7 +18,7 @@ from trio_realtime import (
     event_type,
     open_bus,
 )
-from trio_realtime._client import ClientState, open_client
+from trio_realtime.client._client import ClientState, open_client
 from trio_realtime.protocol import (
     EventFrame,
     Gap,

@@ -17,7 +17,7 @@ from trio_realtime import (
     PermissionDenied,
     open_bus,
 )
-from trio_realtime._client import Client, ClientState, open_client
+from trio_realtime.client._client import Client, ClientState, open_client
 from trio_realtime.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,

@@ -14,7 +14,7 @@ from trio_realtime import (
     NoResponders,
     RequestFailed,
 )
-from trio_realtime._client import open_client
+from trio_realtime.client._client import open_client
 
 
 async def test_request_reply_between_clients(live_broker: RunningBroker) -> None:

@@ -36,8 +36,8 @@ from trio_realtime import (
     open_bus,
     open_client,
 )
-from trio_realtime._client_state import error_from_frame
 from trio_realtime._errors import refusal
+from trio_realtime.client._state import error_from_frame
 from trio_realtime.protocol import ERROR_CODES, Error
 from trio_realtime.store import MemoryStore, Store
 
@@ -124,11 +124,10 @@ def test_the_root_namespace_is_the_public_api() -> None:
         assert not hasattr(trio_realtime, name), name
     for name in ("Refused", "Sink", "Offered", "BrokerOptions", "EventChannel", "open_bus"):
         assert name in public
-    assert public == {name for name in dir(trio_realtime) if not name.startswith("_")} - {
-        "protocol",
-        "store",
-        "testing",
-    }
+    subpackages = {"protocol", "store", "testing", "bus", "broker", "client"}
+    assert public == {name for name in dir(trio_realtime) if not name.startswith("_")} - (
+        subpackages
+    )
 
 
 def test_importing_testing_registers_no_event_type() -> None:

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from trio_realtime import ConnectionClosed, Event
-from trio_realtime._client import open_client
+from trio_realtime.client._client import open_client
 from trio_realtime.store import SQLiteStore
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")

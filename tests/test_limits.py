@@ -19,7 +19,7 @@ from conftest import running_broker
 from test_interop import TEST_TIMEOUT, Frame, Peer, in_thread, open_peer
 from test_listener import frame, upgraded
 
-from trio_realtime._session import Session
+from trio_realtime.broker._session import Session
 from trio_realtime.store import MemoryStore
 
 

@@ -119,7 +119,7 @@ async def test_serving_on_a_taken_port_raises_oserror() -> None:
 
 async def test_a_client_that_does_not_read_answers_is_not_read_either() -> None:
     """Answers queued for a client are bounded: the broker stops reading it until it reads."""
-    from trio_realtime._session import MAX_ANSWER_BACKLOG
+    from trio_realtime.broker._session import MAX_ANSWER_BACKLOG
 
     per_message, messages = 5000, 20
     pings = orjson.dumps([{"type": "ping"}] * per_message).decode()

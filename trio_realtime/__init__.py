@@ -1,24 +1,5 @@
 """trio_realtime: a Trio-native, structured-concurrency event bus, broker and client."""
 
-from ._broker import Broker as Broker
-from ._broker import BrokerOptions as BrokerOptions
-from ._broker import BrokerServer as BrokerServer
-from ._broker import BrokerStatistics as BrokerStatistics
-from ._broker import serve_broker as serve_broker
-from ._bus import Bus as Bus
-from ._bus import BusStatistics as BusStatistics
-from ._bus import open_bus as open_bus
-from ._channel import EventChannel as EventChannel
-from ._channel import Handler as Handler
-from ._channel import Offered as Offered
-from ._channel import Overflow as Overflow
-from ._channel import Sink as Sink
-from ._channel import Subscription as Subscription
-from ._channel import SubscriptionStatistics as SubscriptionStatistics
-from ._client import Client as Client
-from ._client import ClientState as ClientState
-from ._client import ClientStatistics as ClientStatistics
-from ._client import open_client as open_client
 from ._errors import ConnectionClosed as ConnectionClosed
 from ._errors import DuplicateEventId as DuplicateEventId
 from ._errors import EpochChanged as EpochChanged
@@ -42,6 +23,25 @@ from ._event import event_type as event_type
 from ._topics import topic_matches as topic_matches
 from ._topics import validate_pattern as validate_pattern
 from ._topics import validate_topic as validate_topic
+from .broker._broker import Broker as Broker
+from .broker._broker import BrokerOptions as BrokerOptions
+from .broker._broker import BrokerServer as BrokerServer
+from .broker._broker import BrokerStatistics as BrokerStatistics
+from .broker._broker import serve_broker as serve_broker
+from .bus._bus import Bus as Bus
+from .bus._bus import BusStatistics as BusStatistics
+from .bus._bus import open_bus as open_bus
+from .bus._channel import EventChannel as EventChannel
+from .bus._channel import Handler as Handler
+from .bus._channel import Offered as Offered
+from .bus._channel import Overflow as Overflow
+from .bus._channel import Sink as Sink
+from .bus._channel import Subscription as Subscription
+from .bus._channel import SubscriptionStatistics as SubscriptionStatistics
+from .client._client import Client as Client
+from .client._client import ClientState as ClientState
+from .client._client import ClientStatistics as ClientStatistics
+from .client._client import open_client as open_client
 
 __version__ = "0.1.0.dev0"
 

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TextIO, TypeVar
 import orjson
 import trio
 
-from ._broker import (
+from ._errors import RealtimeError, StoreError
+from ._util import open_service_nursery
+from .broker._broker import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_SUBSCRIPTIONS,
 )
-from ._errors import RealtimeError, StoreError
-from ._retained import DEFAULT_MAX_RETAINED
-from ._util import open_service_nursery
+from .bus._retained import DEFAULT_MAX_RETAINED
 
 if TYPE_CHECKING:
     from ._event import Event
@@ -164,7 +164,7 @@ def _describe_store(spec: str, store: Store | None) -> str:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from ._broker import Broker, descriptor_limit
+    from .broker._broker import Broker, descriptor_limit
 
     store = open_store(
         args.store,
@@ -215,7 +215,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 async def _pub(args: argparse.Namespace) -> None:
     data = _json_argument(args.data)
-    from ._client import open_client
+    from .client._client import open_client
 
     async with open_client(args.url, name="trio-realtime pub", reconnect=False) as client:
         event = await client.publish(
@@ -226,7 +226,7 @@ async def _pub(args: argparse.Namespace) -> None:
 
 
 async def _sub(args: argparse.Namespace) -> None:
-    from ._client import open_client
+    from .client._client import open_client
 
     async with (
         open_client(args.url, name="trio-realtime sub") as client,
@@ -248,7 +248,7 @@ async def _sub(args: argparse.Namespace) -> None:
 
 async def _request(args: argparse.Namespace) -> None:
     data = _json_argument(args.data)
-    from ._client import open_client
+    from .client._client import open_client
 
     async with open_client(args.url, name="trio-realtime request", reconnect=False) as client:
         reply = await client.request(
@@ -258,7 +258,7 @@ async def _request(args: argparse.Namespace) -> None:
 
 
 async def _history(args: argparse.Namespace) -> None:
-    from ._client import open_client
+    from .client._client import open_client
 
     async with open_client(args.url, name="trio-realtime history", reconnect=False) as client:
         events = await client.history(args.pattern, since=args.since, limit=args.limit)

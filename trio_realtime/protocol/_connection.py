@@ -310,6 +310,7 @@ class Connection(Generic[_S, _R]):
             raise TypeError("Connection() needs a role: Role.CLIENT or Role.SERVER")
         if self.ROLE is not None and role is not self.ROLE:
             raise TypeError(f"{type(self).__name__} is the {self.ROLE.value}'s side")
+        #: The side this connection is: :attr:`Role.CLIENT` or :attr:`Role.SERVER`.
         self.role: Final = role
         self._state = AWAITING_HELLO
         self._buffer: deque[Frame | RemoteProtocolError] = deque()

@@ -12,7 +12,6 @@ import attrs
 import trio
 import trio.testing
 
-from .._channel import EventChannel, Overflow, Subscription
 from .._errors import (
     InvalidTopic,
     NoResponders,
@@ -22,6 +21,7 @@ from .._errors import (
     StoreUnavailable,
 )
 from .._event import Event, temporary_event_type
+from ..bus._channel import EventChannel, Overflow, Subscription
 
 __all__ = ["CheckOrder", "check_channel"]
 

@@ -2,7 +2,7 @@
 
 :func:`open_client` connects and yields a :class:`Client`, which application code uses exactly
 like an in-process :class:`~trio_realtime.Bus`. Underneath, the client keeps one connection
-at a time (a :class:`~trio_realtime._client_conn.Link`) and, when it drops, reconnects with
+at a time (a :class:`~trio_realtime.client._link.Link`) and, when it drops, reconnects with
 exponential backoff, re-creates every subscription (resuming stored topics after the last
 ``seq`` it saw) and sends what waited in its outbox.
 """
@@ -19,7 +19,18 @@ from typing import Any, Final, TypeVar
 
 import trio
 
-from ._channel import (
+from .._errors import ConnectionClosed, EpochChanged
+from .._event import Event, make_event
+from .._topics import validate_pattern
+from .._transport import (
+    CLOSE_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    open_transport,
+    parse_url,
+)
+from .._util import NoPublicConstructor, open_service_nursery
+from ..bus._channel import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_REQUEST_TIMEOUT,
     Handler,
@@ -29,7 +40,9 @@ from ._channel import (
     check_int,
     pattern_and_type,
 )
-from ._client_conn import (
+from ..bus._requests import DEFAULT_MAX_CONCURRENCY, ReplyInbox, check_reply, serving
+from ..protocol import Publish
+from ._link import (
     ClientCounters,
     Link,
     LinkContext,
@@ -38,9 +51,9 @@ from ._client_conn import (
     refused_as_too_big,
     skip_oversized,
 )
-from ._client_state import ClientState as ClientState
-from ._client_state import ClientStatistics as ClientStatistics
-from ._client_state import (
+from ._state import ClientState as ClientState
+from ._state import ClientStatistics as ClientStatistics
+from ._state import (
     HistoryPage,
     HistoryQuery,
     Outbox,
@@ -52,19 +65,6 @@ from ._client_state import (
     is_fatal,
     since_fields,
 )
-from ._errors import ConnectionClosed, EpochChanged
-from ._event import Event, make_event
-from ._requests import DEFAULT_MAX_CONCURRENCY, ReplyInbox, check_reply, serving
-from ._topics import validate_pattern
-from ._transport import (
-    CLOSE_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    open_transport,
-    parse_url,
-)
-from ._util import NoPublicConstructor, open_service_nursery
-from .protocol import Publish
 
 __all__ = ["Client", "ClientState", "ClientStatistics", "open_client"]
 
@@ -737,7 +737,7 @@ class Client(metaclass=NoPublicConstructor):
     async def _skip_oversized(self) -> bool:
         """The connection ended on a message too large to receive: count it, and catch up
         the subscriptions that resubscribing would replay it to (see
-        ``_client_conn.skip_oversized``). Whether that read or skipped anything."""
+        ``_link.skip_oversized``). Whether that read or skipped anything."""
         self._oversized += 1
         prober = Prober(
             self.url,

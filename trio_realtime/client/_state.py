@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 import attrs
 import trio
 
-from ._channel import check_since
-from ._errors import (
+from .._errors import (
     ConnectionClosed,
     HandshakeError,
     LocalProtocolError,
@@ -27,8 +26,9 @@ from ._errors import (
     TooLarge,
     refusal,
 )
-from ._event import Event
-from .protocol import (
+from .._event import Event
+from ..bus._channel import check_since
+from ..protocol import (
     BAD_FRAME,
     CLOSE_POLICY,
     CLOSE_PROTOCOL,
@@ -49,7 +49,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from ._channel import Subscription
+    from ..bus._channel import Subscription
 
 __all__ = [
     "ClientState",
@@ -157,7 +157,7 @@ class ClientStatistics:
 
 def since_fields(since: object) -> tuple[int | None, str | None]:
     """The ``(since, since_time)`` frame fields for a ``since`` argument (seq or datetime),
-    checked as every channel checks it (:func:`~trio_realtime._channel.check_since`)."""
+    checked as every channel checks it (:func:`~trio_realtime.bus._channel.check_since`)."""
     checked = check_since(since)
     if isinstance(checked, datetime):
         return None, checked.isoformat()

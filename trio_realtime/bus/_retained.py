@@ -6,8 +6,8 @@ import itertools
 from operator import itemgetter
 from typing import Final
 
-from ._event import Event
-from ._topics import TopicTree
+from .._event import Event
+from .._topics import TopicTree
 
 __all__ = ["DEFAULT_MAX_RETAINED", "RetainedValues"]
 

@@ -1,7 +1,7 @@
 """The remote client's connections: the tasks that run one.
 
-A :class:`~trio_realtime._client.Client` outlives its connections. What must survive a
-reconnect lives in the client (see ``_client_state``): its subscriptions, the outbox, the
+A :class:`~trio_realtime.client._client.Client` outlives its connections. What must survive a
+reconnect lives in the client (see ``_state``): its subscriptions, the outbox, the
 operations waiting for an answer. Each connection is a :class:`Link`: a WebSocket transport,
 a sans-IO :class:`~trio_realtime.protocol.Connection` (all encoding, decoding and protocol
 bookkeeping, and the one record of this connection's subscription ids and refs, with the
@@ -32,25 +32,17 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import attrs
 import trio
 
-from ._channel import FULL
-from ._client_state import (
-    Outbox,
-    OutboxItem,
-    Pending,
-    RemoteSub,
-    RequestPending,
-    error_from_frame,
-)
-from ._errors import (
+from .._errors import (
     ConnectionClosed,
     HandshakeError,
     RemoteProtocolError,
     TooLarge,
 )
-from ._event import Event
-from ._requests import ReplyInbox
-from ._transport import open_transport
-from .protocol import (
+from .._event import Event
+from .._transport import open_transport
+from ..bus._channel import FULL
+from ..bus._requests import ReplyInbox
+from ..protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_TOO_BIG,
     Ack,
@@ -77,10 +69,18 @@ from .protocol import (
     close_code_for,
     encode,
 )
+from ._state import (
+    Outbox,
+    OutboxItem,
+    Pending,
+    RemoteSub,
+    RequestPending,
+    error_from_frame,
+)
 
 if TYPE_CHECKING:
-    from ._channel import Subscription
-    from ._transport import WebSocketTransport
+    from .._transport import WebSocketTransport
+    from ..bus._channel import Subscription
 
 #: A client's side of one connection: subscription ids stand for a RemoteSub, refs for a
 #: Pending operation.

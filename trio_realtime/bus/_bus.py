@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
+from .._errors import DuplicateEventId, NoResponders, StoreUnavailable
+from .._event import Event, make_event
+from .._topics import PatternIndex, is_transient, validate_pattern, validate_topic
+from .._util import NoPublicConstructor, open_service_nursery
 from ._channel import (
     ACCEPTED,
     DEFAULT_BUFFER_SIZE,
@@ -33,16 +37,12 @@ from ._channel import (
     check_since,
     pattern_and_type,
 )
-from ._errors import DuplicateEventId, NoResponders, StoreUnavailable
-from ._event import Event, make_event
 from ._replay import ReplaySink
 from ._requests import DEFAULT_MAX_CONCURRENCY, ReplyInbox, check_reply, serving
 from ._retained import DEFAULT_MAX_RETAINED, RetainedValues
-from ._topics import PatternIndex, is_transient, validate_pattern, validate_topic
-from ._util import NoPublicConstructor, open_service_nursery
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..store import Store
 
 __all__ = ["Bus", "BusStatistics", "open_bus"]
 

@@ -28,9 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast
 import attrs
 import trio
 
-from ._bus import Bus, PendingCommit
-from ._channel import ACCEPTED, DROPPED, Offered
-from ._errors import (
+from .._errors import (
     ConnectionClosed,
     InvalidTopic,
     LocalProtocolError,
@@ -40,10 +38,12 @@ from ._errors import (
     StoreError,
     StoreUnavailable,
 )
-from ._event import Event, parse_time
-from ._topics import is_reserved, validate_pattern, validate_topic
-from ._util import open_service_nursery
-from .protocol import (
+from .._event import Event, parse_time
+from .._topics import is_reserved, validate_pattern, validate_topic
+from .._util import open_service_nursery
+from ..bus._bus import Bus, PendingCommit
+from ..bus._channel import ACCEPTED, DROPPED, Offered
+from ..protocol import (
     BAD_FRAME,
     CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT,
@@ -84,10 +84,10 @@ from .protocol import (
     close_code_for,
     encoded_size,
 )
-from .protocol._batch import FRAME_OVERHEAD, MESSAGE_MARGIN, SUB_ID_SIZE
+from ..protocol._batch import FRAME_OVERHEAD, MESSAGE_MARGIN, SUB_ID_SIZE
 
 if TYPE_CHECKING:
-    from ._transport import WebSocketTransport
+    from .._transport import WebSocketTransport
 
 __all__ = ["BrokerCounters", "Session", "SessionContext", "SessionLimits"]
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 import attrs
 import trio
 
-from ._errors import SlowConsumer
-from ._event import Event, converter, parse_time, registered_type
-from ._topics import validate_pattern
+from .._errors import SlowConsumer
+from .._event import Event, converter, parse_time, registered_type
+from .._topics import validate_pattern
 
 if TYPE_CHECKING:
     from typing import Self

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from .._event import Event
+from ..protocol import encoded_size
 from ._channel import ACCEPTED, DROPPED, Offered, Sink
-from ._event import Event
-from .protocol import encoded_size
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..store import Store
 
 __all__ = [
     "MAX_HELD_BYTES_DURING_REPLAY",

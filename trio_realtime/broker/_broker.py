@@ -1,9 +1,10 @@
 """The broker: a bus exposed over WebSocket, plus what acts on every event.
 
-``Broker.serve`` listens for clients; each connection is a :class:`~trio_realtime._session.Session`
-in its own nursery. The broker also runs actors (``@broker.on``), publishes ``$sys.`` events
-about what it sees, and shuts down gracefully: cancelling ``serve`` closes every client with
-close code 1001 within ``shutdown_timeout``, then stops whatever is left.
+``Broker.serve`` listens for clients; each connection is a
+:class:`~trio_realtime.broker._session.Session` in its own nursery. The broker also runs
+actors (``@broker.on``), publishes ``$sys.`` events about what it sees, and shuts down
+gracefully: cancelling ``serve`` closes every client with close code 1001 within
+``shutdown_timeout``, then stops whatever is left.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from typing import Any, Final, Literal, NoReturn, TypedDict, Unpack
 import attrs
 import trio
 
-from ._bus import Bus, open_bus
-from ._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
-from ._event import Event
+from .._event import Event
+from .._topics import validate_pattern
+from .._transport import ConnectionGate, listen
+from .._util import only_leaf
+from ..bus._bus import Bus, open_bus
+from ..bus._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
+from ..protocol import CLOSE_GOING_AWAY
+from ..store import Store  # at run time too: BrokerOptions's hints resolve (get_type_hints)
 from ._session import BrokerCounters, Session, SessionContext, SessionLimits
-from ._topics import validate_pattern
-from ._transport import ConnectionGate, listen
-from ._util import only_leaf
-from .protocol import CLOSE_GOING_AWAY
-from .store import Store  # at run time too: BrokerOptions's hints resolve (get_type_hints)
 
 __all__ = ["Broker", "BrokerOptions", "BrokerServer", "BrokerStatistics", "serve_broker"]
 

@@ -18,10 +18,10 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
+from .._errors import ConnectionClosed, RequestFailed
+from .._event import REPLY_ERROR_HEADER, Event, new_event_id
+from .._topics import INBOX_PREFIX
 from ._channel import DEFAULT_MAX_CONCURRENCY, Handler, Subscription
-from ._errors import ConnectionClosed, RequestFailed
-from ._event import REPLY_ERROR_HEADER, Event, new_event_id
-from ._topics import INBOX_PREFIX
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
