@@ -16,7 +16,7 @@ import trio_websocket
 from conftest import FAST, running_broker, start_broker
 
 from trio_realtime import Broker, Client, EpochChanged, Event, Subscription, open_client
-from trio_realtime.client._link import Prober, catch_up_oversized, locate_oversized
+from trio_realtime.client._oversized import Prober, catch_up_oversized, locate_oversized
 from trio_realtime.client._state import RemoteSub
 from trio_realtime.protocol import HistoryResult
 from trio_realtime.store import MemoryStore, SQLiteStore

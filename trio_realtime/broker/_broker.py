@@ -30,7 +30,8 @@ from ..bus._bus import Bus, open_bus
 from ..bus._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
 from ..protocol import CLOSE_GOING_AWAY
 from ..store import Store  # at run time too: BrokerOptions's hints resolve (get_type_hints)
-from ._session import BrokerCounters, Session, SessionContext, SessionLimits
+from ._limits import BrokerCounters, SessionLimits
+from ._session import Session, SessionContext
 
 __all__ = ["Broker", "BrokerOptions", "BrokerServer", "BrokerStatistics", "serve_broker"]
 

@@ -25,10 +25,8 @@ from ._channel import (
     ACCEPTED,
     DEFAULT_BUFFER_SIZE,
     DEFAULT_REQUEST_TIMEOUT,
-    DROPPED,
     FULL,
     Handler,
-    Offered,
     Overflow,
     OverflowLike,
     Sink,
@@ -38,7 +36,14 @@ from ._channel import (
     pattern_and_type,
 )
 from ._replay import ReplaySink
-from ._requests import DEFAULT_MAX_CONCURRENCY, ReplyInbox, check_reply, serving
+from ._requests import (
+    DEFAULT_MAX_CONCURRENCY,
+    BusRequest,
+    InboxSink,
+    ReplyInbox,
+    check_reply,
+    serving,
+)
 from ._retained import DEFAULT_MAX_RETAINED, RetainedValues
 
 if TYPE_CHECKING:
@@ -64,64 +69,6 @@ def _taken(event_id: str) -> DuplicateEventId:
         f"event id {event_id!r} was already stored by another publisher; event ids must be "
         "unique (leave the id out and the broker assigns one)"
     )
-
-
-class _ReplyWaiter:
-    """A request on the bus, waiting for its reply."""
-
-    __slots__ = ("done", "error", "reply")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.reply: Event | None = None
-        self.error: BaseException | None = None
-
-    def succeed(self, reply: Event) -> None:
-        if not self.done.is_set():
-            self.reply = reply
-            self.done.set()
-
-    def fail(self, exc: BaseException) -> None:
-        if not self.done.is_set():
-            self.error = exc
-            self.done.set()
-
-    def result(self) -> Event:
-        if self.error is not None:
-            raise self.error
-        assert self.reply is not None
-        return self.reply
-
-
-class _InboxSink:
-    """The bus's one reply inbox as a sink: replies go straight to the waiting request."""
-
-    group = None
-
-    def __init__(self, inbox: ReplyInbox[_ReplyWaiter]) -> None:
-        self.inbox = inbox
-        self.pattern = inbox.pattern
-        self.ended = False
-
-    def offer(self, event: Event, *, force: bool = False) -> Offered:
-        if not self.ended and self.inbox.deliver(event):
-            return ACCEPTED
-        return DROPPED  # no request waits for it (it timed out, or a second reply)
-
-    def has_room(self) -> bool:
-        return True
-
-    async def wait_room(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    def add_missed(self, n: int) -> None:
-        pass
-
-    def end(self) -> None:
-        self.ended = True
-
-    def fail(self, exc: BaseException) -> None:
-        self.ended = True
 
 
 @attrs.frozen(kw_only=True)
@@ -228,7 +175,7 @@ class Bus(metaclass=NoPublicConstructor):
         self._delivered = 0
         self._stored = 0
         self._dropped_by_gone = 0
-        self._inbox: _InboxSink | None = None  # made on the first request
+        self._inbox: InboxSink | None = None  # made on the first request
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -718,9 +665,9 @@ class Bus(metaclass=NoPublicConstructor):
         if self._closed:
             raise trio.ClosedResourceError("the bus is closed")
         if self._inbox is None:
-            self._inbox = _InboxSink(ReplyInbox())
+            self._inbox = InboxSink(ReplyInbox())
             self.add_sink(self._inbox, retained=False)
-        waiter = _ReplyWaiter()
+        waiter = BusRequest()
         reply_to = self._inbox.inbox.reply_to()
         with self._inbox.inbox.expect(reply_to, waiter):
             event = make_event(

@@ -21,10 +21,19 @@ import trio
 from .._errors import ConnectionClosed, RequestFailed
 from .._event import REPLY_ERROR_HEADER, Event, new_event_id
 from .._topics import INBOX_PREFIX
-from ._channel import DEFAULT_MAX_CONCURRENCY, Handler, Subscription
+from ._channel import (
+    ACCEPTED,
+    DEFAULT_MAX_CONCURRENCY,
+    DROPPED,
+    Handler,
+    Offered,
+    Subscription,
+)
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
+    "BusRequest",
+    "InboxSink",
     "ReplyInbox",
     "ReplyWaiter",
     "answer_requests",
@@ -94,6 +103,64 @@ class ReplyInbox(Generic[W]):
     def waiters(self) -> list[W]:
         """The requests waiting now."""
         return list(self._waiting.values())
+
+
+class BusRequest:
+    """A request on a bus, waiting for its reply (its :class:`ReplyWaiter`)."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: Event | None = None
+        self.error: BaseException | None = None
+
+    def succeed(self, reply: Event) -> None:
+        if not self.done.is_set():
+            self.reply = reply
+            self.done.set()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.is_set():
+            self.error = exc
+            self.done.set()
+
+    def result(self) -> Event:
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+class InboxSink:
+    """The bus's one reply inbox as a sink: replies go straight to the waiting request."""
+
+    group = None
+
+    def __init__(self, inbox: ReplyInbox[BusRequest]) -> None:
+        self.inbox = inbox
+        self.pattern = inbox.pattern
+        self.ended = False
+
+    def offer(self, event: Event, *, force: bool = False) -> Offered:
+        if not self.ended and self.inbox.deliver(event):
+            return ACCEPTED
+        return DROPPED  # no request waits for it (it timed out, or a second reply)
+
+    def has_room(self) -> bool:
+        return True
+
+    async def wait_room(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def add_missed(self, n: int) -> None:
+        pass
+
+    def end(self) -> None:
+        self.ended = True
+
+    def fail(self, exc: BaseException) -> None:
+        self.ended = True
 
 
 def check_reply(topic: str, reply: Event) -> Event:

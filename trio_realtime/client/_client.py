@@ -46,11 +46,10 @@ from ._link import (
     ClientCounters,
     Link,
     LinkContext,
-    Prober,
     handshake,
     refused_as_too_big,
-    skip_oversized,
 )
+from ._oversized import Prober, skip_oversized
 from ._state import ClientState as ClientState
 from ._state import ClientStatistics as ClientStatistics
 from ._state import (
@@ -737,7 +736,7 @@ class Client(metaclass=NoPublicConstructor):
     async def _skip_oversized(self) -> bool:
         """The connection ended on a message too large to receive: count it, and catch up
         the subscriptions that resubscribing would replay it to (see
-        ``_link.skip_oversized``). Whether that read or skipped anything."""
+        ``_oversized.skip_oversized``). Whether that read or skipped anything."""
         self._oversized += 1
         prober = Prober(
             self.url,

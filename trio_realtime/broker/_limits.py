@@ -1,0 +1,74 @@
+"""What the broker's sessions share with it: the limits they apply, the counters they add to,
+and how their queued answers count against the limits."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Final, Literal
+
+import attrs
+
+from ..protocol import Error, HistoryResult, ServerFrame, encoded_size
+from ..protocol._batch import FRAME_OVERHEAD
+
+__all__ = [
+    "MAX_ANSWER_BACKLOG",
+    "BrokerCounters",
+    "SessionLimits",
+    "cost_of_answer",
+    "size_of_answer",
+]
+
+#: Answers (weighted: a history result by its events) queued for a client before the broker
+#: stops reading from it until it reads them (and, whatever their count, ``max_pending_bytes``
+#: of them).
+MAX_ANSWER_BACKLOG: Final = 10_000
+
+
+@attrs.frozen(kw_only=True)
+class SessionLimits:
+    """The broker's settings a session applies (see :class:`~trio_realtime.Broker`)."""
+
+    name: str
+    heartbeat: float
+    handshake_timeout: float
+    shutdown_timeout: float
+    max_message_size: int
+    max_event_size: int
+    max_pending_bytes: int
+    max_subscriptions: int
+    max_replays: int
+    session_buffer: int
+    slow_consumer: Literal["drop_oldest", "disconnect"]
+
+
+@attrs.define
+class BrokerCounters:
+    """The broker's counters that its sessions add to (its statistics read them)."""
+
+    errors: Counter[str] = attrs.Factory(Counter)
+    limits: Counter[str] = attrs.Factory(Counter)
+    events_in: int = 0
+    events_out: int = 0
+
+    def count_error(self, code: str) -> None:
+        self.errors[code] += 1
+
+    def count_limit(self, name: str, n: int = 1) -> None:
+        self.limits[name] += n
+
+
+def cost_of_answer(frame: ServerFrame | str) -> int:
+    """How much a queued answer counts against :data:`MAX_ANSWER_BACKLOG`."""
+    return 1 + len(frame.events) if isinstance(frame, HistoryResult) else 1
+
+
+def size_of_answer(frame: ServerFrame | str) -> int:
+    """Bytes a queued answer counts against ``max_pending_bytes`` (at least its size)."""
+    if isinstance(frame, str):
+        return FRAME_OVERHEAD + len(frame) * 4
+    if isinstance(frame, HistoryResult):
+        return FRAME_OVERHEAD + sum(encoded_size(e) + 1 for e in frame.events)
+    if isinstance(frame, Error):
+        return FRAME_OVERHEAD + len(frame.message) * 4
+    return FRAME_OVERHEAD
