@@ -84,6 +84,12 @@ class Overflow(enum.Enum):
 
 OverflowLike = Overflow | str
 
+# The policies as module constants: an Enum member looked up on its class costs ~75 ns, on
+# the path of every event offered to a full subscription.
+_BLOCK: Final = Overflow.BLOCK
+_DROP_OLDEST: Final = Overflow.DROP_OLDEST
+_DROP_NEWEST: Final = Overflow.DROP_NEWEST
+
 
 class Offered(enum.Enum):
     """What became of an event offered to a :class:`Sink`.
@@ -436,7 +442,7 @@ class Subscription:
             return DROPPED
         buffer = self._buffer
         full = len(buffer) >= self.max_buffer_size
-        if full and not force and self.overflow is Overflow.BLOCK:
+        if full and not force and self.overflow is _BLOCK:
             return FULL  # (before converting: a producer offers it again once there is room)
         if self.payload_type is not None:
             converted = self._convert(event)
@@ -445,12 +451,12 @@ class Subscription:
             event = converted
         if full:
             policy = self.overflow
-            if policy is Overflow.BLOCK:
+            if policy is _BLOCK:
                 pass  # forced past its size
-            elif policy is Overflow.DROP_OLDEST:
+            elif policy is _DROP_OLDEST:
                 buffer.popleft()
                 self._missed += 1
-            elif policy is Overflow.DROP_NEWEST:
+            elif policy is _DROP_NEWEST:
                 self._missed += 1
                 return DROPPED
             else:
