@@ -290,6 +290,24 @@ async def _recover(args: argparse.Namespace) -> None:
     )
 
 
+async def _token(args: argparse.Namespace) -> None:
+    from .security._auth import check_user_name, new_token, token_sha256
+
+    try:
+        name = check_user_name(args.name, what="NAME", allow_anonymous=False)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    token = new_token()
+    print(
+        f"Line 1 is {name}'s token: give it to the client now (it is shown only this once and "
+        f"stored nowhere). The lines after it go into the broker's config file.",
+        file=sys.stderr,
+        flush=True,
+    )
+    print(token)
+    print(f'[[users]]\nname = "{name}"\ntoken_sha256 = "{token_sha256(token)}"', flush=True)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-realtime",
@@ -439,6 +457,14 @@ def _parser() -> argparse.ArgumentParser:
     recover.add_argument("file", help="the damaged store file (no broker may have it open)")
     recover.add_argument("--output", help="the new file (default: FILE.recovered)")
     recover.set_defaults(run=_recover)
+
+    token = commands.add_parser(
+        "token",
+        help="print a new random token for user NAME (line 1), then the [[users]] lines of "
+        "the config file that let it in (which hold only its SHA-256)",
+    )
+    token.add_argument("name", metavar="NAME", help="the user name: letters, digits, _ and -")
+    token.set_defaults(run=_token)
     return parser
 
 
