@@ -30,8 +30,8 @@ __all__ = [
 
 KeyKind = Literal["hmac", "rsa", "ec", "okp"]
 
-#: The JWT algorithms :class:`~trio_realtime.security.JWTAuthenticator` knows, each with the kind of key it needs.
-#: ``none`` is not one of them, on purpose.
+#: The JWT algorithms :class:`~trio_realtime.security.JWTAuthenticator` knows, each with
+#: the kind of key it needs. ``none`` is not one of them, on purpose.
 JWT_ALGORITHMS: Final[Mapping[str, KeyKind]] = {
     "HS256": "hmac",
     "HS384": "hmac",
