@@ -86,7 +86,7 @@ REACHABLE_ERROR_CODES: Final = frozenset(
 )
 #: WebSocket close codes (1007 and 4002 are in the project's protocol docs).
 #: The close codes a peer may get for what it sent. Not 1011 (the broker failed: a hostile
-#: peer must never make it fail) nor 1008 (reserved: this broker does not authenticate).
+#: peer must never make it fail) nor 1008 (the fuzzed broker does not authenticate).
 CLOSE_CODES: Final = frozenset({1000, 1001, 1007, 1009, 4000, 4001, 4002})
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,11 @@ class WebSocketTransport:
         return f"<WebSocketTransport {self.remote} {state}>"
 
     @property
+    def subprotocol(self) -> str | None:
+        """The WebSocket subprotocol selected at the handshake, or None."""
+        return self._ws.subprotocol
+
+    @property
     def closed(self) -> bool:
         """Whether the connection is closed or closing (no more messages can be sent)."""
         return self._ws.closed is not None

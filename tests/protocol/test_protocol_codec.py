@@ -133,6 +133,7 @@ def one_error(text: str | bytes) -> RemoteProtocolError:
                 "broker": "b",
                 "heartbeat": 15.0,
                 "epoch": "ep",
+                "user": None,
             },
         ),
         (

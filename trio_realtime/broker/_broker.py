@@ -29,6 +29,7 @@ from .._util import only_leaf
 from ..bus._bus import Bus, open_bus
 from ..bus._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
 from ..protocol import CLOSE_GOING_AWAY
+from ..security import Authenticator
 from ..store import Store  # at run time too: BrokerOptions's hints resolve (get_type_hints)
 from ._limits import BrokerCounters, SessionLimits
 from ._session import Session, SessionContext
@@ -207,6 +208,11 @@ class Broker:
             ``gap`` frame with the count) or ``"disconnect"`` (it is closed with code 4001).
         stats_interval: Seconds between ``$sys.stats`` events (None: never).
         shutdown_timeout: Seconds to close clients gracefully when ``serve`` is cancelled.
+        auth: An :class:`~trio_realtime.security.Authenticator` that checks each client's
+            ``hello`` token and says who it is and what it may do (see :doc:`security`).
+            None (the default): every client is anonymous, with full access. A client it
+            refuses gets error code ``auth_failed``, then close code 1008; the refusal is
+            counted (``errors["auth_failed"]``) and published on ``$sys.auth.failed``.
     """
 
     def __init__(
@@ -228,6 +234,7 @@ class Broker:
         slow_consumer: Literal["drop_oldest", "disconnect"] = "drop_oldest",
         stats_interval: float | None = 5.0,
         shutdown_timeout: float = 5.0,
+        auth: Authenticator | None = None,
     ) -> None:
         if bus is not None and (
             store is not None or persist is not None or max_retained is not None
@@ -284,6 +291,7 @@ class Broker:
         self.slow_consumer: Final = slow_consumer
         self.stats_interval: Final = stats_interval
         self.shutdown_timeout: Final = float(shutdown_timeout)
+        self.auth: Final = auth
         self._actors: list[_ActorSpec] = []
         self._sessions: dict[str, Session] = {}
         self._no_sessions = trio.Event()
@@ -494,6 +502,8 @@ class Broker:
             counters=self._counters,
             started=self._session_started,
             ended=self._session_ended,
+            auth=self.auth,
+            auth_failed=self._auth_failed,
         )
         try:
             await Session(context, transport, session_id).run()
@@ -531,9 +541,24 @@ class Broker:
         logger.info("client %r (%s) disconnected", session.client, session.id)
         self._publish_sys("$sys.disconnect", session)
 
-    def _publish_sys(self, topic: str, session: Session) -> None:
+    def _auth_failed(self, session: Session, reason: str) -> None:
+        """The authenticator refused *session*'s client: log it and tell ``$sys.auth.failed``
+        (the reason never holds token material)."""
+        logger.info(
+            "client %r from %s (%s) failed to authenticate: %s",
+            session.client,
+            session.address,
+            session.id,
+            reason,
+        )
+        self._publish_sys("$sys.auth.failed", session, reason=reason)
+
+    def _publish_sys(self, topic: str, session: Session, **extra: str) -> None:
         """Queue a ``$sys`` event about *session*; sessions never wait for its subscribers."""
         data = {"client": session.client, "session": session.id, "address": session.address}
+        if session.user is not None:
+            data["user"] = session.user
+        data.update(extra)
         if self._sys_send is None:
             return
         try:
@@ -635,6 +660,7 @@ class BrokerOptions(TypedDict, total=False):
     slow_consumer: Literal["drop_oldest", "disconnect"]
     stats_interval: float | None
     shutdown_timeout: float
+    auth: Authenticator | None
 
 
 async def serve_broker(

@@ -44,6 +44,7 @@ from .._util import open_service_nursery
 from ..bus._bus import Bus, PendingCommit
 from ..bus._channel import ACCEPTED, DROPPED, Offered
 from ..protocol import (
+    AUTH_FAILED,
     BAD_FRAME,
     CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT,
@@ -59,6 +60,7 @@ from ..protocol import (
     SLOW_CONSUMER,
     STORE_FAILED,
     TOO_LARGE,
+    USER_HEADER,
     Ack,
     Connection,
     ConnectionState,
@@ -85,6 +87,7 @@ from ..protocol import (
     encoded_size,
 )
 from ..protocol._batch import FRAME_OVERHEAD, MESSAGE_MARGIN, SUB_ID_SIZE
+from ..security import Authenticator, AuthFailed, HandshakeInfo, Permissions, SubscribeDecision
 from ._limits import (
     MAX_ANSWER_BACKLOG,
     BrokerCounters,
@@ -123,6 +126,10 @@ class SessionContext:
         started: Called once the handshake is done; False if the broker is shutting down
             (the session then leaves).
         ended: Called when a started session ends.
+        auth: Who checks the ``hello`` token, or None: every client is anonymous, with full
+            access.
+        auth_failed: Called when the authenticator refused a client, with the reason (which
+            never holds token material).
     """
 
     bus: Bus
@@ -130,6 +137,8 @@ class SessionContext:
     counters: BrokerCounters
     started: Callable[[Session], Awaitable[bool]]
     ended: Callable[[Session], Awaitable[None]]
+    auth: Authenticator | None = None
+    auth_failed: Callable[[Session, str], None] = lambda session, reason: None
 
 
 class _EventItem:
@@ -154,9 +163,15 @@ class RemoteSubscription:
         self.missed = 0
         self.replay: trio.CancelScope | None = None
         self.ended = False
+        #: The user's deny patterns that overlap the pattern: matching events are not
+        #: delivered (live, retained or replayed). None: nothing to filter.
+        self.denied: SubscribeDecision | None = None
 
     def offer(self, event: Event, *, force: bool = False) -> Offered:
         if self.ended:
+            return DROPPED
+        denied = self.denied
+        if denied is not None and not denied.delivers(event.topic):
             return DROPPED
         self.session._enqueue_event(self.id, event)
         return ACCEPTED
@@ -194,6 +209,10 @@ class Session:
         self.id = session_id
         self.address = transport.remote
         self.client: str | None = None
+        #: The user the authenticator named, or None when the broker does not authenticate.
+        self.user: str | None = None
+        #: What the user may do; None: everything (no authentication, or full permissions).
+        self._permissions: Permissions | None = None
         #: The protocol connection: the one record of the client's subscriptions (each
         #: accepted one has its :class:`RemoteSubscription` attached) and open refs.
         self.conn: Connection[RemoteSubscription, None] = Connection(Role.SERVER)
@@ -447,13 +466,20 @@ class Session:
                         break
                     if type(item) is Hello:
                         self.client = item.client
+                        refusal = await self._authenticate(item)
+                        if refusal is not None:
+                            break
                         if item.instance:
-                            self._publisher = f"instance:{item.instance[:MAX_INSTANCE_LENGTH]}"
+                            instance = item.instance[:MAX_INSTANCE_LENGTH]
+                            # (a user's instance: nobody else can claim its published ids)
+                            who = "" if self.user is None else f"user:{self.user}:"
+                            self._publisher = f"{who}instance:{instance}"
                         welcome = Welcome(
                             session=self.id,
                             broker=limits.name,
                             heartbeat=limits.heartbeat,
                             epoch=self.bus.store.epoch if self.bus.store is not None else None,
+                            user=self.user,
                         )
                         # Sent through the connection now (it is open from here on: the
                         # frames the client pipelined come out next), queued as text.
@@ -469,6 +495,22 @@ class Session:
             "no 'hello' within the handshake timeout",
             error=Error(code=PROTOCOL, message=message),
         )
+        return None
+
+    async def _authenticate(self, hello: Hello) -> RemoteProtocolError | None:
+        """Ask the authenticator who the client is; the refusal to send, if it says nobody."""
+        auth = self.context.auth
+        if auth is None:
+            return None
+        handshake = HandshakeInfo(remote=self.address, subprotocol=self.transport.subprotocol)
+        try:
+            identity = await auth.authenticate(hello.token, handshake)
+        except AuthFailed as exc:
+            self.context.auth_failed(self, getattr(exc, "reason", None) or str(exc))
+            return RemoteProtocolError("authentication failed", code=AUTH_FAILED)
+        self.user = identity.user
+        permissions = identity.permissions
+        self._permissions = None if permissions.unrestricted else permissions
         return None
 
     async def _refuse(self, error: FrameError | RemoteProtocolError) -> None:
@@ -669,6 +711,17 @@ class Session:
                 "to a topic the requester subscribes to, such as an '_inbox.' topic",
             )
             return
+        permissions = self._permissions
+        if permissions is not None and not permissions.may_publish(event.topic):
+            self._error(ref, FORBIDDEN, f"user {self.user!r} may not publish to {event.topic!r}")
+            return
+        user = self.user
+        if user is not None or USER_HEADER in event.headers:
+            # Who published it, as the broker knows it: never as the client claims.
+            headers = {k: v for k, v in event.headers.items() if k != USER_HEADER}
+            if user is not None:
+                headers[USER_HEADER] = user
+            event = attrs.evolve(event, headers=headers)
         try:
             # Encoding now (it is cached for the writers) refuses here, to the publisher, what
             # could be decoded but not encoded again (such as data nested too deeply).
@@ -729,7 +782,20 @@ class Session:
                 "(max_subscriptions): unsubscribe one first",
             )
             return
+        permissions = self._permissions
+        decision: SubscribeDecision | None = None
+        if permissions is not None:
+            decision = permissions.check_subscribe(frame.pattern, frame.group)
+            if not decision.allowed:
+                self._error(
+                    frame.id,
+                    FORBIDDEN,
+                    f"user {self.user!r} may not subscribe to {frame.pattern!r}: {decision.reason}",
+                )
+                return
         sub = RemoteSubscription(self, frame.id, frame.pattern, frame.group)
+        if decision is not None and decision.filter:
+            sub.denied = decision
         self.conn.attach(frame.id, sub)
         # Where to resume if the connection drops before a stored event arrives.
         # (Not for a queue group member: it would replay what the other members handled.)
@@ -770,6 +836,23 @@ class Session:
             return
         limit = max(0, min(frame.limit, MAX_HISTORY))
         budget = self.limits.max_message_size - MESSAGE_MARGIN - FRAME_OVERHEAD
+        permissions = self._permissions
+        if permissions is not None:
+            try:
+                decision = permissions.check_subscribe(frame.pattern, None)
+            except InvalidTopic as exc:
+                self._error(frame.ref, INVALID_TOPIC, str(exc))
+                return
+            if not decision.allowed or decision.filter:
+                # (A pattern that overlaps denied topics is refused, not filtered: a page
+                # could then hold nothing to resume after.)
+                why = decision.reason if not decision.allowed else "it overlaps denied topics"
+                self._error(
+                    frame.ref,
+                    FORBIDDEN,
+                    f"user {self.user!r} may not read the history of {frame.pattern!r}: {why}",
+                )
+                return
         try:
             validate_pattern(frame.pattern)
             if frame.since_time is not None:

@@ -79,6 +79,7 @@ from ._frames import STORE_FAILED as STORE_FAILED
 from ._frames import TOO_LARGE as TOO_LARGE
 from ._frames import UNKNOWN_TYPE as UNKNOWN_TYPE
 from ._frames import UNSUPPORTED_PROTOCOL as UNSUPPORTED_PROTOCOL
+from ._frames import USER_HEADER as USER_HEADER
 from ._frames import Ack as Ack
 from ._frames import ClientFrame as ClientFrame
 from ._frames import Error as Error
@@ -136,6 +137,7 @@ __all__ = [
     "TOO_LARGE",
     "UNKNOWN_TYPE",
     "UNSUPPORTED_PROTOCOL",
+    "USER_HEADER",
     "Ack",
     "ClientConnection",
     "ClientFrame",

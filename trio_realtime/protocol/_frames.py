@@ -49,6 +49,7 @@ __all__ = [
     "TOO_LARGE",
     "UNKNOWN_TYPE",
     "UNSUPPORTED_PROTOCOL",
+    "USER_HEADER",
     "Ack",
     "ClientFrame",
     "Error",
@@ -176,6 +177,11 @@ def close_code_for(code: str) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Request/reply conventions (plain publish; these are names, not frames)
+
+#: (Extension) The header in which a broker that authenticates its clients names the user
+#: who published an event. The broker sets it on every event a client publishes, replacing
+#: any value the client gave, so that consumers can trust it.
+USER_HEADER: Final = "rtuser"
 
 # INBOX_PREFIX and REPLY_ERROR_HEADER are defined with the topics and the events, and are
 # re-exported from here.
@@ -311,6 +317,9 @@ class Welcome:
             that hears nothing for about twice as long should consider the connection dead.
         epoch: *Extension.* The identity of the broker's event store, or None: ``seq`` numbers
             are comparable only between connections that saw the same epoch.
+        user: *Extension.* The user the broker authenticated this connection as, or None when
+            the broker does not authenticate. The broker stamps it on every event this
+            connection publishes (the header :data:`USER_HEADER`).
     """
 
     TYPE: ClassVar[str] = "welcome"
@@ -320,6 +329,7 @@ class Welcome:
     broker: str
     heartbeat: float
     epoch: str | None = None
+    user: str | None = None
 
 
 @attrs.frozen(kw_only=True)
