@@ -107,12 +107,26 @@ async def _drain(stream: trio.abc.ReceiveStream) -> None:
         pass
 
 
+#: The token of the one user of the brokers that authenticate (``--child broker-auth-…``).
+BENCH_TOKEN = "bench-token-0123456789abcdef0123456789"
+
+
 def broker_process(
-    store: str = "none", *, responder: bool = False, profile: str | None = None
+    store: str = "none",
+    *,
+    responder: bool = False,
+    auth: str | None = None,
+    profile: str | None = None,
 ) -> AbstractAsyncContextManager[str]:
-    """A broker in its own process: the ``trio-realtime serve`` command, as deployed."""
+    """A broker in its own process: the ``trio-realtime serve`` command, as deployed.
+
+    With *auth* (``allow`` or ``deny``), the same broker authenticating its one user, whose
+    permissions allow ``bench.>`` (and, with ``deny``, deny ``bench.secret``).
+    """
     if responder:  # the same broker, with a bus.serve("bench.rpc") responder inside
         argv = [__file__, "--child", "broker-responder", "--store", store]
+    elif auth is not None:
+        argv = [__file__, "--child", f"broker-auth-{auth}", "--store", store]
     else:
         argv = ["-m", "trio_realtime", "serve", "--port", "0", "--store", store]
     return child(argv, profile)
@@ -125,6 +139,25 @@ def raw_process(kind: str) -> AbstractAsyncContextManager[str]:
 
 async def run_child(kind: str, store: str) -> None:
     """The child processes' side (``--child KIND``)."""
+    if kind.startswith("broker-auth-"):
+        from trio_realtime._cli import open_store
+        from trio_realtime.broker._broker import Broker
+        from trio_realtime.security import Permissions, StaticUsers, User, token_sha256
+
+        rules: dict[str, object] = {"allow": ["bench.>"]}
+        if kind == "broker-auth-deny":
+            rules["deny"] = ["bench.secret"]
+        permissions = Permissions.from_dict({"publish": {"allow": ["bench.>"]}, "subscribe": rules})
+        user = User(name="bench", token_sha256=token_sha256(BENCH_TOKEN), permissions=permissions)
+        broker = Broker(store=open_store(store), auth=StaticUsers([user]))
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(broker.serve, "127.0.0.1", 0)
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                print(f"broker listening on {server.url}", flush=True)
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+        return
     if kind == "broker-responder":
         from trio_realtime._cli import open_store
         from trio_realtime.broker._broker import Broker
@@ -217,13 +250,17 @@ async def raw_relay(n: int) -> float:
             return n / (time.perf_counter() - start)
 
 
-async def broker_throughput(n: int, profile: str | None = None) -> float:
-    """Events/s from one client to another through a broker process."""
+async def broker_throughput(
+    n: int, profile: str | None = None, *, auth: str | None = None, pattern: str = "bench.events"
+) -> float:
+    """Events/s from one client to another through a broker process (with *auth*: one that
+    authenticates them and checks their permissions; the subscriber subscribes *pattern*)."""
+    token = None if auth is None else BENCH_TOKEN
     async with (
-        broker_process(profile=profile) as url,
-        open_client(url, name="sub") as sub_client,
-        open_client(url, name="pub") as pub_client,
-        sub_client.subscribe("bench.events", max_buffer_size=n) as sub,
+        broker_process(auth=auth, profile=profile) as url,
+        open_client(url, name="sub", token=token) as sub_client,
+        open_client(url, name="pub", token=token) as pub_client,
+        sub_client.subscribe(pattern, max_buffer_size=n) as sub,
     ):
         start = time.perf_counter()
 
@@ -430,7 +467,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["throughput", "latency", "fanout", "acked", "replay"],
+        choices=["throughput", "latency", "fanout", "acked", "replay", "permissions"],
         help="run only this benchmark (repeatable)",
     )
     parser.add_argument(
@@ -449,7 +486,7 @@ def main() -> None:
             pass
         return
     # SIGTERM ends a child gracefully; the parent just needs the default handling.
-    only = set(args.only or ["throughput", "latency", "fanout", "acked", "replay"])
+    only = set(args.only or ["throughput", "latency", "fanout", "acked", "replay", "permissions"])
     runs = 1 if args.quick else 3
 
     def prof(name: str) -> str | None:
@@ -472,6 +509,21 @@ def main() -> None:
         ratio_line("trio_realtime broker + clients", ours, "events/s")
         ratio_line("ratio to raw 1 hop", ours / one_hop, "x")
         ratio_line("ratio to raw 2-hop relay", ours / relay, "x")
+        print()
+
+    if "permissions" in only:
+        n = 20_000 if args.quick else 100_000
+        off = best(runs, lambda: broker_throughput(n))
+        allow = best(runs, lambda: broker_throughput(n, auth="allow"))
+        off_wild = best(runs, lambda: broker_throughput(n, pattern="bench.*"))
+        deny = best(runs, lambda: broker_throughput(n, auth="deny", pattern="bench.*"))
+        print(f"permissions, 1 publisher -> broker -> 1 subscriber, {n:,} events (best of {runs})")
+        ratio_line("no authentication, subscribe bench.events", off, "events/s")
+        ratio_line("authenticated, allow bench.> (publish and subscribe)", allow, "events/s")
+        ratio_line("ratio (target >= 0.9)", allow / off, "x")
+        ratio_line("no authentication, subscribe bench.*", off_wild, "events/s")
+        ratio_line("authenticated, deny bench.secret filters bench.*", deny, "events/s")
+        ratio_line("ratio (target >= 0.7)", deny / off_wild, "x")
         print()
 
     if "latency" in only:

@@ -716,12 +716,17 @@ class Session:
             self._error(ref, FORBIDDEN, f"user {self.user!r} may not publish to {event.topic!r}")
             return
         user = self.user
-        if user is not None or USER_HEADER in event.headers:
-            # Who published it, as the broker knows it: never as the client claims.
-            headers = {k: v for k, v in event.headers.items() if k != USER_HEADER}
-            if user is not None:
+        headers = event.headers
+        if user is not None or USER_HEADER in headers:
+            # Who published it, as the broker knows it, never as the client claims. (In
+            # place: the event was decoded from this frame, nothing else holds it yet.)
+            if type(headers) is not dict:
+                headers = dict(headers)
+                object.__setattr__(event, "headers", headers)
+            if user is None:
+                del headers[USER_HEADER]
+            else:
                 headers[USER_HEADER] = user
-            event = attrs.evolve(event, headers=headers)
         try:
             # Encoding now (it is cached for the writers) refuses here, to the publisher, what
             # could be decoded but not encoded again (such as data nested too deeply).
