@@ -194,5 +194,6 @@ async def test_full_permissions_change_nothing() -> None:
             bob.subscribe(">") as everything,
             bob.subscribe("$sys.>"),
         ):
+            assert bob.user == "bob"
             await bob.publish("anything.at.all", 1)
             assert (await everything.receive()).headers[USER_HEADER] == "bob"

@@ -100,6 +100,8 @@ class Client(metaclass=NoPublicConstructor):
         epoch: The identity of the broker's store, or None (``seq`` numbers are comparable
             only within one epoch).
         broker: The broker's name.
+        user: The user the broker authenticated this client as (``welcome.user``), or None
+            when the broker does not authenticate.
         instance: A random id, the same on every connection of this client, sent in
             ``hello``: the broker recognises by it a publish sent again after a reconnect
             (its ack then says ``duplicate``, with the seq the event was stored under).
@@ -134,6 +136,7 @@ class Client(metaclass=NoPublicConstructor):
         self._ssl_context = ssl_context
         self.session: str | None = None
         self.epoch: str | None = None
+        self.user: str | None = None
         self.broker: str | None = None
         self._state = ClientState.CONNECTING
         self._state_changed = trio.Event()
@@ -700,6 +703,7 @@ class Client(metaclass=NoPublicConstructor):
                     rs.sub._notify(EpochChanged(rs.pattern, self.epoch, welcome.epoch))
         self.session = welcome.session
         self.epoch = welcome.epoch
+        self.user = welcome.user
         self.broker = welcome.broker
         self._link = link
         self._outbox.push_front([link.subscribe(rs) for rs in self._subs])
