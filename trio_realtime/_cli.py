@@ -6,11 +6,13 @@ This is the only place in the package that calls :func:`trio.run`.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TextIO, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TextIO, TypeVar, cast
 
 import orjson
 import trio
@@ -26,14 +28,35 @@ from .bus._retained import DEFAULT_MAX_RETAINED
 
 if TYPE_CHECKING:
     from ._event import Event
+    from .security import ServerConfig
     from .store import Store
 
 __all__ = ["main"]
 
 N = TypeVar("N", int, float)
 
+logger = logging.getLogger("trio_realtime.cli")
+
 #: Where ``trio-realtime serve`` keeps events unless told otherwise.
 DEFAULT_STORE: Final = "sqlite:trio-realtime.db"
+
+#: The ``serve`` options that have a default, used when neither the command line nor the
+#: ``--config`` file's ``[server]`` table gives them (the others default to None).
+SERVE_DEFAULTS: Final[Mapping[str, object]] = {
+    "host": "127.0.0.1",
+    "port": 8765,
+    "store": DEFAULT_STORE,
+    "synchronous": "normal",
+    "name": "trio-realtime",
+    "heartbeat": 30.0,
+    "max_subscriptions": DEFAULT_MAX_SUBSCRIPTIONS,
+    "max_retained": DEFAULT_MAX_RETAINED,
+    "max_message_size": DEFAULT_MAX_MESSAGE_SIZE,
+    "max_pending_bytes": DEFAULT_MAX_PENDING_BYTES,
+    "slow_consumer": "drop",
+    "handshake_timeout": 10.0,
+    "allow_anonymous": False,
+}
 
 
 class CommandError(Exception):
@@ -163,9 +186,97 @@ def _describe_store(spec: str, store: Store | None) -> str:
     return f"{spec} (keeps {', '.join(kept) if kept else 'every event'})"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether *host* is a loopback address: ``localhost``, 127.0.0.0/8 or ``::1``.
+
+    A host name other than ``localhost`` is not looked up: it counts as not loopback.
+    """
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def check_exposure(host: str, config: ServerConfig | None, *, allow_anonymous: bool) -> str:
+    """The start line's account of authentication; refuse an open broker on the network.
+
+    Without authentication configured, every client has full access: that is allowed on a
+    loopback *host* only, or with *allow_anonymous* (then a warning is logged). Raises
+    :exc:`CommandError` (one line saying what to do) otherwise, and for *allow_anonymous*
+    with authentication configured (it would mean nothing).
+    """
+    if config is not None and config.auth is not None:
+        if allow_anonymous:
+            raise CommandError(
+                "--allow-anonymous (allow_anonymous in [server]) is for a broker without "
+                f"authentication, and {config.path} configures some: to let connections "
+                "without a token in, give them [anonymous.permissions] in the file"
+            )
+        return config.describe_auth()
+    if is_loopback(host):
+        return "none (anonymous, full access: loopback only)"
+    if not allow_anonymous:
+        raise CommandError(
+            f"refusing to serve {host} without authentication (anyone who reaches it could "
+            "read and publish everything): configure [[users]] or [auth.jwt] in a --config "
+            "file, listen on 127.0.0.1, or pass --allow-anonymous to serve it open anyway"
+        )
+    logger.warning(
+        "serving %s without authentication (--allow-anonymous): anyone who reaches it may "
+        "read and publish everything",
+        host,
+    )
+    return f"none (anonymous, full access on {host}: --allow-anonymous)"
+
+
+def _file_value(config: ServerConfig, action: argparse.Action, value: object) -> object:
+    """A ``[server]`` value, checked and converted as the command line does its flag."""
+    from .security import ConfigError
+
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(
+            config.path,
+            f"server.{action.dest}: expected one of "
+            f"{', '.join(map(repr, action.choices))}, not {value!r}",
+        )
+    if action.type is not None:
+        convert = cast("Callable[[str], object]", action.type)
+        try:
+            value = convert(str(value))
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise ConfigError(config.path, f"server.{action.dest}: {exc}") from None
+    if action.dest == "store" and isinstance(value, str) and value.startswith("sqlite:"):
+        # A store file named in the config file is relative to the file's folder.
+        value = "sqlite:" + str(config.path.parent / Path(value.removeprefix("sqlite:")))
+    return value
+
+
+def serve_settings(args: argparse.Namespace, config: ServerConfig | None) -> argparse.Namespace:
+    """Every ``serve`` option: the flag if given, else the config file's, else the default."""
+    settings = argparse.Namespace()
+    for dest, action in _serve_actions().items():
+        value = getattr(args, dest, None)
+        if value is None and config is not None and dest in config.server:
+            value = _file_value(config, action, config.server[dest])
+        if value is None:
+            value = SERVE_DEFAULTS.get(dest)
+        setattr(settings, dest, value)
+    return settings
+
+
 async def _serve(args: argparse.Namespace) -> None:
     from .broker._broker import Broker, descriptor_limit
+    from .security import load_config
 
+    config = load_config(args.config) if args.config is not None else None
+    args = serve_settings(args, config)
+    auth_line = check_exposure(args.host, config, allow_anonymous=args.allow_anonymous)
     store = open_store(
         args.store,
         synchronous=args.synchronous,
@@ -186,6 +297,7 @@ async def _serve(args: argparse.Namespace) -> None:
             max_retained=args.max_retained,
             max_pending_bytes=args.max_pending_bytes,
             slow_consumer="drop_oldest" if args.slow_consumer == "drop" else "disconnect",
+            auth=config.auth if config is not None else None,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -210,6 +322,7 @@ async def _serve(args: argparse.Namespace) -> None:
             f"handshake_timeout={broker.handshake_timeout:g}s",
             flush=True,
         )
+        print(f"auth: {auth_line}", flush=True)
         await trio.sleep_forever()
 
 
@@ -308,31 +421,25 @@ async def _token(args: argparse.Namespace) -> None:
     print(f'[[users]]\nname = "{name}"\ntoken_sha256 = "{token_sha256(token)}"', flush=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trio-realtime",
-        description="Run a trio_realtime broker, or publish, subscribe and query one.",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="how much to log to stderr (default: warning)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_serve_options(serve: argparse.ArgumentParser) -> None:
+    """The options of ``serve``, each one of :data:`SERVE_DEFAULTS` or without a default.
 
-    serve = commands.add_parser("serve", help="run a broker until Ctrl-C or SIGTERM")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8765, help="port to listen on (8765)")
+    None of them has an argparse default, so that a flag given on the command line can be
+    told from one that was not, which the ``--config`` file's value then fills in.
+    """
+    serve.add_argument(
+        "--host",
+        help="address to listen on (127.0.0.1); any but a loopback address needs "
+        "authentication or --allow-anonymous",
+    )
+    serve.add_argument("--port", type=int, help="port to listen on (8765)")
     serve.add_argument(
         "--store",
-        default=DEFAULT_STORE,
         help=f"sqlite:PATH, memory or none (default: {DEFAULT_STORE}, in this directory)",
     )
     serve.add_argument(
         "--synchronous",
         choices=["normal", "full"],
-        default="normal",
         help="SQLite durability: an acked event survives a crash of the broker (normal, the "
         "default) or a power loss too (full, slower)",
     )
@@ -356,11 +463,10 @@ def _parser() -> argparse.ArgumentParser:
         help="keep at most this many bytes of stored events (memory store only; a memory "
         "store given no limit keeps 100,000 events and 256M)",
     )
-    serve.add_argument("--name", default="trio-realtime", help="the broker's name")
+    serve.add_argument("--name", help="the broker's name")
     serve.add_argument(
         "--heartbeat",
         type=_positive_float,
-        default=30.0,
         metavar="SECONDS",
         help="ping a silent client after this long; close it if it stays silent as long again (30)",
     )
@@ -377,45 +483,83 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--max-subscriptions",
         type=_positive_int,
-        default=DEFAULT_MAX_SUBSCRIPTIONS,
         metavar="N",
         help=f"subscriptions per connection ({DEFAULT_MAX_SUBSCRIPTIONS})",
     )
     limits.add_argument(
         "--max-retained",
         type=_positive_int,
-        default=DEFAULT_MAX_RETAINED,
         metavar="N",
         help=f"retained values; one more evicts the oldest ({DEFAULT_MAX_RETAINED})",
     )
     limits.add_argument(
         "--max-message-size",
         type=_size,
-        default=DEFAULT_MAX_MESSAGE_SIZE,
         metavar="SIZE",
         help="largest message a client may send, and the broker sends (1M)",
     )
     limits.add_argument(
         "--max-pending-bytes",
         type=_size,
-        default=DEFAULT_MAX_PENDING_BYTES,
         metavar="SIZE",
         help="bytes queued for one client before it counts as slow (16M)",
     )
     limits.add_argument(
         "--slow-consumer",
         choices=["drop", "disconnect"],
-        default="drop",
         help="a client that reads too slowly loses its oldest events (drop, the default) or "
         "is disconnected",
     )
     limits.add_argument(
         "--handshake-timeout",
         type=_positive_float,
-        default=10.0,
         metavar="SECONDS",
         help="for a new connection's WebSocket handshake, and then its hello (10)",
     )
+    security = serve.add_argument_group("security", "who may connect (see the security guide)")
+    security.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file: [server] options (the flags given here override them), [[users]], "
+        "[anonymous] and [auth.jwt]",
+    )
+    security.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback --host without authentication: anyone who reaches it may "
+        "read and publish everything (refused otherwise)",
+    )
+
+
+def _serve_actions() -> dict[str, argparse.Action]:
+    """The ``serve`` options (but ``--config``), by name: what ``[server]`` may set."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_serve_options(parser)
+    return {action.dest: action for action in parser._actions if action.dest != "config"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-realtime",
+        description="Run a trio_realtime broker, or publish, subscribe and query one.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log to stderr (default: warning)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run a broker until Ctrl-C or SIGTERM",
+        description="Run a broker until Ctrl-C or SIGTERM. Each option can also be set in "
+        "the [server] table of a --config file (its name with _ for -); options given here "
+        "override the file's.",
+    )
+    _add_serve_options(serve)
     serve.set_defaults(run=_serve)
 
     pub = commands.add_parser("pub", help="publish one event and wait for the broker's ack")

@@ -18,6 +18,9 @@ from ._auth import StaticUsers as StaticUsers
 from ._auth import User as User
 from ._auth import new_token as new_token
 from ._auth import token_sha256 as token_sha256
+from ._config import ConfigError as ConfigError
+from ._config import ServerConfig as ServerConfig
+from ._config import load_config as load_config
 from ._permissions import RESERVED_FILTER as RESERVED_FILTER
 from ._permissions import Permissions as Permissions
 from ._permissions import ResponsePermission as ResponsePermission
@@ -30,6 +33,7 @@ __all__ = [
     "RESERVED_FILTER",
     "AuthFailed",
     "Authenticator",
+    "ConfigError",
     "FirstOf",
     "HandshakeInfo",
     "Identity",
@@ -37,11 +41,13 @@ __all__ = [
     "JWTKey",
     "Permissions",
     "ResponsePermission",
+    "ServerConfig",
     "StaticUsers",
     "SubscribeDecision",
     "TopicRules",
     "User",
     "covers",
+    "load_config",
     "new_token",
     "overlaps",
     "token_sha256",
