@@ -42,7 +42,7 @@ extensions = [
     "sphinxcontrib_trio",
 ]
 
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_*.rst"]  # (``_x.rst``: fragments, included)
 nitpicky = False
 pygments_style = "default"
 python_use_unqualified_type_names = True
