@@ -32,6 +32,7 @@ from ..protocol import CLOSE_GOING_AWAY
 from ..security import Authenticator
 from ..store import Store  # at run time too: BrokerOptions's hints resolve (get_type_hints)
 from ._limits import BrokerCounters, SessionLimits
+from ._limits import BrokerCounters, SessionLimits, TokenBucket
 from ._session import Session, SessionContext
 
 __all__ = ["Broker", "BrokerOptions", "BrokerServer", "BrokerStatistics", "serve_broker"]
@@ -213,6 +214,13 @@ class Broker:
             None (the default): every client is anonymous, with full access. A client it
             refuses gets error code ``auth_failed``, then close code 1008; the refusal is
             counted (``errors["auth_failed"]``) and published on ``$sys.auth.failed``.
+        publish_rate: Publishes per second one connection may make, or None (no limit). A
+            token bucket of *publish_burst*: a publish over it is refused with error code
+            ``rate_limited`` (not routed; counted in ``errors["rate_limited"]``), and a
+            connection that goes on regardless (1,000 refusals in a row) is closed with 1008.
+        user_publish_rate: Publishes per second all the connections of one authenticated
+            user may make together, or None; refused the same way.
+        publish_burst: Publishes a connection (or a user) may make at once above the rate.
     """
 
     def __init__(
@@ -235,6 +243,9 @@ class Broker:
         stats_interval: float | None = 5.0,
         shutdown_timeout: float = 5.0,
         auth: Authenticator | None = None,
+        publish_rate: float | None = None,
+        user_publish_rate: float | None = None,
+        publish_burst: int = 100,
     ) -> None:
         if bus is not None and (
             store is not None or persist is not None or max_retained is not None
@@ -292,6 +303,16 @@ class Broker:
         self.stats_interval: Final = stats_interval
         self.shutdown_timeout: Final = float(shutdown_timeout)
         self.auth: Final = auth
+        for what, rate in (
+            ("publish_rate", publish_rate),
+            ("user_publish_rate", user_publish_rate),
+        ):
+            if rate is not None and not rate > 0:
+                raise ValueError(f"{what} must be positive, or None, not {rate!r}")
+        if publish_burst < 1:
+            raise ValueError(f"publish_burst must be at least 1, not {publish_burst!r}")
+        # user -> (the bucket all its connections share, how many connections it has)
+        self._user_buckets: dict[str, tuple[TokenBucket, int]] = {}
         self._actors: list[_ActorSpec] = []
         self._sessions: dict[str, Session] = {}
         self._no_sessions = trio.Event()
@@ -315,6 +336,9 @@ class Broker:
             max_replays=max_replays,
             session_buffer=session_buffer,
             slow_consumer=slow_consumer,
+            publish_rate=publish_rate,
+            user_publish_rate=user_publish_rate,
+            publish_burst=publish_burst,
         )
         self._failures_logged: set[tuple[str, str, int]] = set()
         self._gate = ConnectionGate(self.max_connections)
@@ -528,13 +552,42 @@ class Broker:
         if self._no_sessions.is_set():
             self._no_sessions = trio.Event()
         self._connections_total += 1
+        session.rate_buckets = self._rate_buckets(session)
         logger.info(
             "client %r connected from %s as %s", session.client, session.address, session.id
         )
         self._publish_sys("$sys.connect", session)
         return True
 
+    def _rate_buckets(self, session: Session) -> tuple[TokenBucket, ...]:
+        """The publish-rate buckets *session* draws from: its own, and its user's."""
+        limits = self._session_limits
+        now = trio.current_time()
+        buckets = []
+        if limits.publish_rate is not None:
+            buckets.append(TokenBucket(limits.publish_rate, limits.publish_burst, now))
+        user = session.user
+        if limits.user_publish_rate is not None and user is not None:
+            shared = self._user_buckets.get(user)
+            if shared is None:
+                shared = (TokenBucket(limits.user_publish_rate, limits.publish_burst, now), 0)
+            self._user_buckets[user] = (shared[0], shared[1] + 1)
+            buckets.append(shared[0])
+        return tuple(buckets)
+
+    def _release_user_bucket(self, session: Session) -> None:
+        """*session* ended: its user's shared bucket has one connection fewer."""
+        user = session.user
+        shared = None if user is None else self._user_buckets.get(user)
+        if user is None or shared is None or shared[0] not in session.rate_buckets:
+            return
+        if shared[1] <= 1:
+            del self._user_buckets[user]  # its last connection: forget it
+        else:
+            self._user_buckets[user] = (shared[0], shared[1] - 1)
+
     async def _session_ended(self, session: Session) -> None:
+        self._release_user_bucket(session)
         self._sessions.pop(session.id, None)
         if not self._sessions:
             self._no_sessions.set()
@@ -661,6 +714,9 @@ class BrokerOptions(TypedDict, total=False):
     stats_interval: float | None
     shutdown_timeout: float
     auth: Authenticator | None
+    publish_rate: float | None
+    user_publish_rate: float | None
+    publish_burst: int
 
 
 async def serve_broker(

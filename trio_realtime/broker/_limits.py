@@ -13,8 +13,10 @@ from ..protocol._batch import FRAME_OVERHEAD
 
 __all__ = [
     "MAX_ANSWER_BACKLOG",
+    "RATE_REFUSALS_BEFORE_CLOSE",
     "BrokerCounters",
     "SessionLimits",
+    "TokenBucket",
     "cost_of_answer",
     "size_of_answer",
 ]
@@ -23,6 +25,9 @@ __all__ = [
 #: stops reading from it until it reads them (and, whatever their count, ``max_pending_bytes``
 #: of them).
 MAX_ANSWER_BACKLOG: Final = 10_000
+#: Publishes refused in a row for their rate after which the connection is closed (1008):
+#: a client that keeps going regardless is not listening.
+RATE_REFUSALS_BEFORE_CLOSE: Final = 1000
 
 
 @attrs.frozen(kw_only=True)
@@ -40,6 +45,42 @@ class SessionLimits:
     max_replays: int
     session_buffer: int
     slow_consumer: Literal["drop_oldest", "disconnect"]
+    #: Publishes per second one connection may make (a token bucket), or None: no limit.
+    publish_rate: float | None = None
+    #: Publishes per second all the connections of one user may make together, or None.
+    user_publish_rate: float | None = None
+    #: The bucket's size: publishes in a burst, above the rate, before it applies.
+    publish_burst: int = 100
+
+
+class TokenBucket:
+    """A token bucket on the Trio clock: *rate* tokens a second, at most *burst* of them.
+
+    Callers pass the time (``trio.current_time()``), so that tests run it on a mock clock.
+    """
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        if not rate > 0:
+            raise ValueError(f"a publish rate must be positive, not {rate!r}")
+        if burst < 1:
+            raise ValueError(f"a publish burst must be at least 1, not {burst!r}")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def has_token(self, now: float) -> bool:
+        """Whether a token is available at *now* (refilled for the time elapsed)."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        self.tokens = min(float(self.burst), tokens)
+        self.stamp = now
+        return self.tokens >= 1.0
+
+    def take(self) -> None:
+        """Spend one token (after :meth:`has_token` said there is one)."""
+        self.tokens -= 1.0
 
 
 @attrs.define

@@ -57,6 +57,7 @@ from ..protocol import (
     NO_RESPONDERS,
     NO_STORE,
     PROTOCOL,
+    RATE_LIMITED,
     SLOW_CONSUMER,
     STORE_FAILED,
     TOO_LARGE,
@@ -90,8 +91,10 @@ from ..protocol._batch import FRAME_OVERHEAD, MESSAGE_MARGIN, SUB_ID_SIZE
 from ..security import Authenticator, AuthFailed, HandshakeInfo, Permissions, SubscribeDecision
 from ._limits import (
     MAX_ANSWER_BACKLOG,
+    RATE_REFUSALS_BEFORE_CLOSE,
     BrokerCounters,
     SessionLimits,
+    TokenBucket,
     cost_of_answer,
     size_of_answer,
 )
@@ -213,6 +216,10 @@ class Session:
         self.user: str | None = None
         #: What the user may do; None: everything (no authentication, or full permissions).
         self._permissions: Permissions | None = None
+        #: The publish-rate buckets this connection draws from (its own, its user's), set by
+        #: the broker when the session starts; empty: no rate limit.
+        self.rate_buckets: tuple[TokenBucket, ...] = ()
+        self._rate_refusals = 0  # publishes refused in a row for their rate
         #: The protocol connection: the one record of the client's subscriptions (each
         #: accepted one has its :class:`RemoteSubscription` attached) and open refs.
         self.conn: Connection[RemoteSubscription, None] = Connection(Role.SERVER)
@@ -649,6 +656,19 @@ class Session:
             policy.received(trio.current_time())
             conn.receive_text(text)
 
+    def _within_rate(self) -> bool:
+        """Take a token from each of the rate buckets, if each has one (else none)."""
+        now = trio.current_time()
+        buckets = self.rate_buckets
+        has_tokens = [bucket.has_token(now) for bucket in buckets]  # (every one refilled)
+        if all(has_tokens):
+            for bucket in buckets:
+                bucket.take()
+            self._rate_refusals = 0
+            return True
+        self._rate_refusals += 1
+        return False
+
     async def _wait_answers_read(self) -> None:
         limit = self._max_pending_bytes
         # Waiting on the client now: its silence counts again, so a client that reads
@@ -714,6 +734,18 @@ class Session:
         permissions = self._permissions
         if permissions is not None and not permissions.may_publish(event.topic):
             self._error(ref, FORBIDDEN, f"user {self.user!r} may not publish to {event.topic!r}")
+            return
+        if self.rate_buckets and not self._within_rate():
+            if self._rate_refusals >= RATE_REFUSALS_BEFORE_CLOSE:
+                await self._refuse(
+                    RemoteProtocolError(
+                        f"{self._rate_refusals} publishes in a row over the rate limit",
+                        code=RATE_LIMITED,
+                    )
+                )
+                self._nursery_cancel()
+                return
+            self._error(ref, RATE_LIMITED, "publishing faster than allowed: not routed")
             return
         user = self.user
         headers = event.headers

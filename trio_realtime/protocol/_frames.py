@@ -159,6 +159,7 @@ _CLOSE_CODES: Final[Mapping[str, int]] = {
     AUTH_FAILED: CLOSE_POLICY,
     FORBIDDEN: CLOSE_POLICY,
     TOO_LARGE: CLOSE_TOO_BIG,
+    RATE_LIMITED: CLOSE_POLICY,
     INTERNAL: CLOSE_INTERNAL,
     SLOW_CONSUMER: CLOSE_SLOW_CONSUMER,
 }
@@ -167,10 +168,10 @@ _CLOSE_CODES: Final[Mapping[str, int]] = {
 def close_code_for(code: str) -> int:
     """The WebSocket close code to use when an error with *code* ends the connection.
 
-    ``auth_failed`` and ``forbidden`` close with :data:`CLOSE_POLICY`, ``too_large`` with
-    :data:`CLOSE_TOO_BIG`, ``internal`` with :data:`CLOSE_INTERNAL`, ``slow_consumer`` with
-    :data:`CLOSE_SLOW_CONSUMER`, and every other code (``protocol``, ``unsupported_protocol``,
-    ``bad_frame`` …) with :data:`CLOSE_PROTOCOL`.
+    ``auth_failed``, ``forbidden`` and ``rate_limited`` close with :data:`CLOSE_POLICY`,
+    ``too_large`` with :data:`CLOSE_TOO_BIG`, ``internal`` with :data:`CLOSE_INTERNAL`,
+    ``slow_consumer`` with :data:`CLOSE_SLOW_CONSUMER`, and every other code (``protocol``,
+    ``unsupported_protocol``, ``bad_frame`` …) with :data:`CLOSE_PROTOCOL`.
     """
     return _CLOSE_CODES.get(code, CLOSE_PROTOCOL)
 
