@@ -186,6 +186,17 @@ def _describe_store(spec: str, store: Store | None) -> str:
     return f"{spec} (keeps {', '.join(kept) if kept else 'every event'})"
 
 
+def _describe_origins(origins: tuple[str, ...] | None) -> str:
+    """The ``origins:`` start line: which web pages may connect."""
+    from ._transport import LOCAL_ORIGINS
+
+    if origins is None:
+        return "any web page"
+    if origins == LOCAL_ORIGINS:
+        return "web pages from this machine only (localhost, 127.0.0.1, [::1])"
+    return ", ".join(origins) if origins else "no web page"
+
+
 def is_loopback(host: str) -> bool:
     """Whether *host* is a loopback address: ``localhost``, 127.0.0.0/8 or ``::1``.
 
@@ -298,6 +309,7 @@ async def _serve(args: argparse.Namespace) -> None:
             max_pending_bytes=args.max_pending_bytes,
             slow_consumer="drop_oldest" if args.slow_consumer == "drop" else "disconnect",
             auth=config.auth if config is not None else None,
+            allowed_origins=args.allow_origin,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -323,6 +335,7 @@ async def _serve(args: argparse.Namespace) -> None:
             flush=True,
         )
         print(f"auth: {auth_line}", flush=True)
+        print(f"origins: {_describe_origins(broker.allowed_origins)}", flush=True)
         await trio.sleep_forever()
 
 
@@ -529,6 +542,14 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         default=None,
         help="serve a non-loopback --host without authentication: anyone who reaches it may "
         "read and publish everything (refused otherwise)",
+    )
+    security.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="PATTERN",
+        help="web pages allowed to connect, by their Origin (a glob such as "
+        "'https://*.example.com'; repeatable; default: any with authentication, else only "
+        "http(s)://localhost, 127.0.0.1 and [::1]); clients that send no Origin are not checked",
     )
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Final, NoReturn
@@ -36,6 +37,7 @@ __all__ = [
     "CLOSE_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "LOCAL_ORIGINS",
     "MESSAGE_QUEUE_SIZE",
     "RECEIVE_BUFFER_SIZE",
     "SUBPROTOCOL",
@@ -43,6 +45,7 @@ __all__ = [
     "WebSocketTransport",
     "listen",
     "open_transport",
+    "origin_pattern",
     "parse_url",
 ]
 
@@ -363,6 +366,43 @@ async def open_transport(
         ) from refused
 
 
+#: The browser origins a broker without authentication accepts by default: pages served from
+#: this machine (``localhost``, ``127.0.0.1`` and ``[::1]``, over HTTP or HTTPS, any port).
+LOCAL_ORIGINS: Final = tuple(
+    f"{scheme}://{host}{port}"
+    for scheme in ("http", "https")
+    for host in ("localhost", "127.0.0.1", "[::1]")
+    for port in ("", ":*")
+)
+
+
+def origin_pattern(patterns: Sequence[str]) -> re.Pattern[str]:
+    """One regular expression that matches an ``Origin`` header matched by any of
+    *patterns*: globs in which ``*`` stands for any characters and ``?`` for one, all else
+    (``[`` and ``]`` too, as in ``http://[::1]:*``) is literal; letter case does not count.
+
+    Raises:
+        ValueError: if *patterns* is a string (not a sequence of them), or one is empty.
+    """
+    if isinstance(patterns, str):
+        raise ValueError(f"allowed origins must be a list of patterns, not the string {patterns!r}")
+    parts = []
+    for pattern in patterns:
+        if not pattern:
+            raise ValueError(f"an allowed origin must be a non-empty string, not {pattern!r}")
+        parts.append(
+            "".join(
+                ".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern
+            )
+        )
+    # No pattern at all matches nothing: every browser handshake is refused.
+    return re.compile("|".join(f"(?:{part})" for part in parts) or "(?!)", re.IGNORECASE)
+
+
+#: Distinct refused origins logged at INFO level; later ones are logged at DEBUG level only.
+_ORIGINS_LOGGED: Final = 16
+
+
 class ConnectionGate:
     """The broker's door: how many connections it holds, admits and refuses.
 
@@ -372,29 +412,70 @@ class ConnectionGate:
     :data:`REFUSE_SLACK` refusals are already under way, further connections are closed at
     once without reading them.
 
+    A handshake with an ``Origin`` header (a web page's, sent by the browser) that matches
+    none of *allowed_origins* (see :func:`origin_pattern`) is refused with HTTP 403; one
+    without is not checked. None: every origin is allowed.
+
     Attributes:
         max_connections: The most connections served at once.
         held: Connections held now (handshaking or served).
         refused: Connections refused because of *max_connections* since the start.
+        origin_refused: Handshakes refused because of their ``Origin`` since the start.
         accept_failures: Times ``accept()`` failed (such as when out of file descriptors).
         handshake_timeouts: Connections closed for not completing the WebSocket handshake in
             time.
     """
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(
+        self, max_connections: int, *, allowed_origins: Sequence[str] | None = None
+    ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
         self.max_connections: Final = max_connections
+        self._origins: Final = (
+            origin_pattern(allowed_origins) if allowed_origins is not None else None
+        )
         self.held = 0
         self.refused = 0
+        self.origin_refused = 0
         self.accept_failures = 0
         self.handshake_timeouts = 0
         self._refusing = 0
+        self._origins_logged: set[str] = set()
+
+    def origin_allowed(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Whether a handshake with these HTTP *headers* may proceed, as far as its
+        ``Origin`` goes (counting and logging a refusal)."""
+        if self._origins is None:
+            return True
+        origins = [value for name, value in headers if name.lower() == b"origin"]
+        refused = next(
+            (
+                origin
+                for origin in (value.decode("latin-1").strip() for value in origins)
+                if self._origins.fullmatch(origin) is None
+            ),
+            None,
+        )
+        if refused is None:
+            return True
+        self.origin_refused += 1
+        if refused not in self._origins_logged and len(self._origins_logged) < _ORIGINS_LOGGED:
+            self._origins_logged.add(refused)
+            logger.info(
+                "refused a WebSocket handshake from a web page at origin %r: not an allowed "
+                "origin (allow it with --allow-origin, or Broker(allowed_origins=...))",
+                refused,
+            )
+        else:
+            logger.debug("refused a WebSocket handshake from origin %r", refused)
+        return False
 
 
 #: Refusals (HTTP 503 answers) under way at once; past that, connections are closed unread.
 REFUSE_SLACK: Final = 32
 _REFUSED_BODY: Final = b"too many connections: this broker is at its max_connections limit\n"
+_ORIGIN_REFUSED_BODY: Final = b"origin not allowed: this broker does not serve this web page\n"
 #: Seconds to wait before accepting again after ``accept()`` failed, first and at most.
 ACCEPT_BACKOFF: Final = (0.05, 1.0)
 #: ``accept()`` errors that mean the process or system ran out of something (descriptors,
@@ -609,6 +690,9 @@ async def _serve_connection(
             try:
                 with handshake:
                     request = await connection._get_request()
+                    if not gate.origin_allowed(request.headers):
+                        await request.reject(403, body=_ORIGIN_REFUSED_BODY)
+                        return
                     if not admitted:
                         gate.refused += 1
                         await request.reject(503, body=_REFUSED_BODY)

@@ -24,14 +24,13 @@ import trio
 
 from .._event import Event
 from .._topics import validate_pattern
-from .._transport import ConnectionGate, listen
+from .._transport import LOCAL_ORIGINS, ConnectionGate, listen
 from .._util import only_leaf
 from ..bus._bus import Bus, open_bus
 from ..bus._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
 from ..protocol import CLOSE_GOING_AWAY
 from ..security import Authenticator
 from ..store import Store  # at run time too: BrokerOptions's hints resolve (get_type_hints)
-from ._limits import BrokerCounters, SessionLimits
 from ._limits import BrokerCounters, SessionLimits, TokenBucket
 from ._session import Session, SessionContext
 
@@ -131,8 +130,9 @@ class BrokerStatistics:
         stored: Events stored.
         actor_errors: Exceptions raised by actors.
         errors: Bad input and failures by error code (``bad_frame``, ``invalid_topic`` …),
-            and ``handshake_timeout``, ``heartbeat_timeout`` and ``accept_failed`` (the
-            listener could not accept a connection, such as when out of file descriptors).
+            and ``handshake_timeout``, ``heartbeat_timeout``, ``origin_refused`` (a web page
+            not in *allowed_origins*) and ``accept_failed`` (the listener could not accept a
+            connection, such as when out of file descriptors).
         limits: How often each configured limit was hit, by the setting's name
             (``max_connections``: connections refused; ``max_subscriptions``,
             ``max_event_size``: frames refused; ``max_retained``: retained values evicted;
@@ -221,6 +221,13 @@ class Broker:
         user_publish_rate: Publishes per second all the connections of one authenticated
             user may make together, or None; refused the same way.
         publish_burst: Publishes a connection (or a user) may make at once above the rate.
+        allowed_origins: Glob patterns (``*`` any characters, ``?`` one; case does not
+            count) of the web pages that may connect: a handshake with an ``Origin`` header
+            (sent by browsers) that matches none is refused with HTTP 403 and counted
+            (``errors["origin_refused"]``); one without an ``Origin`` (a program, not a
+            browser) is not checked. None (the default): without *auth*, only pages from
+            this machine (``http`` or ``https`` on ``localhost``, ``127.0.0.1`` or
+            ``[::1]``, any port); with *auth*, any origin. See :doc:`security`.
     """
 
     def __init__(
@@ -243,6 +250,7 @@ class Broker:
         stats_interval: float | None = 5.0,
         shutdown_timeout: float = 5.0,
         auth: Authenticator | None = None,
+        allowed_origins: Sequence[str] | None = None,
         publish_rate: float | None = None,
         user_publish_rate: float | None = None,
         publish_burst: int = 100,
@@ -269,6 +277,10 @@ class Broker:
         ):
             if count < 1:
                 raise ValueError(f"{what} must be at least 1, not {count!r}")
+        if isinstance(allowed_origins, str):
+            raise ValueError(
+                f"allowed_origins must be a list of patterns, not the string {allowed_origins!r}"
+            )
         if max_message_size < MIN_MESSAGE_SIZE:
             raise ValueError(
                 f"max_message_size must be at least {MIN_MESSAGE_SIZE} bytes, "
@@ -313,6 +325,14 @@ class Broker:
             raise ValueError(f"publish_burst must be at least 1, not {publish_burst!r}")
         # user -> (the bucket all its connections share, how many connections it has)
         self._user_buckets: dict[str, tuple[TokenBucket, int]] = {}
+        #: The origin patterns a browser's handshake must match (None: any origin).
+        self.allowed_origins: Final[tuple[str, ...] | None] = (
+            tuple(allowed_origins)
+            if allowed_origins is not None
+            else LOCAL_ORIGINS
+            if auth is None
+            else None
+        )
         self._actors: list[_ActorSpec] = []
         self._sessions: dict[str, Session] = {}
         self._no_sessions = trio.Event()
@@ -341,7 +361,7 @@ class Broker:
             publish_burst=publish_burst,
         )
         self._failures_logged: set[tuple[str, str, int]] = set()
-        self._gate = ConnectionGate(self.max_connections)
+        self._gate = ConnectionGate(self.max_connections, allowed_origins=self.allowed_origins)
         self._serving = False
         self._shutting_down = False
         self._sys_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
@@ -675,6 +695,7 @@ class Broker:
         errors = Counter(counters.errors)
         errors["handshake_timeout"] += gate.handshake_timeouts
         errors["accept_failed"] += gate.accept_failures
+        errors["origin_refused"] += gate.origin_refused
         limits = Counter(counters.limits)
         limits["max_connections"] += gate.refused
         limits["max_retained"] += bus.retained_evicted if bus else 0
@@ -717,6 +738,7 @@ class BrokerOptions(TypedDict, total=False):
     publish_rate: float | None
     user_publish_rate: float | None
     publish_burst: int
+    allowed_origins: Sequence[str] | None
 
 
 async def serve_broker(

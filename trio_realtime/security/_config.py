@@ -76,6 +76,7 @@ SERVER_OPTIONS: Final[Mapping[str, OptionKind]] = {
     "slow_consumer": "string",
     "handshake_timeout": "number",
     "allow_anonymous": "boolean",
+    "allow_origin": "patterns",
 }
 
 _TOP_LEVEL: Final = ("server", "users", "anonymous", "auth")
