@@ -9,8 +9,10 @@ import argparse
 import ipaddress
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TextIO, TypeVar, cast
 
@@ -197,6 +199,71 @@ def _describe_origins(origins: tuple[str, ...] | None) -> str:
     return ", ".join(origins) if origins else "no web page"
 
 
+def server_ssl_context(
+    cert: str | None, key: str | None, client_ca: str | None
+) -> ssl.SSLContext | None:
+    """The TLS context ``serve`` listens with (None: plain ``ws://``): the broker's
+    certificate chain *cert* and its private *key*; with *client_ca*, mutual TLS (a client
+    must present a certificate that CA signed).
+
+    Raises:
+        CommandError: if only one of *cert* and *key* is given, or a file cannot be used.
+    """
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise CommandError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise CommandError("--tls-cert and --tls-key go together: give both, or neither")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandError(
+            f"cannot use the TLS certificate {cert} with the key {key}: {_ssl_reason(exc)}"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise CommandError(
+                f"cannot use the client CA file {client_ca}: {_ssl_reason(exc)}"
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_ssl_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """The TLS context of a client command: trusting the CA certificates in *ca_file*, or
+    None (``wss://`` then trusts the system's CAs).
+
+    Raises:
+        CommandError: if *ca_file* cannot be used.
+    """
+    if ca_file is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandError(f"cannot use the CA file {ca_file}: {_ssl_reason(exc)}") from None
+
+
+def _ssl_reason(exc: OSError) -> str:
+    """What is wrong, in a few words (``No such file or directory``, ``PEM lib`` …)."""
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return exc.strerror or str(exc)
+
+
+def _describe_tls(cert: str | None, client_ca: str | None) -> str:
+    """The ``tls:`` start line."""
+    if cert is None:
+        return "off (plain ws://; see --tls-cert)"
+    if client_ca is None:
+        return f"certificate {cert}"
+    return f"certificate {cert}; client certificates required, signed by {client_ca}"
+
+
 def is_loopback(host: str) -> bool:
     """Whether *host* is a loopback address: ``localhost``, 127.0.0.0/8 or ``::1``.
 
@@ -265,7 +332,13 @@ def _file_value(config: ServerConfig, action: argparse.Action, value: object) ->
     if action.dest == "store" and isinstance(value, str) and value.startswith("sqlite:"):
         # A store file named in the config file is relative to the file's folder.
         value = "sqlite:" + str(config.path.parent / Path(value.removeprefix("sqlite:")))
+    if action.dest in _TLS_FILES and isinstance(value, str):
+        value = str(config.path.parent / Path(value))  # so are the TLS files
     return value
+
+
+#: The ``serve`` options that name TLS files.
+_TLS_FILES: Final = ("tls_cert", "tls_key", "tls_client_ca")
 
 
 def serve_settings(args: argparse.Namespace, config: ServerConfig | None) -> argparse.Namespace:
@@ -288,6 +361,7 @@ async def _serve(args: argparse.Namespace) -> None:
     config = load_config(args.config) if args.config is not None else None
     args = serve_settings(args, config)
     auth_line = check_exposure(args.host, config, allow_anonymous=args.allow_anonymous)
+    ssl_context = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
     store = open_store(
         args.store,
         synchronous=args.synchronous,
@@ -315,7 +389,9 @@ async def _serve(args: argparse.Namespace) -> None:
         raise CommandError(str(exc)) from None
     async with open_service_nursery() as nursery:
         try:
-            server = await nursery.start(broker.serve, args.host, args.port)
+            server = await nursery.start(
+                partial(broker.serve, ssl_context=ssl_context), args.host, args.port
+            )
         except StoreError as exc:
             raise CommandError(str(exc)) from None
         except OSError as exc:
@@ -336,6 +412,7 @@ async def _serve(args: argparse.Namespace) -> None:
         )
         print(f"auth: {auth_line}", flush=True)
         print(f"origins: {_describe_origins(broker.allowed_origins)}", flush=True)
+        print(f"tls: {_describe_tls(args.tls_cert, args.tls_client_ca)}", flush=True)
         await trio.sleep_forever()
 
 
@@ -343,7 +420,12 @@ async def _pub(args: argparse.Namespace) -> None:
     data = _json_argument(args.data)
     from .client._client import open_client
 
-    async with open_client(args.url, name="trio-realtime pub", reconnect=False) as client:
+    async with open_client(
+        args.url,
+        name="trio-realtime pub",
+        ssl_context=client_ssl_context(args.ca_file),
+        reconnect=False,
+    ) as client:
         event = await client.publish(
             args.topic, data, headers=_headers(args.header), retain=args.retain, ack=True
         )
@@ -355,7 +437,9 @@ async def _sub(args: argparse.Namespace) -> None:
     from .client._client import open_client
 
     async with (
-        open_client(args.url, name="trio-realtime sub") as client,
+        open_client(
+            args.url, name="trio-realtime sub", ssl_context=client_ssl_context(args.ca_file)
+        ) as client,
         client.subscribe(
             args.pattern,
             group=args.group,
@@ -376,7 +460,12 @@ async def _request(args: argparse.Namespace) -> None:
     data = _json_argument(args.data)
     from .client._client import open_client
 
-    async with open_client(args.url, name="trio-realtime request", reconnect=False) as client:
+    async with open_client(
+        args.url,
+        name="trio-realtime request",
+        ssl_context=client_ssl_context(args.ca_file),
+        reconnect=False,
+    ) as client:
         reply = await client.request(
             args.topic, data, headers=_headers(args.header), timeout=args.timeout
         )
@@ -386,7 +475,12 @@ async def _request(args: argparse.Namespace) -> None:
 async def _history(args: argparse.Namespace) -> None:
     from .client._client import open_client
 
-    async with open_client(args.url, name="trio-realtime history", reconnect=False) as client:
+    async with open_client(
+        args.url,
+        name="trio-realtime history",
+        ssl_context=client_ssl_context(args.ca_file),
+        reconnect=False,
+    ) as client:
         events = await client.history(args.pattern, since=args.since, limit=args.limit)
     for event in events:
         _print_event(event, pretty=args.pretty, out=sys.stdout)
@@ -544,6 +638,17 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         "read and publish everything (refused otherwise)",
     )
     security.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve wss:// with this certificate (PEM, the chain after the broker's own)",
+    )
+    security.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    security.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="mutual TLS: accept only clients with a certificate signed by a CA in FILE (PEM)",
+    )
+    security.add_argument(
         "--allow-origin",
         action="append",
         metavar="PATTERN",
@@ -558,6 +663,14 @@ def _serve_actions() -> dict[str, argparse.Action]:
     parser = argparse.ArgumentParser(add_help=False)
     _add_serve_options(parser)
     return {action.dest: action for action in parser._actions if action.dest != "config"}
+
+
+def _add_ca_file(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="for a wss:// URL: trust the CA certificates in FILE (PEM) instead of the system's",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -589,6 +702,7 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("data", nargs="?", help="the event's data, as JSON (default: null)")
     pub.add_argument("--retain", action="store_true", help="keep it as the topic's last value")
     pub.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
+    _add_ca_file(pub)
     pub.set_defaults(run=_pub)
 
     sub = commands.add_parser("sub", help="print matching events, one JSON object per line")
@@ -598,6 +712,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--group", help="join a queue group")
     sub.add_argument("--since", type=int, help="replay stored events after this seq first")
     sub.add_argument("--count", type=int, help="exit after this many events")
+    _add_ca_file(sub)
     sub.set_defaults(run=_sub)
 
     request = commands.add_parser("request", help="send a request and print the reply's data")
@@ -606,6 +721,7 @@ def _parser() -> argparse.ArgumentParser:
     request.add_argument("data", nargs="?", help="the request's data, as JSON")
     request.add_argument("--timeout", type=float, default=10.0, help="seconds (10)")
     request.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
+    _add_ca_file(request)
     request.set_defaults(run=_request)
 
     history = commands.add_parser("history", help="print stored events matching a pattern")
@@ -614,6 +730,7 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--since", type=int, help="only events after this seq")
     history.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     history.add_argument("--pretty", action="store_true", help="a readable form for people")
+    _add_ca_file(history)
     history.set_defaults(run=_history)
 
     recover = commands.add_parser(

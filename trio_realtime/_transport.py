@@ -322,6 +322,10 @@ async def open_transport(
                 ) from None
             except OSError as exc:
                 raise ConnectionClosed(f"could not connect to {url}: {exc}") from exc
+            if isinstance(stream, trio.SSLStream):
+                # Here, not lazily inside trio-websocket, which would hide a refused
+                # certificate behind a handshake timeout.
+                await _tls_handshake(stream, url, deadline, connect_timeout)
             # trio-websocket's reader task must outlive a cancellation of this block long
             # enough to complete the close handshake: it runs shielded, and is cancelled
             # explicitly once the connection is closed.
@@ -329,15 +333,8 @@ async def open_transport(
             try:
                 try:
                     with trio.fail_at(deadline):
-                        ws = await trio_websocket.wrap_client_stream(
-                            reader_nursery,
-                            stream,
-                            host_header,
-                            resource,
-                            subprotocols=[SUBPROTOCOL],
-                            message_queue_size=MESSAGE_QUEUE_SIZE,
-                            max_message_size=max_message_size,
-                            receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                        ws = await _wrap_client_stream(
+                            reader_nursery, stream, host_header, resource, max_message_size
                         )
                 except trio.TooSlowError:
                     raise ConnectionClosed(
@@ -364,6 +361,72 @@ async def open_transport(
         raise HandshakeError(
             f"{url} refused the WebSocket handshake ({detail}); is it a trio_realtime broker?"
         ) from refused
+
+
+async def _wrap_client_stream(
+    reader_nursery: trio.Nursery,
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+    host_header: str,
+    resource: str,
+    max_message_size: int,
+) -> trio_websocket.WebSocketConnection:
+    """``trio_websocket.wrap_client_stream``, but a connection that ends before the server
+    answers the handshake (a TLS server refusing the client's certificate, a plain-text
+    server) raises :exc:`trio.BrokenResourceError` at once, where trio-websocket would wait
+    for an answer forever."""
+    connection = trio_websocket.WebSocketConnection(
+        stream,
+        wsproto.WSConnection(wsproto.ConnectionType.CLIENT),
+        host=host_header,
+        path=resource,
+        client_subprotocols=[SUBPROTOCOL],
+        message_queue_size=MESSAGE_QUEUE_SIZE,
+        max_message_size=max_message_size,
+        receive_buffer_size=RECEIVE_BUFFER_SIZE,
+    )
+    ended = trio.Event()
+
+    async def read() -> None:
+        try:
+            await connection._reader_task()
+        finally:
+            ended.set()
+
+    async def until(event: trio.Event, scope: trio.CancelScope) -> None:
+        await event.wait()
+        scope.cancel()
+
+    reader_nursery.start_soon(read)
+    async with trio.open_nursery() as waiting:
+        waiting.start_soon(until, connection._open_handshake, waiting.cancel_scope)
+        waiting.start_soon(until, ended, waiting.cancel_scope)
+    if not connection._open_handshake.is_set():
+        raise trio.BrokenResourceError("the server closed the connection during the handshake")
+    return connection
+
+
+async def _tls_handshake(
+    stream: trio.SSLStream[trio.SocketStream], url: str, deadline: float, timeout: float
+) -> None:
+    """The client's TLS handshake on *stream*, its failure a :exc:`ConnectionClosed` that
+    says why (such as ``certificate verify failed``)."""
+    try:
+        with trio.fail_at(deadline):
+            await stream.do_handshake()
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise ConnectionClosed(
+            f"could not connect to {url}: no TLS handshake within {timeout:g} s"
+        ) from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        await trio.aclose_forcefully(stream)
+        cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+        reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+        raise ConnectionClosed(
+            f"could not connect to {url}: the TLS handshake failed "
+            f"({reason or cause}); for a server with its own CA, give an ssl_context that "
+            "trusts it"
+        ) from exc
 
 
 #: The browser origins a broker without authentication accepts by default: pages served from

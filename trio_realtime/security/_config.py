@@ -77,6 +77,9 @@ SERVER_OPTIONS: Final[Mapping[str, OptionKind]] = {
     "handshake_timeout": "number",
     "allow_anonymous": "boolean",
     "allow_origin": "patterns",
+    "tls_cert": "string",
+    "tls_key": "string",
+    "tls_client_ca": "string",
 }
 
 _TOP_LEVEL: Final = ("server", "users", "anonymous", "auth")
