@@ -57,8 +57,13 @@ SERVE_DEFAULTS: Final[Mapping[str, object]] = {
     "max_pending_bytes": DEFAULT_MAX_PENDING_BYTES,
     "slow_consumer": "drop",
     "handshake_timeout": 10.0,
+    "publish_burst": 100,
     "allow_anonymous": False,
 }
+
+
+def _describe_rate(rate: float | None) -> str:
+    return "none" if rate is None else f"{rate:g}/s"
 
 
 class CommandError(Exception):
@@ -384,6 +389,9 @@ async def _serve(args: argparse.Namespace) -> None:
             slow_consumer="drop_oldest" if args.slow_consumer == "drop" else "disconnect",
             auth=config.auth if config is not None else None,
             allowed_origins=args.allow_origin,
+            publish_rate=args.publish_rate,
+            user_publish_rate=args.user_publish_rate,
+            publish_burst=args.publish_burst,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -407,7 +415,10 @@ async def _serve(args: argparse.Namespace) -> None:
             f"max_message_size={broker.max_message_size}, "
             f"max_pending_bytes={broker.max_pending_bytes}, "
             f"slow_consumer={args.slow_consumer}, "
-            f"handshake_timeout={broker.handshake_timeout:g}s",
+            f"handshake_timeout={broker.handshake_timeout:g}s, "
+            f"publish_rate={_describe_rate(args.publish_rate)}, "
+            f"user_publish_rate={_describe_rate(args.user_publish_rate)}, "
+            f"publish_burst={args.publish_burst}",
             flush=True,
         )
         print(f"auth: {auth_line}", flush=True)
@@ -616,6 +627,24 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         choices=["drop", "disconnect"],
         help="a client that reads too slowly loses its oldest events (drop, the default) or "
         "is disconnected",
+    )
+    limits.add_argument(
+        "--publish-rate",
+        type=_positive_float,
+        metavar="PER_SECOND",
+        help="publishes per second one connection may make (no limit by default)",
+    )
+    limits.add_argument(
+        "--user-publish-rate",
+        type=_positive_float,
+        metavar="PER_SECOND",
+        help="publishes per second all the connections of one user may make together",
+    )
+    limits.add_argument(
+        "--publish-burst",
+        type=int,
+        metavar="N",
+        help="publishes at once above the rate before it applies (100)",
     )
     limits.add_argument(
         "--handshake-timeout",

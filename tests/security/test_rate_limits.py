@@ -7,11 +7,13 @@ refusals with a rate so low that nothing refills during the test.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
 import trio
 import trio.testing
+from _broker_process import open_broker_process
 from conftest import TIMEOUT, running_broker
 from test_interop import in_thread, open_peer
 from websockets.exceptions import ConnectionClosed
@@ -135,3 +137,22 @@ async def test_a_connection_that_keeps_going_is_closed_with_1008() -> None:
             assert "in a row" in errors[-1]["message"]  # the close, announced
             assert served.broker.statistics().errors["rate_limited"] == RATE_REFUSALS_BEFORE_CLOSE
             assert (await neighbour.publish("rl.ok", 1, ack=True)).topic == "rl.ok"
+
+
+async def test_serve_takes_the_rate_limits_from_flags_and_the_config_file(tmp_path: Path) -> None:
+    """`serve --publish-rate/--publish-burst` (or `[server]` in the config file) limit a real
+    broker process; the start line says so."""
+    config = tmp_path / "broker.toml"
+    config.write_text('[server]\nstore = "memory"\npublish_burst = 2\nuser_publish_rate = 5.0\n')
+    with trio.fail_after(30):
+        async with open_broker_process(
+            "--config", str(config), "--publish-rate", "0.000001"
+        ) as broker:
+            async with open_client(broker.url) as client:
+                for i in range(2):
+                    await client.publish("rl.x", i, ack=True)
+                with pytest.raises(Refused, match="rate"):
+                    await client.publish("rl.x", 2, ack=True)
+            assert "publish_rate=1e-06/s, user_publish_rate=5/s, publish_burst=2" in (
+                broker.stdout()
+            )
