@@ -513,7 +513,7 @@ class Session:
         try:
             identity = await auth.authenticate(hello.token, handshake)
         except AuthFailed as exc:
-            self.context.auth_failed(self, getattr(exc, "reason", None) or str(exc))
+            self.context.auth_failed(self, exc.reason)
             return RemoteProtocolError("authentication failed", code=AUTH_FAILED)
         self.user = identity.user
         permissions = identity.permissions
