@@ -116,6 +116,9 @@ class WebSocketTransport:
 
     Attributes:
         remote: The peer's ``host:port``.
+        certificate_subject: The subject of the certificate the peer presented and the TLS
+            handshake verified (mutual TLS), as an RFC 4514 string such as
+            ``"CN=alice,O=Example"``; None without one.
     """
 
     def __init__(
@@ -125,9 +128,11 @@ class WebSocketTransport:
         remote: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         text_only: bool = False,
+        certificate_subject: str | None = None,
     ) -> None:
         self._ws = connection
         self.remote: Final = remote if remote is not None else _endpoint(connection.remote)
+        self.certificate_subject: Final = certificate_subject
         self._max_message_size = max_message_size
         self._text_only = text_only
 

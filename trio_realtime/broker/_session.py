@@ -509,7 +509,12 @@ class Session:
         auth = self.context.auth
         if auth is None:
             return None
-        handshake = HandshakeInfo(remote=self.address, subprotocol=self.transport.subprotocol)
+        transport = self.transport
+        handshake = HandshakeInfo(
+            remote=self.address,
+            subprotocol=transport.subprotocol,
+            certificate_subject=transport.certificate_subject,
+        )
         try:
             identity = await auth.authenticate(hello.token, handshake)
         except AuthFailed as exc:

@@ -166,6 +166,9 @@ class HandshakeInfo:
     origin: str | None = None
     #: The WebSocket subprotocol agreed on, if any.
     subprotocol: str | None = None
+    #: The subject of the client certificate the TLS handshake verified (mutual TLS), as an
+    #: RFC 4514 string such as ``"CN=alice,O=Example"``; None without one.
+    certificate_subject: str | None = None
 
 
 @attrs.frozen
