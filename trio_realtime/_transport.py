@@ -32,6 +32,7 @@ import wsproto.events
 
 from ._errors import ConnectionClosed, HandshakeError, RemoteProtocolError
 from ._util import open_service_nursery
+from .security._certificates import peer_certificate_subject
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -714,6 +715,17 @@ async def _accept_loop(
             handler_nursery.start_soon(serve, stream)
 
 
+def _certificate_subject(
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+) -> str | None:
+    """The subject of the client certificate the TLS handshake verified, if any. (Call it
+    after the WebSocket handshake: that went over TLS, so the TLS handshake is done.)"""
+    if not isinstance(stream, trio.SSLStream):
+        return None
+    certificate: dict[str, object] | None = stream.getpeercert()
+    return peer_certificate_subject(certificate)
+
+
 async def _serve_connection(
     handler: Callable[[WebSocketTransport], Awaitable[None]],
     stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
@@ -775,7 +787,11 @@ async def _serve_connection(
                         logger.debug("%s: no WebSocket handshake in time", remote)
                     return
                 transport = WebSocketTransport(
-                    connection, remote=remote, max_message_size=max_message_size, text_only=True
+                    connection,
+                    remote=remote,
+                    max_message_size=max_message_size,
+                    text_only=True,
+                    certificate_subject=_certificate_subject(stream),
                 )
                 served = True
                 try:
