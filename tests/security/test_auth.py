@@ -294,6 +294,83 @@ def test_static_users_refuses_duplicate_names_and_tokens() -> None:
     assert auth.users == (User("a", digest, nothing),)
 
 
+# --- static users: client certificates (mutual TLS) -----------------------------------------
+
+ALICE_SUBJECT = "CN=alice,O=Example"
+
+
+def by_certificate(anonymous: Permissions | None = None) -> tuple[StaticUsers, str]:
+    """alice by her certificate only, bob by token and certificate; bob's token."""
+    token = new_token()
+    users = [
+        User("alice", permissions=Permissions.from_dict(PERM), certificate_subject=ALICE_SUBJECT),
+        User(
+            "bob",
+            token_sha256(token),
+            Permissions.everything(),
+            certificate_subject="CN=bob,O=Example",
+        ),
+    ]
+    return StaticUsers(users, anonymous=anonymous), token
+
+
+def presenting(subject: str | None) -> HandshakeInfo:
+    return HandshakeInfo(remote="127.0.0.1:50000", certificate_subject=subject)
+
+
+@pytest.mark.parametrize("token", [None, ""])
+async def test_static_no_token_and_a_users_certificate_is_that_user(token: str | None) -> None:
+    """Without a token, the verified certificate's subject names the user, exactly."""
+    auth, _ = by_certificate(anonymous=Permissions.everything())
+    identity = await auth.authenticate(token, presenting(ALICE_SUBJECT))
+    assert identity == Identity("alice", Permissions.from_dict(PERM), None)
+    assert (await auth.authenticate(token, presenting("CN=bob,O=Example"))).user == "bob"
+    for near in ("CN=alice", "CN=alice,O=Example,C=FR", "cn=alice,o=Example", "CN=Alice,O=Example"):
+        assert (await auth.authenticate(token, presenting(near))).user == ANONYMOUS_USER
+
+
+async def test_static_a_token_is_judged_alone_whatever_the_certificate() -> None:
+    """A token decides, even with a user's certificate: bob's token with alice's certificate
+    is bob, and a wrong token with alice's certificate is refused (never downgraded)."""
+    auth, bob = by_certificate(anonymous=Permissions.everything())
+    assert (await auth.authenticate(bob, presenting(ALICE_SUBJECT))).user == "bob"
+    with pytest.raises(AuthFailed) as info:
+        await auth.authenticate("wrong", presenting(ALICE_SUBJECT))
+    assert info.value.reason == "unknown token"
+
+
+async def test_static_an_unknown_subject_without_anonymous_is_refused_naming_it() -> None:
+    """No token and no user's certificate, without [anonymous]: refused; the reason names
+    the subject (it is not secret), quoted (no line break gets into the log)."""
+    auth, _ = by_certificate()
+    subject = "CN=mallory\nx,O=Example\\, Inc."
+    with pytest.raises(AuthFailed) as info:
+        await auth.authenticate(None, presenting(subject))
+    assert info.value.reason == (
+        f"no token, no user with the certificate subject {subject!r}, and anonymous access is off"
+    )
+    assert "\n" not in info.value.reason
+    with pytest.raises(AuthFailed) as info:
+        await auth.authenticate(None, presenting(None))
+    assert info.value.reason == "no token, and anonymous access is off"
+
+
+def test_a_user_needs_a_token_a_certificate_or_both() -> None:
+    """A user with neither is refused; a subject must be written as the broker writes it;
+    two users may not share a subject."""
+    with pytest.raises(ValueError, match="needs a token_sha256, a certificate_subject, or both"):
+        User("alice")
+    with pytest.raises(ValueError, match="certificate_subject must be written as the broker"):
+        User("alice", certificate_subject="CN = alice")
+    with pytest.raises(ValueError, match="certificate_subject must be an RFC 4514 name"):
+        User("alice", certificate_subject="alice")
+    alice = User("alice", certificate_subject=ALICE_SUBJECT)
+    assert alice.permissions == Permissions.nothing()
+    assert alice.token_sha256 is None
+    with pytest.raises(ValueError, match="'alice' and 'eve' have the same certificate_subject"):
+        StaticUsers([alice, User("eve", certificate_subject=ALICE_SUBJECT)])
+
+
 # --- JWT: the attack list --------------------------------------------------------------------
 
 

@@ -136,6 +136,39 @@ subscribe = {{ allow = ["public.>"] }}
     assert config.describe_auth() == "1 user; without a token: the [anonymous] permissions"
 
 
+async def test_users_by_client_certificate(tmp_path: Path) -> None:
+    """certificate_subject instead of or besides token_sha256: such a user is known by the
+    subject of the certificate it presents without a token, and by its token with one."""
+    path = write(
+        tmp_path,
+        f"""
+[[users]]
+name = "alice"
+certificate_subject = "CN=alice,O=Example"
+[users.permissions]
+publish = {{ allow = ["orders.>"] }}
+
+[[users]]
+name = "bob"
+token_sha256 = "{token_sha256("b")}"
+certificate_subject = "CN=bob,O=Example"
+""",
+    )
+    config = load_config(path)
+    assert isinstance(config.auth, StaticUsers)
+    assert [(u.name, u.token_sha256 is not None) for u in config.users] == [
+        ("alice", False),
+        ("bob", True),
+    ]
+    assert [u.name for u in config.certificate_users] == ["alice", "bob"]
+    presenting = HandshakeInfo(certificate_subject="CN=alice,O=Example")
+    alice = await config.auth.authenticate(None, presenting)
+    assert alice.user == "alice"
+    assert alice.permissions.may_publish("orders.new")
+    assert (await config.auth.authenticate("b", presenting)).user == "bob"
+    assert config.describe_auth() == ("2 users (2 by client certificate); without a token: refused")
+
+
 def test_jwt_only_with_default_permissions(tmp_path: Path) -> None:
     """[auth.jwt] alone: the JWT authenticator, with [auth.jwt.permissions] as its default."""
     text = ISSUE_EXAMPLE.split("[auth.jwt]")[1]
@@ -195,7 +228,42 @@ USER = f'[[users]]\nname = "alice"\ntoken_sha256 = "{token_sha256("a")}"\n'
             '[[users]]\nname = "alice"\ntoken_sha256 = "a-token"\n',
             "users[0].token_sha256: expected 64 hex digits",
         ),
-        (USER + "role = 1\n", "users[0].role: unknown key (expected name, token_sha256,"),
+        (
+            USER + "role = 1\n",
+            "users[0].role: unknown key (expected name, token_sha256, certificate_subject,",
+        ),
+        (
+            '[[users]]\nname = "alice"\npermissions = {}\n',
+            (
+                "users[0].token_sha256: missing (`trio-realtime token alice` prints it), and no "
+                "certificate_subject either: give one or both"
+            ),
+        ),
+        (
+            '[[users]]\nname = "alice"\ncertificate_subject = 1\n',
+            "users[0].certificate_subject: a certificate subject must be a string, not int",
+        ),
+        (
+            '[[users]]\nname = "alice"\ncertificate_subject = "alice"\n',
+            "users[0].certificate_subject: a certificate subject must be an RFC 4514 name",
+        ),
+        (
+            '[[users]]\nname = "alice"\ncertificate_subject = "CN = alice, O = Example"\n',
+            (
+                "users[0].certificate_subject: a certificate subject must be written as the broker "
+                "shows subjects, 'CN=alice,O=Example', not 'CN = alice, O = Example'"
+            ),
+        ),
+        (
+            (
+                '[[users]]\nname = "alice"\ncertificate_subject = "CN=a"\n'
+                '[[users]]\nname = "bob"\ncertificate_subject = "CN=a"\n'
+            ),
+            (
+                "users[1].certificate_subject: the same as users[0]'s: a certificate may prove "
+                "one user only"
+            ),
+        ),
         (
             USER + '[[users]]\nname = "alice"\ntoken_sha256 = "' + "0" * 64 + '"\n',
             "users[1].name: 'alice' is already users[0]",

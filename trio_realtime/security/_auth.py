@@ -5,8 +5,8 @@ handshake (:class:`HandshakeInfo`) into an :class:`Identity` (a user name, its p
 when the credential expires), or raises :exc:`AuthFailed`. Three are built in:
 
 * :class:`StaticUsers`: users from the config file, each known by the SHA-256 of its token
-  (``trio-realtime token NAME`` makes one); optionally an anonymous identity for connections
-  without a token;
+  (``trio-realtime token NAME`` makes one), by the subject of its client certificate (mutual
+  TLS), or both; optionally an anonymous identity for connections without a token;
 * :class:`JWTAuthenticator`: JSON Web Tokens verified with PyJWT (the ``jwt`` extra), keys
   selected by ``kid``;
 * :class:`FirstOf`: several of them, tried in order.
@@ -34,6 +34,7 @@ import attrs
 import trio
 
 from .._errors import RealtimeError
+from ._certificates import check_certificate_subject
 from ._jwt_keys import (
     EC_CURVES,
     HMAC_MIN_BYTES,
@@ -209,7 +210,11 @@ class Authenticator(Protocol):
         ...
 
 
-def _sha256_validator(_instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+def _sha256_validator(
+    _instance: object, attribute: attrs.Attribute[str | None], value: object
+) -> None:
+    if value is None:
+        return
     if not isinstance(value, str) or _SHA256_HEX.fullmatch(value) is None:
         raise ValueError(
             f"{attribute.name} must be 64 lowercase hex digits (the SHA-256 of the token; "
@@ -217,23 +222,47 @@ def _sha256_validator(_instance: object, attribute: attrs.Attribute[str], value:
         )
 
 
+def _subject_validator(
+    _instance: object, attribute: attrs.Attribute[str | None], value: object
+) -> None:
+    if value is not None:
+        check_certificate_subject(value, what=attribute.name)
+
+
 @attrs.frozen
 class User:
-    """A user of :class:`StaticUsers`: a name, the SHA-256 of its token, and permissions.
+    """A user of :class:`StaticUsers`: a name, how it proves who it is, and permissions.
 
-    The name ``anonymous`` is reserved (:data:`ANONYMOUS_USER`).
+    It proves it with a token (:attr:`token_sha256`), with a client certificate
+    (:attr:`certificate_subject`), or with either: at least one of the two is needed. The
+    name ``anonymous`` is reserved (:data:`ANONYMOUS_USER`).
+
+    Raises :exc:`ValueError` for a bad name, hash or subject, or neither a hash nor a subject.
     """
 
     #: The user name (see :func:`is_valid_user_name`).
     name: str = attrs.field()
-    #: The hex SHA-256 of the user's token (64 lowercase hex digits): see :func:`token_sha256`.
-    token_sha256: str = attrs.field(validator=_sha256_validator, repr=False)
-    #: What the user may do.
-    permissions: Permissions
+    #: The hex SHA-256 of the user's token (64 lowercase hex digits): see :func:`token_sha256`;
+    #: None if the user has no token.
+    token_sha256: str | None = attrs.field(default=None, validator=_sha256_validator, repr=False)
+    #: What the user may do (by default, nothing).
+    permissions: Permissions = attrs.field(factory=Permissions.nothing)
+    #: The subject of the user's client certificate, exactly as the broker shows it (an
+    #: RFC 4514 string such as ``"CN=alice,O=Example"``: see
+    #: :attr:`HandshakeInfo.certificate_subject`); None if the user has none.
+    certificate_subject: str | None = attrs.field(
+        default=None, validator=_subject_validator, kw_only=True
+    )
 
     @name.validator
     def _check_name(self, attribute: attrs.Attribute[str], value: str) -> None:
         check_user_name(value, what=attribute.name, allow_anonymous=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.token_sha256 is None and self.certificate_subject is None:
+            raise ValueError(
+                f"user {self.name!r} needs a token_sha256, a certificate_subject, or both"
+            )
 
 
 async def _checkpoint() -> None:
@@ -242,21 +271,29 @@ async def _checkpoint() -> None:
 
 
 class StaticUsers:
-    """Users known in advance, each by the SHA-256 of its token.
+    """Users known in advance, each by the SHA-256 of its token, its client certificate's
+    subject, or both.
 
     A token is hashed and compared with every user's hash with :func:`hmac.compare_digest`,
     all of them every time, so neither the time taken nor an early exit tells which user (if
-    any) came close. A connection without a token (None or ``""``) gets the identity
-    :data:`ANONYMOUS_USER` with the *anonymous* permissions if they are given, else is
-    refused; a wrong token is refused even then (it is never downgraded to anonymous). A token
-    longer than :data:`MAX_TOKEN_SIZE` is refused without being hashed.
+    any) came close. A connection that sends a token is judged by it alone, whatever
+    certificate it presented. A token longer than :data:`MAX_TOKEN_SIZE` is refused without
+    being hashed.
 
-    Raises :exc:`ValueError` if two users share a name or a token hash.
+    A connection without a token (None or ``""``) is the user whose
+    :attr:`~User.certificate_subject` equals, exactly, the subject of the client certificate
+    its TLS handshake verified (:attr:`HandshakeInfo.certificate_subject`). Failing that, it
+    gets the identity :data:`ANONYMOUS_USER` with the *anonymous* permissions if they are
+    given, else is refused. A wrong token is refused even then (it is never downgraded to a
+    certificate's user or to anonymous).
+
+    Raises :exc:`ValueError` if two users share a name, a token hash or a certificate subject.
     """
 
     def __init__(self, users: Sequence[User], *, anonymous: Permissions | None = None) -> None:
         names: set[str] = set()
         hashes: set[str] = set()
+        subjects: dict[str, User] = {}
         for user in users:
             if user.name in names:
                 raise ValueError(f"two users are named {user.name!r}")
@@ -265,18 +302,31 @@ class StaticUsers:
                     f"user {user.name!r} has the token_sha256 of another user: give each "
                     f"user its own token (`trio-realtime token {user.name}`)"
                 )
+            subject = user.certificate_subject
+            if subject is not None and subject in subjects:
+                raise ValueError(
+                    f"users {subjects[subject].name!r} and {user.name!r} have the same "
+                    f"certificate_subject {subject!r}: a certificate may prove one user only"
+                )
             names.add(user.name)
-            hashes.add(user.token_sha256)
-        self._users: tuple[tuple[bytes, User], ...] = tuple(
-            (user.token_sha256.encode("ascii"), user) for user in users
+            if user.token_sha256 is not None:
+                hashes.add(user.token_sha256)
+            if subject is not None:
+                subjects[subject] = user
+        self._all: tuple[User, ...] = tuple(users)
+        self._by_token: tuple[tuple[bytes, User], ...] = tuple(
+            (user.token_sha256.encode("ascii"), user)
+            for user in users
+            if user.token_sha256 is not None
         )
+        self._by_subject: Mapping[str, User] = subjects
         #: The permissions of a connection without a token; None if one is refused.
         self.anonymous: Permissions | None = anonymous
 
     @property
     def users(self) -> tuple[User, ...]:
         """The users, in the order given."""
-        return tuple(user for _, user in self._users)
+        return self._all
 
     def __repr__(self) -> str:
         return (
@@ -285,11 +335,21 @@ class StaticUsers:
         )
 
     async def authenticate(self, token: str | None, handshake: HandshakeInfo) -> Identity:
-        """The user whose token this is, or the anonymous identity without a token."""
+        """The user whose token this is; without a token, the user whose certificate the
+        connection presented, or the anonymous identity."""
         await _checkpoint()
         if not token:
+            subject = handshake.certificate_subject
+            if subject is not None and subject in self._by_subject:
+                user = self._by_subject[subject]
+                return Identity(user.name, user.permissions)
             if self.anonymous is None:
-                raise AuthFailed("no token, and anonymous access is off")
+                if subject is None:
+                    raise AuthFailed("no token, and anonymous access is off")
+                raise AuthFailed(
+                    f"no token, no user with the certificate subject "
+                    f"{_shorten(repr(subject))}, and anonymous access is off"
+                )
             return Identity(ANONYMOUS_USER, self.anonymous)
         if not isinstance(token, str):
             raise AuthFailed("the token is not a string")
@@ -297,7 +357,7 @@ class StaticUsers:
             raise AuthFailed(f"the token is longer than {MAX_TOKEN_SIZE} characters")
         digest = token_sha256(token).encode("ascii")
         found: User | None = None
-        for expected, user in self._users:
+        for expected, user in self._by_token:
             # No early exit: every hash is compared, whatever matched before.
             if hmac.compare_digest(digest, expected):
                 found = user

@@ -12,6 +12,7 @@ The shape::
     [[users]]                         # static users (`trio-realtime token NAME` prints these)
     name = "alice"
     token_sha256 = "…64 hex digits…"
+    certificate_subject = "CN=alice,O=Example"  # and/or a client certificate (mutual TLS)
     [users.permissions]               # optional: without it, the user may do nothing
     publish = { allow = ["orders.>"] }
 
@@ -48,6 +49,7 @@ from ._auth import (
     User,
     check_user_name,
 )
+from ._certificates import check_certificate_subject
 from ._permissions import Permissions
 
 __all__ = ["SERVER_OPTIONS", "ConfigError", "ServerConfig", "load_config"]
@@ -136,11 +138,20 @@ class ServerConfig:
             return FirstOf([static, self.jwt])
         return static if static is not None else self.jwt
 
+    @property
+    def certificate_users(self) -> tuple[User, ...]:
+        """The users who may prove who they are with a client certificate."""
+        return tuple(user for user in self.users if user.certificate_subject is not None)
+
     def describe_auth(self) -> str:
         """One line on the authentication configured: ``2 users, jwt (1 key); …``."""
         parts = []
         if self.users:
-            parts.append(f"{len(self.users)} user{'s' if len(self.users) != 1 else ''}")
+            by_certificate = len(self.certificate_users)
+            parts.append(
+                f"{len(self.users)} user{'s' if len(self.users) != 1 else ''}"
+                + (f" ({by_certificate} by client certificate)" if by_certificate else "")
+            )
         if self.jwt is not None:
             keys = len(self.jwt.kids)
             parts.append(f"jwt ({keys} key{'s' if keys != 1 else ''})")
@@ -268,35 +279,73 @@ def _users(value: object) -> tuple[User, ...]:
     users: list[User] = []
     names: dict[str, int] = {}
     hashes: dict[str, int] = {}
+    subjects: dict[str, int] = {}
     for i, item in enumerate(value):
         where = f"users[{i}]"
         table = _table(item, where)
-        _check_keys(table, where, ("name", "token_sha256", "permissions"))
-        for key in ("name", "token_sha256"):
-            if key not in table:
-                raise ValueError(f"{where}.{key}: missing (`trio-realtime token NAME` prints both)")
+        _check_keys(table, where, ("name", "token_sha256", "certificate_subject", "permissions"))
+        if "name" not in table:
+            raise ValueError(f"{where}.name: missing (`trio-realtime token NAME` prints it)")
         try:
             name = check_user_name(table["name"], allow_anonymous=False)
         except ValueError as exc:
             raise ValueError(f"{where}.name: {exc}") from None
-        digest = table["token_sha256"]
-        if not isinstance(digest, str) or _SHA256_HEX.fullmatch(digest) is None:
-            raise ValueError(
-                f"{where}.token_sha256: expected 64 hex digits (the SHA-256 of the token, "
-                f"never the token: `trio-realtime token {name}` prints it)"
-            )
-        digest = digest.lower()
         if name in names:
             raise ValueError(f"{where}.name: {name!r} is already users[{names[name]}]")
-        if digest in hashes:
+        names[name] = i
+        digest = _user_digest(table, where, name, hashes)
+        subject = _user_subject(table, where, subjects)
+        if digest is None and subject is None:
             raise ValueError(
-                f"{where}.token_sha256: the same as users[{hashes[digest]}]'s: give each "
-                f"user its own token (`trio-realtime token {name}`)"
+                f"{where}.token_sha256: missing (`trio-realtime token {name}` prints it), and "
+                f"no certificate_subject either: give one or both"
             )
-        names[name], hashes[digest] = i, i
+        if digest is not None:
+            hashes[digest] = i
+        if subject is not None:
+            subjects[subject] = i
         permissions = _permissions(table.get("permissions", {}), f"{where}.permissions")
-        users.append(User(name, digest, permissions))
+        users.append(User(name, digest, permissions, certificate_subject=subject))
     return tuple(users)
+
+
+def _user_digest(
+    table: Mapping[str, object], where: str, name: str, hashes: Mapping[str, int]
+) -> str | None:
+    """A user's ``token_sha256`` (lowercase), or None without one."""
+    if "token_sha256" not in table:
+        return None
+    digest = table["token_sha256"]
+    if not isinstance(digest, str) or _SHA256_HEX.fullmatch(digest) is None:
+        raise ValueError(
+            f"{where}.token_sha256: expected 64 hex digits (the SHA-256 of the token, "
+            f"never the token: `trio-realtime token {name}` prints it)"
+        )
+    digest = digest.lower()
+    if digest in hashes:
+        raise ValueError(
+            f"{where}.token_sha256: the same as users[{hashes[digest]}]'s: give each "
+            f"user its own token (`trio-realtime token {name}`)"
+        )
+    return digest
+
+
+def _user_subject(
+    table: Mapping[str, object], where: str, subjects: Mapping[str, int]
+) -> str | None:
+    """A user's ``certificate_subject``, or None without one."""
+    if "certificate_subject" not in table:
+        return None
+    try:
+        subject = check_certificate_subject(table["certificate_subject"])
+    except ValueError as exc:
+        raise ValueError(f"{where}.certificate_subject: {exc}") from None
+    if subject in subjects:
+        raise ValueError(
+            f"{where}.certificate_subject: the same as users[{subjects[subject]}]'s: a "
+            f"certificate may prove one user only"
+        )
+    return subject
 
 
 _JWT_KEYS: Final = ("algorithms", "audience", "issuer", "leeway", "keys", "permissions")
