@@ -366,6 +366,12 @@ async def _serve(args: argparse.Namespace) -> None:
     config = load_config(args.config) if args.config is not None else None
     args = serve_settings(args, config)
     auth_line = check_exposure(args.host, config, allow_anonymous=args.allow_anonymous)
+    if config is not None and config.certificate_users and args.tls_client_ca is None:
+        raise CommandError(
+            f"{config.path} gives users a certificate_subject, but without --tls-client-ca "
+            "(tls_client_ca in [server]) no client certificate is asked for or verified: give "
+            "the CA file that signs your clients' certificates (and --tls-cert, --tls-key)"
+        )
     ssl_context = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
     store = open_store(
         args.store,

@@ -143,6 +143,62 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(certs: Certific
             assert await round_trip(broker.url, context, 3) == 3
 
 
+async def test_a_served_config_knows_users_by_client_certificate(certs: Certificates) -> None:
+    """A [[users]] certificate_subject, with tls_client_ca: a client presenting that
+    certificate without a token is welcomed as that user; the start line counts the user."""
+    subject = "CN=alice,OU=Clients,O=Example"
+    issued = certs.client_ca.issue_cert(
+        "alice@example.com",
+        common_name="alice",
+        organization_name="Example",
+        organization_unit_name="Clients",
+    )
+    config = certs.folder / "broker.toml"
+    config.write_text(
+        '[server]\nstore = "memory"\ntls_cert = "server.pem"\ntls_key = "server.key"\n'
+        'tls_client_ca = "client-ca.pem"\n'
+        f'[[users]]\nname = "alice"\ncertificate_subject = "{subject}"\n'
+        '[users.permissions]\npublish = { allow = ["tls.>"] }\nsubscribe = { allow = ["tls.>"] }\n'
+    )
+    with trio.fail_after(TLS_TIMEOUT):
+        async with open_broker_process("--config", str(config)) as broker:
+            assert "auth: 1 user (1 by client certificate); without a token: refused\n" in (
+                broker.stdout()
+            )
+            context = certs.client_context()
+            issued.configure_cert(context)
+            async with open_client(broker.url, ssl_context=context, reconnect=False) as client:
+                assert client.user == "alice"
+            assert await round_trip(broker.url, context, 4) == 4
+            with pytest.raises(ConnectionClosed, match="authentication failed"):
+                await round_trip(broker.url, certs.client_context(with_certificate=True), 5)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["no tls", "no client ca"])
+def test_serve_refuses_certificate_users_without_a_client_ca(
+    certs: Certificates, tls: bool
+) -> None:
+    """Users with a certificate_subject but no --tls-client-ca (so no client certificate is
+    ever verified): status 1 and one line saying what to give, before listening."""
+    config = certs.folder / "broker.toml"
+    config.write_text('[[users]]\nname = "alice"\ncertificate_subject = "CN=alice"\n')
+    tls_args = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)] if tls else []
+    done = subprocess.run(
+        [*SERVE, "--config", str(config), *tls_args],
+        capture_output=True,
+        text=True,
+        timeout=TLS_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"trio-realtime serve: error: {config} gives users a certificate_subject, but without "
+        "--tls-client-ca (tls_client_ca in [server]) no client certificate is asked for or "
+        "verified: give the CA file that signs your clients' certificates (and --tls-cert, "
+        "--tls-key)"
+    )
+
+
 async def test_the_client_commands_take_a_ca_file(certs: Certificates) -> None:
     """``trio-realtime pub --ca-file`` reaches a TLS broker; without it, the certificate is
     not trusted and the command fails with one line."""
