@@ -24,11 +24,11 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_realtime.security import rfc4514_subject
 from trio_realtime.security._certificates import (
     canonical_subject,
     check_certificate_subject,
     peer_certificate_subject,
+    rfc4514_subject,
 )
 
 #: The name :mod:`ssl` gives each attribute type the tests use (OpenSSL's long name, or the

@@ -3,7 +3,6 @@
 Broker sessions consult it for every connection, publish and subscription; the bus never does
 (in-process code is trusted). :class:`Permissions` says what a user may publish and subscribe
 to, with :func:`covers` and :func:`overlaps` as the two questions it asks of topic patterns.
-:func:`rfc4514_subject` writes a client certificate's subject as the broker shows it.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from ._auth import StaticUsers as StaticUsers
 from ._auth import User as User
 from ._auth import new_token as new_token
 from ._auth import token_sha256 as token_sha256
-from ._certificates import rfc4514_subject as rfc4514_subject
 from ._config import ConfigError as ConfigError
 from ._config import ServerConfig as ServerConfig
 from ._config import load_config as load_config
@@ -52,6 +50,5 @@ __all__ = [
     "load_config",
     "new_token",
     "overlaps",
-    "rfc4514_subject",
     "token_sha256",
 ]
