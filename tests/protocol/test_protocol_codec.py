@@ -30,6 +30,8 @@ from trio_realtime.protocol import (
     Ping,
     Pong,
     Publish,
+    Refresh,
+    Refreshed,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -134,7 +136,30 @@ def one_error(text: str | bytes) -> RemoteProtocolError:
                 "heartbeat": 15.0,
                 "epoch": "ep",
                 "user": None,
+                "inbox": None,
+                "expires": None,
             },
+        ),
+        (
+            Welcome(
+                session="s1", broker="b", heartbeat=15.0, user="u", inbox="_inbox.x", expires=9.5
+            ),
+            {
+                "type": "welcome",
+                "protocol": 1,
+                "session": "s1",
+                "broker": "b",
+                "heartbeat": 15.0,
+                "epoch": None,
+                "user": "u",
+                "inbox": "_inbox.x",
+                "expires": 9.5,
+            },
+        ),
+        (Refresh(ref=7, token="t"), {"type": "refresh", "ref": 7, "token": "t"}),
+        (
+            Refreshed(ref=7, user="u", expires=9.0),
+            {"type": "refreshed", "ref": 7, "user": "u", "expires": 9.0},
         ),
         (
             EventFrame(subs=(1, 2), event=EVENT),
@@ -143,6 +168,10 @@ def one_error(text: str | bytes) -> RemoteProtocolError:
         (Subscribed(id=3), {"type": "subscribed", "id": 3, "seq": None}),
         (Subscribed(id=3, seq=40), {"type": "subscribed", "id": 3, "seq": 40}),
         (Unsubscribed(id=3), {"type": "unsubscribed", "id": 3}),
+        (
+            Unsubscribed(id=3, reason="no longer allowed"),
+            {"type": "unsubscribed", "id": 3, "reason": "no longer allowed"},
+        ),
         (Ack(ref=5, id="e1", seq=42), {"type": "ack", "ref": 5, "id": "e1", "seq": 42}),
         (Gap(sub=1, missed=9), {"type": "gap", "sub": 1, "missed": 9, "stored": None}),
         (Gap(sub=1, missed=9, stored=4), {"type": "gap", "sub": 1, "missed": 9, "stored": 4}),
@@ -153,6 +182,16 @@ def one_error(text: str | bytes) -> RemoteProtocolError:
         (
             HistoryResult(ref=4, events=(EVENT, EVENT)),
             {"type": "history_result", "ref": 4, "events": [EVENT_JSON, EVENT_JSON]},
+        ),
+        (
+            HistoryResult(ref=4, events=(EVENT,), more=True, resume=90),
+            {
+                "type": "history_result",
+                "ref": 4,
+                "events": [EVENT_JSON],
+                "more": True,
+                "resume": 90,
+            },
         ),
     ],
     ids=lambda value: getattr(value, "TYPE", ""),

@@ -30,6 +30,8 @@ from trio_realtime.protocol import (
     Ping,
     Pong,
     Publish,
+    Refresh,
+    Refreshed,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -44,6 +46,7 @@ WIRE_TYPES = {
     "unsubscribe": Unsubscribe,
     "publish": Publish,
     "history": History,
+    "refresh": Refresh,
     "ping": Ping,
     "pong": Pong,
     "welcome": Welcome,
@@ -54,6 +57,7 @@ WIRE_TYPES = {
     "gap": Gap,
     "error": Error,
     "history_result": HistoryResult,
+    "refreshed": Refreshed,
 }
 
 
@@ -87,6 +91,8 @@ SAMPLES = [
     Gap(sub=1, missed=2),
     Error(code="internal", message="m"),
     HistoryResult(ref=2, events=(EVENT,)),
+    Refresh(ref=3, token="t"),
+    Refreshed(ref=3, user="u"),
 ]
 
 
@@ -121,7 +127,7 @@ def test_frame_defaults() -> None:
 
 def test_error_codes_are_the_protocol_list() -> None:
     """ERROR_CODES holds the twelve codes of protocol version 1 and the extensions ``limit``,
-    ``no_store``, ``duplicate_id`` and ``store_failed``."""
+    ``no_store``, ``duplicate_id``, ``store_failed`` and ``auth_expired``."""
     assert {
         "bad_frame",
         "unknown_type",
@@ -139,6 +145,7 @@ def test_error_codes_are_the_protocol_list() -> None:
         "no_store",
         "duplicate_id",
         "store_failed",
+        "auth_expired",
     } == ERROR_CODES
 
 

@@ -47,6 +47,7 @@ from ._connection import ConnectionState as ConnectionState
 from ._connection import FrameError as FrameError
 from ._connection import Role as Role
 from ._connection import ServerConnection as ServerConnection
+from ._frames import AUTH_EXPIRED as AUTH_EXPIRED
 from ._frames import AUTH_FAILED as AUTH_FAILED
 from ._frames import BAD_FRAME as BAD_FRAME
 from ._frames import CLIENT_FRAME_TYPES as CLIENT_FRAME_TYPES
@@ -92,6 +93,8 @@ from ._frames import HistoryResult as HistoryResult
 from ._frames import Ping as Ping
 from ._frames import Pong as Pong
 from ._frames import Publish as Publish
+from ._frames import Refresh as Refresh
+from ._frames import Refreshed as Refreshed
 from ._frames import ServerFrame as ServerFrame
 from ._frames import Subscribe as Subscribe
 from ._frames import Subscribed as Subscribed
@@ -103,6 +106,7 @@ from ._heartbeat import Heartbeat as Heartbeat
 from ._heartbeat import HeartbeatAction as HeartbeatAction
 
 __all__ = [
+    "AUTH_EXPIRED",
     "AUTH_FAILED",
     "BAD_FRAME",
     "CLIENT_FRAME_TYPES",
@@ -157,6 +161,8 @@ __all__ = [
     "Ping",
     "Pong",
     "Publish",
+    "Refresh",
+    "Refreshed",
     "Role",
     "ServerConnection",
     "ServerFrame",

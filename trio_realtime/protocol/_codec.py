@@ -51,6 +51,7 @@ from ._frames import (
     HistoryResult,
     Publish,
     Subscribe,
+    Unsubscribed,
 )
 
 if TYPE_CHECKING:
@@ -178,6 +179,14 @@ def _structure_optional_int(value: Any, _: object) -> int | None:
             raise _out_of_range(value)
         return value
     raise _Invalid(f"must be an integer or null, not {_json_type(value)}")
+
+
+def _structure_optional_float(value: Any, _: object) -> float | None:
+    if value is None:
+        return None
+    if type(value) is float or type(value) is int:
+        return float(value)
+    raise _Invalid(f"must be a number or null, not {_json_type(value)}")
 
 
 def _structure_optional_str(value: Any, _: object) -> str | None:
@@ -318,6 +327,9 @@ def _configure(conv: OrjsonConverter) -> None:
     conv.register_structure_hook(float, _structure_float)
     conv.register_structure_hook_func(lambda t: _is_optional_of(t, int), _structure_optional_int)
     conv.register_structure_hook_func(lambda t: _is_optional_of(t, str), _structure_optional_str)
+    conv.register_structure_hook_func(
+        lambda t: _is_optional_of(t, float), _structure_optional_float
+    )
     conv.register_structure_hook_func(lambda t: t == tuple[int, ...], _structure_int_tuple)
     conv.register_structure_hook_func(lambda t: t == tuple[Event, ...], _structure_event_tuple)
     conv.register_structure_hook(Event, structure_event)
@@ -329,7 +341,14 @@ def _configure(conv: OrjsonConverter) -> None:
                 cls, conv, since_time=override(struct_hook=_structure_optional_time_text)
             )
             conv.register_structure_hook(cls, hook)
-        conv.register_unstructure_hook(cls, _type_first(cls, make_dict_unstructure_fn(cls, conv)))
+        unstructure: Callable[[Any], dict[str, Any]]
+        if cls is Unsubscribed:  # (an answer to unsubscribe, the usual case, has no reason)
+            unstructure = make_dict_unstructure_fn(
+                Unsubscribed, conv, reason=override(omit_if_default=True)
+            )
+        else:
+            unstructure = make_dict_unstructure_fn(cls, conv)
+        conv.register_unstructure_hook(cls, _type_first(cls, unstructure))
 
     tags = {cls: tag for tag, cls in FRAME_TYPES.items()}
     configure_tagged_union(Frame, conv, tag_generator=tags.__getitem__, tag_name="type")
@@ -657,6 +676,8 @@ def _encode_ack(frame: Ack) -> str:
 def _encode_history_result(frame: HistoryResult) -> str:
     events = ",".join([_event_json(event) for event in frame.events])
     more = ',"more":true' if frame.more else ""
+    if frame.resume is not None:
+        more += f',"resume":{frame.resume:d}'
     return f'{{"type":"history_result","ref":{frame.ref:d},"events":[{events}]{more}}}'
 
 

@@ -42,10 +42,13 @@ from ._frames import (
     History,
     HistoryResult,
     Publish,
+    Refresh,
+    Refreshed,
     ServerFrame,
     Subscribe,
     Subscribed,
     Unsubscribe,
+    Unsubscribed,
     Welcome,
 )
 
@@ -614,9 +617,16 @@ class Connection(Generic[_S, _R]):
             return error, (False, ref)  # the broker refused the subscription
         return error
 
-    def _received_answer(self, frame: Ack | HistoryResult) -> Any:
+    def _received_answer(self, frame: Ack | HistoryResult | Refreshed) -> Any:
         if frame.ref in self._refs:
             return frame, (True, frame.ref)
+        return frame
+
+    def _received_unsubscribed(self, frame: Unsubscribed) -> Any:
+        if frame.reason is not None:  # the broker ended it: the id is free again
+            sub = self._subs.get(frame.id)
+            if sub is not None and sub.sent:
+                return frame, (False, frame.id)
         return frame
 
     def _received_subscribed(self, frame: Subscribed) -> Any:
@@ -651,7 +661,7 @@ class Connection(Generic[_S, _R]):
             return frame, (False, frame.id)
         return frame
 
-    def _received_history(self, frame: History) -> Any:
+    def _received_history(self, frame: History | Refresh) -> Any:
         self._open_refs[frame.ref] = self._open_refs.get(frame.ref, 0) + 1
         return frame
 
@@ -663,11 +673,14 @@ class Connection(Generic[_S, _R]):
         Error: _received_error,
         Ack: _received_answer,
         HistoryResult: _received_answer,
+        Refreshed: _received_answer,
         Subscribed: _received_subscribed,
+        Unsubscribed: _received_unsubscribed,
         Publish: _received_publish,
         Subscribe: _received_subscribe,
         Unsubscribe: _received_unsubscribe,
         History: _received_history,
+        Refresh: _received_history,
     }
 
     # -- sending --------------------------------------------------------------------------------
@@ -707,8 +720,8 @@ class Connection(Generic[_S, _R]):
                 sub_id = cast("Unsubscribe", frame).id
                 batch_subs.discard(sub_id)
                 freed.add(sub_id)
-            elif cls is Publish or cls is History:
-                ref = cast("Publish | History", frame).ref
+            elif cls is Publish or cls is History or cls is Refresh:
+                ref = cast("Publish | History | Refresh", frame).ref
                 if ref is not None:
                     self._check_free(ref, "ref", batch_subs, batch_refs, freed)
                     batch_refs.add(ref)
@@ -736,8 +749,10 @@ class Connection(Generic[_S, _R]):
                 sub = self._subs.get(frame.id)
                 if sub is not None:
                     sub.confirmed = True
-            elif cls is Ack or cls is HistoryResult:
+            elif cls is Ack or cls is HistoryResult or cls is Refreshed:
                 _discount(self._open_refs, frame.ref)
+            elif cls is Unsubscribed and frame.reason is not None:
+                self._forget(False, frame.id)  # the broker ended it: the id is free again
             elif cls is Error:
                 ref = frame.ref
                 if ref is None:
@@ -756,7 +771,7 @@ class Connection(Generic[_S, _R]):
                 sub.sent = True
         elif cls is Unsubscribe:
             self._forget(False, frame.id)
-        elif cls is Publish or cls is History:
+        elif cls is Publish or cls is History or cls is Refresh:
             ref = frame.ref
             if ref is not None:
                 self._refs[ref] = None if refs is None else refs.get(ref)

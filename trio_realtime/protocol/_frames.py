@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .._errors import RemoteProtocolError
 
 __all__ = [
+    "AUTH_EXPIRED",
     "AUTH_FAILED",
     "BAD_FRAME",
     "CLIENT_FRAME_TYPES",
@@ -62,6 +63,8 @@ __all__ = [
     "Ping",
     "Pong",
     "Publish",
+    "Refresh",
+    "Refreshed",
     "ServerFrame",
     "Subscribe",
     "Subscribed",
@@ -85,8 +88,10 @@ UNKNOWN_TYPE: Final = "unknown_type"
 PROTOCOL: Final = "protocol"
 #: ``hello.protocol`` names a version the broker does not speak.
 UNSUPPORTED_PROTOCOL: Final = "unsupported_protocol"
-#: The ``hello`` token was missing or refused.
+#: The ``hello`` token was missing or refused (or, not fatal, a ``refresh`` token).
 AUTH_FAILED: Final = "auth_failed"
+#: (Extension) The connection's credential expired and no ``refresh`` replaced it in time.
+AUTH_EXPIRED: Final = "auth_expired"
 #: The connection may not do that (publish or subscribe there, or read that history).
 FORBIDDEN: Final = "forbidden"
 #: A topic or pattern breaks the topic grammar.
@@ -119,6 +124,7 @@ ERROR_CODES: Final[frozenset[str]] = frozenset(
         PROTOCOL,
         UNSUPPORTED_PROTOCOL,
         AUTH_FAILED,
+        AUTH_EXPIRED,
         FORBIDDEN,
         INVALID_TOPIC,
         TOO_LARGE,
@@ -140,7 +146,8 @@ ERROR_CODES: Final[frozenset[str]] = frozenset(
 CLOSE_NORMAL: Final = 1000
 #: The broker is shutting down (clients should reconnect elsewhere or later).
 CLOSE_GOING_AWAY: Final = 1001
-#: Policy: authentication failed, or a fatal ``forbidden``.
+#: Policy: authentication failed, the credential expired, or the connection went on
+#: publishing over its rate limit.
 CLOSE_POLICY: Final = 1008
 #: A message was larger than the receiver accepts.
 CLOSE_TOO_BIG: Final = 1009
@@ -157,6 +164,7 @@ CLOSE_HEARTBEAT: Final = 4002
 
 _CLOSE_CODES: Final[Mapping[str, int]] = {
     AUTH_FAILED: CLOSE_POLICY,
+    AUTH_EXPIRED: CLOSE_POLICY,
     FORBIDDEN: CLOSE_POLICY,
     TOO_LARGE: CLOSE_TOO_BIG,
     RATE_LIMITED: CLOSE_POLICY,
@@ -168,7 +176,8 @@ _CLOSE_CODES: Final[Mapping[str, int]] = {
 def close_code_for(code: str) -> int:
     """The WebSocket close code to use when an error with *code* ends the connection.
 
-    ``auth_failed``, ``forbidden`` and ``rate_limited`` close with :data:`CLOSE_POLICY`,
+    ``auth_failed``, ``auth_expired``, ``forbidden`` and ``rate_limited`` close with
+    :data:`CLOSE_POLICY`,
     ``too_large`` with :data:`CLOSE_TOO_BIG`, ``internal`` with :data:`CLOSE_INTERNAL`,
     ``slow_consumer`` with :data:`CLOSE_SLOW_CONSUMER`, and every other code (``protocol``,
     ``unsupported_protocol``, ``bad_frame`` …) with :data:`CLOSE_PROTOCOL`.
@@ -289,6 +298,24 @@ class History:
 
 
 @attrs.frozen(kw_only=True)
+class Refresh:
+    """*Extension.* A new credential for this connection, before the current one expires;
+    answered by :class:`Refreshed` or an :class:`Error` with the ``ref`` (code
+    ``auth_failed``: not fatal, the connection keeps its current credential until it
+    expires).
+
+    Attributes:
+        ref: Chosen by the client to match the answer.
+        token: The new credential. It must name the same user as the connection's.
+    """
+
+    TYPE: ClassVar[str] = "refresh"
+
+    ref: int
+    token: str
+
+
+@attrs.frozen(kw_only=True)
 class Ping:
     """Are you there? Either side may send it; the other answers :class:`Pong`."""
 
@@ -321,6 +348,13 @@ class Welcome:
         user: *Extension.* The user the broker authenticated this connection as, or None when
             the broker does not authenticate. The broker stamps it on every event this
             connection publishes (the header :data:`USER_HEADER`).
+        inbox: *Extension.* This connection's own inbox, an unguessable ``_inbox.<id>``
+            topic: the connection receives replies on it and topics under it (a request's
+            ``reply_to`` lies there). Only this connection may subscribe there, when the
+            broker checks permissions. None from a broker that does not assign inboxes.
+        expires: *Extension.* When the connection's credential expires, in UNIX time
+            (seconds), or None if it does not: send :class:`Refresh` before then, or the
+            broker closes the connection (``auth_expired``, close code 1008).
     """
 
     TYPE: ClassVar[str] = "welcome"
@@ -331,6 +365,8 @@ class Welcome:
     heartbeat: float
     epoch: str | None = None
     user: str | None = None
+    inbox: str | None = None
+    expires: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -370,13 +406,20 @@ class Subscribed:
 class Unsubscribed:
     """The subscription with this ``id`` is gone (or never existed).
 
+    The answer to :class:`Unsubscribe`; or, with a ``reason``, the broker ended the
+    subscription on its own (a ``refresh`` brought permissions that no longer allow it), and
+    the id is free again.
+
     Attributes:
         id: The subscription's id.
+        reason: (Extension) Why the broker ended the subscription, or None when this answers
+            the client's ``unsubscribe``.
     """
 
     TYPE: ClassVar[str] = "unsubscribed"
 
     id: int
+    reason: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -442,15 +485,37 @@ class Error:
 
 
 @attrs.frozen(kw_only=True)
+class Refreshed:
+    """*Extension.* The answer to :class:`Refresh`: the new credential is the connection's.
+
+    Attributes:
+        ref: The refresh's ``ref``.
+        user: The user, the same as before.
+        expires: When the new credential expires, in UNIX time (seconds), or None if it
+            does not.
+    """
+
+    TYPE: ClassVar[str] = "refreshed"
+
+    ref: int
+    user: str | None = None
+    expires: float | None = None
+
+
+@attrs.frozen(kw_only=True)
 class HistoryResult:
     """*Extension.* The answer to :class:`History` (wire type ``"history_result"``).
 
     Attributes:
         ref: The request's ``ref``.
         events: The stored events, oldest first.
-        more: The result stopped short of ``limit`` to keep the message under the size
-            limit, and more events may match: ask again with ``since`` set to the last
-            event's ``seq`` (and ``limit`` lowered by the events received).
+        more: The result stopped short of ``limit`` (to keep the message under the size
+            limit, or to bound the work of one answer), and more events may match: ask again
+            with ``since`` set to ``resume`` (and ``limit`` lowered by the events received).
+        resume: (Extension) With ``more``, the ``seq`` to ask again after; None: the last
+            event's. It is past the last event when the broker read stored events it left out
+            (the connection may not read their topics), so that the next part does not read
+            them again.
     """
 
     TYPE: ClassVar[str] = "history_result"
@@ -458,10 +523,11 @@ class HistoryResult:
     ref: int
     events: tuple[Event, ...]
     more: bool = False
+    resume: int | None = None
 
 
 #: Frames a client sends.
-ClientFrame: TypeAlias = Hello | Subscribe | Unsubscribe | Publish | History | Ping | Pong
+ClientFrame: TypeAlias = Hello | Subscribe | Unsubscribe | Publish | History | Refresh | Ping | Pong
 #: Frames a broker sends.
 ServerFrame: TypeAlias = (
     Welcome
@@ -472,6 +538,7 @@ ServerFrame: TypeAlias = (
     | Gap
     | Error
     | HistoryResult
+    | Refreshed
     | Ping
     | Pong
 )
@@ -482,6 +549,7 @@ Frame: TypeAlias = (
     | Unsubscribe
     | Publish
     | History
+    | Refresh
     | Ping
     | Pong
     | Welcome
@@ -492,6 +560,7 @@ Frame: TypeAlias = (
     | Gap
     | Error
     | HistoryResult
+    | Refreshed
 )
 
 #: Wire type string → frame class.
