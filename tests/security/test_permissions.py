@@ -34,7 +34,7 @@ from trio_realtime.security import (
     covers,
     overlaps,
 )
-from trio_realtime.security._permissions import RESERVED_FILTER
+from trio_realtime.security._permissions import INBOX_FILTER, RESERVED_FILTER
 
 # ---------------------------------------------------------------------------------------------
 # The oracle
@@ -488,10 +488,65 @@ def test_a_leading_wildcard_subscription_gets_no_reserved_topic() -> None:
     for pattern in [">", "*.x", "*"]:
         decision = permissions.check_subscribe(pattern, None)
         assert decision.allowed
-        assert decision.filter == (RESERVED_FILTER,)
+        assert decision.filter == (RESERVED_FILTER, INBOX_FILTER)
         assert not decision.delivers("$sys.x")
         assert not permissions.may_receive("$sys.x", decision.filter)
     assert permissions.check_subscribe(">", None).delivers("a.b")
+
+
+INBOX = "_inbox.0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "pattern", [INBOX, f"{INBOX}.>", f"{INBOX}.*", f"{INBOX}.7", f"{INBOX}.a.b"]
+)
+def test_a_connection_may_subscribe_to_its_own_inbox(pattern: str) -> None:
+    """Its own inbox, and patterns under it, are accepted without any rule."""
+    decision = Permissions.nothing().check_subscribe(pattern, None, inbox=INBOX)
+    assert decision.allowed
+    assert decision.filter == ()
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["_inbox.>", "_inbox.*", "_inbox.*.>", "_inbox", "_inbox.other", "_inbox.other.>", f"{INBOX}x"],
+)
+def test_no_rule_grants_another_inbox(pattern: str) -> None:
+    """Anything else under _inbox is refused, even for a user who may subscribe to >."""
+    permissions = Permissions(subscribe=TopicRules(allow=[">"]))
+    decision = permissions.check_subscribe(pattern, None, inbox=INBOX)
+    assert not decision.allowed
+    assert "only to its own inbox" in decision.reason
+    assert not permissions.check_subscribe(pattern, None).allowed  # (no inbox at all)
+
+
+def test_a_leading_wildcard_subscription_gets_no_inbox_topic() -> None:
+    """> is accepted, and delivers neither another's replies nor the connection's own."""
+    permissions = Permissions(subscribe=TopicRules(allow=[">"]))
+    decision = permissions.check_subscribe(">", None, inbox=INBOX)
+    assert decision.allowed
+    assert not decision.delivers("_inbox.other.1")
+    assert not decision.delivers(f"{INBOX}.1")
+    assert decision.delivers("inbox.x")
+    assert decision.delivers("_inboxes.x")
+
+
+@pytest.mark.parametrize(
+    ("entry", "kind"),
+    [("_inbox.>", "publish"), ("_inbox.*", "subscribe"), ("_inbox.x group=g", "subscribe")],
+)
+def test_rules_may_not_name_inboxes(entry: str, kind: str) -> None:
+    """An allow entry under _inbox is an error that says how inboxes work instead."""
+    with pytest.raises(ValueError, match="rules do not grant inboxes"):
+        Permissions.from_dict({kind: {"allow": [entry]}})
+
+
+def test_publish_rules_never_grant_an_inbox() -> None:
+    """Even > does not let a user publish to an inbox (replies are the broker's to allow)."""
+    permissions = Permissions(publish=TopicRules(allow=[">"]))
+    assert permissions.may_publish("a.b")
+    assert not permissions.may_publish("_inbox.other.1")
+    assert Permissions.everything().may_publish("_inbox.other.1")
 
 
 def test_check_subscribe_refuses_invalid_patterns() -> None:
@@ -516,7 +571,7 @@ def test_caching_does_not_change_answers() -> None:
         subscribe=TopicRules(allow=[">"], deny=["*.*.c", "a.b"]),
     )
     decision = permissions.check_subscribe(">", None)
-    assert decision.filter == ("*.*.c", "a.b", RESERVED_FILTER)
+    assert decision.filter == ("*.*.c", "a.b", RESERVED_FILTER, INBOX_FILTER)
     topics = [
         f"{first}.{i}.{last}" for first in ("a", "b", "$s") for i in range(2000) for last in "bc"
     ]

@@ -14,6 +14,7 @@ from ..protocol._batch import FRAME_OVERHEAD
 __all__ = [
     "MAX_ANSWER_BACKLOG",
     "RATE_REFUSALS_BEFORE_CLOSE",
+    "REFRESH_REFUSALS_BEFORE_CLOSE",
     "BrokerCounters",
     "SessionLimits",
     "TokenBucket",
@@ -28,6 +29,9 @@ MAX_ANSWER_BACKLOG: Final = 10_000
 #: Publishes refused in a row for their rate after which the connection is closed (1008):
 #: a client that keeps going regardless is not listening.
 RATE_REFUSALS_BEFORE_CLOSE: Final = 1000
+#: A connection whose ``refresh`` tokens are refused this many times in a row is closed
+#: (``auth_failed``, 1008): each costs the authenticator's work and a log line.
+REFRESH_REFUSALS_BEFORE_CLOSE: Final = 10
 
 
 @attrs.frozen(kw_only=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -39,15 +40,17 @@ from .._errors import (
     StoreUnavailable,
 )
 from .._event import Event, parse_time
-from .._topics import is_reserved, validate_pattern, validate_topic
+from .._topics import INBOX_PREFIX, is_reserved, validate_pattern, validate_topic
 from .._util import open_service_nursery
 from ..bus._bus import Bus, PendingCommit
 from ..bus._channel import ACCEPTED, DROPPED, Offered
 from ..protocol import (
+    AUTH_EXPIRED,
     AUTH_FAILED,
     BAD_FRAME,
     CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT,
+    CLOSE_POLICY,
     CLOSE_PROTOCOL,
     CLOSE_SLOW_CONSUMER,
     FORBIDDEN,
@@ -77,6 +80,8 @@ from ..protocol import (
     Ping,
     Pong,
     Publish,
+    Refresh,
+    Refreshed,
     Role,
     ServerFrame,
     Subscribe,
@@ -88,10 +93,20 @@ from ..protocol import (
     encoded_size,
 )
 from ..protocol._batch import FRAME_OVERHEAD, MESSAGE_MARGIN, SUB_ID_SIZE
-from ..security import Authenticator, AuthFailed, HandshakeInfo, Permissions, SubscribeDecision
+from ..security import (
+    Authenticator,
+    AuthFailed,
+    HandshakeInfo,
+    Identity,
+    Permissions,
+    SubscribeDecision,
+)
+from ..security._inboxes import ResponseGrants, in_inbox, new_connection_inbox
+from ._history import MAX_HISTORY, read_history, read_history_filtered
 from ._limits import (
     MAX_ANSWER_BACKLOG,
     RATE_REFUSALS_BEFORE_CLOSE,
+    REFRESH_REFUSALS_BEFORE_CLOSE,
     BrokerCounters,
     SessionLimits,
     TokenBucket,
@@ -106,8 +121,6 @@ __all__ = ["BrokerCounters", "Session", "SessionContext", "SessionLimits"]
 
 logger = logging.getLogger("trio_realtime.broker")
 
-#: Most events one ``history`` request returns.
-MAX_HISTORY: Final = 10_000
 #: The longest ``hello.instance`` used to scope deduplication; longer ones are cut.
 MAX_INSTANCE_LENGTH: Final = 256
 
@@ -176,7 +189,10 @@ class RemoteSubscription:
         denied = self.denied
         if denied is not None and not denied.delivers(event.topic):
             return DROPPED
-        self.session._enqueue_event(self.id, event)
+        session = self.session
+        if event.reply_to is not None and session._grants is not None:
+            session._grant_response(event.reply_to)
+        session._enqueue_event(self.id, event)
         return ACCEPTED
 
     def has_room(self) -> bool:
@@ -216,6 +232,16 @@ class Session:
         self.user: str | None = None
         #: What the user may do; None: everything (no authentication, or full permissions).
         self._permissions: Permissions | None = None
+        #: The connection's own inbox (``welcome.inbox``).
+        self.inbox = new_connection_inbox()
+        #: The requests received that the connection may answer (with allow_responses, under
+        #: restricted permissions); None: no leave to answer beyond the publish rules.
+        self._grants: ResponseGrants | None = None
+        #: When the connection's credential expires, in UNIX time; None: never.
+        self.expires: float | None = None
+        self._expiry_deadline = math.inf  # the same, on the Trio clock
+        self._expiry_wake: trio.CancelScope | None = None
+        self._refresh_refusals = 0  # refresh tokens refused in a row
         #: The publish-rate buckets this connection draws from (its own, its user's), set by
         #: the broker when the session starts; empty: no rate limit.
         self.rate_buckets: tuple[TokenBucket, ...] = ()
@@ -446,6 +472,8 @@ class Session:
                 try:
                     nursery.start_soon(self._heartbeat)
                     nursery.start_soon(self._acker)
+                    if self.context.auth is not None:
+                        nursery.start_soon(self._watch_expiry)
                     await self._reader()
                 finally:
                     self._drop_subscriptions()
@@ -487,6 +515,8 @@ class Session:
                             heartbeat=limits.heartbeat,
                             epoch=self.bus.store.epoch if self.bus.store is not None else None,
                             user=self.user,
+                            inbox=self.inbox,
+                            expires=self.expires,
                         )
                         # Sent through the connection now (it is open from here on: the
                         # frames the client pipelined come out next), queued as text.
@@ -509,21 +539,110 @@ class Session:
         auth = self.context.auth
         if auth is None:
             return None
-        transport = self.transport
-        handshake = HandshakeInfo(
-            remote=self.address,
-            subprotocol=transport.subprotocol,
-            certificate_subject=transport.certificate_subject,
-        )
+        handshake = self._handshake_info()
         try:
             identity = await auth.authenticate(hello.token, handshake)
         except AuthFailed as exc:
             self.context.auth_failed(self, exc.reason)
             return RemoteProtocolError("authentication failed", code=AUTH_FAILED)
         self.user = identity.user
-        permissions = identity.permissions
-        self._permissions = None if permissions.unrestricted else permissions
+        self._take_identity(identity)
         return None
+
+    def _handshake_info(self) -> HandshakeInfo:
+        """What the authenticator may know of the connection besides its token."""
+        transport = self.transport
+        return HandshakeInfo(
+            remote=self.address,
+            subprotocol=transport.subprotocol,
+            certificate_subject=transport.certificate_subject,
+        )
+
+    def _take_identity(self, identity: Identity) -> None:
+        """Act with *identity*'s permissions, until its credential expires."""
+        permissions = identity.permissions
+        if permissions.unrestricted:
+            self._permissions = self._grants = None
+        else:
+            self._permissions = permissions
+            responses = permissions.allow_responses
+            if responses is None:
+                self._grants = None
+            elif self._grants is None or self._grants.permission != responses:
+                self._grants = ResponseGrants(responses)
+        self.expires = identity.expires
+        if identity.expires is None:
+            self._expiry_deadline = math.inf
+        else:
+            # (The credential's time is the wall clock's; the session's, Trio's.)
+            self._expiry_deadline = trio.current_time() + (identity.expires - time.time())
+        if self._expiry_wake is not None:
+            self._expiry_wake.cancel()
+
+    async def _watch_expiry(self) -> None:
+        """Close the connection (``auth_expired``, 1008) when its credential expires; a
+        ``refresh`` moves the deadline."""
+        while True:
+            with trio.CancelScope() as wake:
+                self._expiry_wake = wake
+                await trio.sleep_until(self._expiry_deadline)
+            self._expiry_wake = None
+            if not wake.cancelled_caught:
+                break
+        self.counters.count_error(AUTH_EXPIRED)
+        await self.close(
+            CLOSE_POLICY,
+            "credential expired",
+            error=Error(
+                code=AUTH_EXPIRED,
+                message="this connection's credential expired: connect again with a new one, "
+                "or send 'refresh' before it expires",
+            ),
+        )
+        self._nursery_cancel()
+
+    async def _refresh(self, frame: Refresh) -> None:
+        """Take a new credential for the same user; end the subscriptions it no longer
+        allows."""
+        auth = self.context.auth
+        if auth is None:  # nothing to refresh: every client is anonymous, with full access
+            self._enqueue(Refreshed(ref=frame.ref))
+            return
+        handshake = self._handshake_info()
+        try:
+            with trio.fail_after(self.limits.handshake_timeout):
+                identity = await auth.authenticate(frame.token, handshake)
+        except AuthFailed as exc:
+            await self._refresh_refused(frame.ref, exc.reason)
+            return
+        except trio.TooSlowError:
+            await self._refresh_refused(frame.ref, "the authenticator did not answer in time")
+            return
+        if identity.user != self.user:
+            why = f"the credential names user {identity.user!r}, not {self.user!r}"
+            await self._refresh_refused(frame.ref, why, note=" (it names another user)")
+            return
+        self._refresh_refusals = 0
+        self._take_identity(identity)
+        permissions = self._permissions
+        for sub_id, sub in self.conn.subscriptions():
+            decision = (
+                None
+                if permissions is None
+                else permissions.check_subscribe(sub.pattern, sub.group, inbox=self.inbox)
+            )
+            if decision is not None and not decision.allowed:
+                self._end_subscription(sub_id, sub)
+                self._enqueue(
+                    Unsubscribed(
+                        id=sub_id,
+                        reason=f"the refreshed permissions of user {self.user!r} no longer "
+                        f"allow it: {decision.reason}",
+                    )
+                )
+            else:
+                sub.denied = decision if decision is not None and decision.filter else None
+        self._enqueue(Refreshed(ref=frame.ref, user=self.user, expires=self.expires))
 
     async def _refuse(self, error: FrameError | RemoteProtocolError) -> None:
         """A fatal protocol violation: explain it in an error frame, then close (1009 for a
@@ -550,13 +669,23 @@ class Session:
         self.conn.close()  # (one that broke the protocol stays in ERROR)
         await self.transport.aclose(code, reason, timeout=timeout)
 
+    def _end_subscription(self, sub_id: int, sub: RemoteSubscription) -> None:
+        if sub.replay is not None:
+            sub.replay.cancel()
+        sub.end()
+        self.bus.remove_sink(sub)
+        self.conn.detach(sub_id)
+
     def _drop_subscriptions(self) -> None:
         for sub_id, sub in self.conn.subscriptions():
-            if sub.replay is not None:
-                sub.replay.cancel()
-            sub.end()
-            self.bus.remove_sink(sub)
-            self.conn.detach(sub_id)
+            self._end_subscription(sub_id, sub)
+
+    def _grant_response(self, reply_to: str) -> None:
+        """A request with *reply_to* is being delivered: the connection may answer it."""
+        grants = self._grants
+        assert grants is not None
+        if grants.grant(reply_to, trio.current_time()):
+            self.counters.count_limit("response_grants")
 
     async def _heartbeat(self) -> None:
         """Ping a client silent for an interval; close it (4002) if the ping gets no answer in
@@ -697,17 +826,16 @@ class Session:
             await self._subscribe(frame)
         elif kind is Unsubscribe:
             # (the connection forgets the id once this frame is handled)
-            sub = self.conn.detach(frame.id)
+            sub = self.conn.subscription(frame.id)
             if sub is not None:
-                if sub.replay is not None:
-                    sub.replay.cancel()
-                sub.end()
-                self.bus.remove_sink(sub)
+                self._end_subscription(frame.id, sub)
             self._enqueue(Unsubscribed(id=frame.id))
         elif kind is Ping:
             self._enqueue(Pong())
         elif kind is History:
             await self._history(frame)  # one at a time: a client cannot pile up store reads
+        elif kind is Refresh:
+            await self._refresh(frame)
         # Pong: its arrival already counts as a sign of life.
 
     async def _publish(self, frame: Publish) -> None:
@@ -737,9 +865,22 @@ class Session:
             )
             return
         permissions = self._permissions
-        if permissions is not None and not permissions.may_publish(event.topic):
-            self._error(ref, FORBIDDEN, f"user {self.user!r} may not publish to {event.topic!r}")
-            return
+        replying = False  # a reply that uses up one of the connection's response grants
+        if permissions is not None:
+            if reply_to is not None and not in_inbox(reply_to, self.inbox):
+                self._error(
+                    ref,
+                    FORBIDDEN,
+                    f"reply_to {reply_to!r} is not in this connection's inbox {self.inbox!r} "
+                    "(welcome.inbox): replies come only there",
+                )
+                return
+            if not permissions.may_publish(event.topic):
+                refusal = self._may_not_publish(event.topic)
+                if refusal is not None:
+                    self._error(ref, FORBIDDEN, refusal)
+                    return
+                replying = not in_inbox(event.topic, self.inbox)
         if self.rate_buckets and not self._within_rate():
             if self._rate_refusals >= RATE_REFUSALS_BEFORE_CLOSE:
                 await self._refuse(
@@ -752,6 +893,9 @@ class Session:
                 return
             self._error(ref, RATE_LIMITED, "publishing faster than allowed: not routed")
             return
+        if replying:
+            assert self._grants is not None
+            self._grants.take(event.topic, trio.current_time())
         user = self.user
         headers = event.headers
         if user is not None or USER_HEADER in headers:
@@ -797,6 +941,47 @@ class Session:
         else:
             self._enqueue(Ack(ref=ref, id=result.id, seq=result.seq))
 
+    def _may_not_publish(self, topic: str) -> str | None:
+        """Why a publish to *topic*, outside the publish rules, is refused; None if it is a
+        reply the connection may send (to its own inbox, or answering a request)."""
+        if not topic.startswith(INBOX_PREFIX):
+            return f"user {self.user!r} may not publish to {topic!r}"
+        if in_inbox(topic, self.inbox):
+            return None
+        grants = self._grants
+        if grants is None:
+            return (
+                f"user {self.user!r} may not publish to {topic!r}: an inbox takes replies only, "
+                "and this user may not answer requests (allow_responses)"
+            )
+        if not grants.allows(topic, trio.current_time()):
+            permission = grants.permission
+            return (
+                f"user {self.user!r} may not publish to {topic!r}: an inbox takes only replies "
+                f"to a request this connection received, {permission.max} per request within "
+                f"{permission.expires:g} s of receiving it (allow_responses)"
+            )
+        return None
+
+    async def _refresh_refused(self, ref: int, reason: str, *, note: str = "") -> None:
+        """Tell the refusal of a ``refresh`` (not fatal, unless it is the
+        :data:`REFRESH_REFUSALS_BEFORE_CLOSE`-th in a row): *reason* to the log and
+        ``$sys.auth.failed``, *note* to the client."""
+        self.context.auth_failed(self, f"refresh: {reason}")
+        self._refresh_refusals += 1
+        if self._refresh_refusals >= REFRESH_REFUSALS_BEFORE_CLOSE:
+            await self._refuse(
+                RemoteProtocolError(
+                    f"{self._refresh_refusals} refresh tokens in a row were refused",
+                    code=AUTH_FAILED,
+                    ref=ref,
+                )
+            )
+            self._nursery_cancel()
+            return
+        message = f"the new credential was refused{note}; the connection keeps its current one"
+        self._error(ref, AUTH_FAILED, message)
+
     async def _subscribe(self, frame: Subscribe) -> None:
         try:
             validate_pattern(frame.pattern)
@@ -827,7 +1012,7 @@ class Session:
         permissions = self._permissions
         decision: SubscribeDecision | None = None
         if permissions is not None:
-            decision = permissions.check_subscribe(frame.pattern, frame.group)
+            decision = permissions.check_subscribe(frame.pattern, frame.group, inbox=self.inbox)
             if not decision.allowed:
                 self._error(
                     frame.id,
@@ -879,42 +1064,34 @@ class Session:
         limit = max(0, min(frame.limit, MAX_HISTORY))
         budget = self.limits.max_message_size - MESSAGE_MARGIN - FRAME_OVERHEAD
         permissions = self._permissions
+        decision: SubscribeDecision | None = None
         if permissions is not None:
             try:
-                decision = permissions.check_subscribe(frame.pattern, None)
+                decision = permissions.check_subscribe(frame.pattern, None, inbox=self.inbox)
             except InvalidTopic as exc:
                 self._error(frame.ref, INVALID_TOPIC, str(exc))
                 return
-            if not decision.allowed or decision.filter:
-                # (A pattern that overlaps denied topics is refused, not filtered: a page
-                # could then hold nothing to resume after.)
-                why = decision.reason if not decision.allowed else "it overlaps denied topics"
+            if not decision.allowed:
                 self._error(
                     frame.ref,
                     FORBIDDEN,
-                    f"user {self.user!r} may not read the history of {frame.pattern!r}: {why}",
+                    f"user {self.user!r} may not read the history of {frame.pattern!r}: "
+                    f"{decision.reason}",
                 )
                 return
+            if not decision.filter:
+                decision = None
+        resume: int | None = None
         try:
             validate_pattern(frame.pattern)
             if frame.since_time is not None:
                 since = parse_time(frame.since_time)
-            events = await self.bus.history(
-                frame.pattern, since=since, limit=limit, max_bytes=budget
-            )
-            # The store's sizes are estimates: keep what really fits.
-            size = 0
-            fit = 0
-            for event in events:
-                size += encoded_size(event) + 1
-                if fit and size > budget:
-                    break
-                fit += 1
-            more = fit < len(events)
-            events = events[:fit]
-            if not more and 0 < fit < limit:  # did the store stop for want of room?
-                last = events[-1].seq
-                more = bool(await self.bus.history(frame.pattern, since=last, limit=1))
+            if decision is None:
+                events, more = await read_history(self.bus, frame.pattern, since, limit, budget)
+            else:
+                events, more, resume = await read_history_filtered(
+                    self.bus, frame.pattern, since, limit, budget, decision
+                )
         except InvalidTopic as exc:
             self._error(frame.ref, INVALID_TOPIC, str(exc))
         except StoreUnavailable:
@@ -924,4 +1101,6 @@ class Session:
         except StoreError as exc:
             self._error(frame.ref, STORE_FAILED, f"reading the store failed: {exc}")
         else:
-            self._enqueue(HistoryResult(ref=frame.ref, events=tuple(events), more=more))
+            self._enqueue(
+                HistoryResult(ref=frame.ref, events=tuple(events), more=more, resume=resume)
+            )

@@ -4,7 +4,8 @@ Shared by the bus and the remote client, which request the same way (as NATS's n
 requests do): one inbox subscription per channel, ``_inbox.<unique>.>``, made on the first
 request; each request's ``reply_to`` is ``_inbox.<unique>.<n>``, and a reply is matched to its
 request by that topic (:class:`ReplyInbox`). A responder publishes its reply to ``reply_to``,
-with the header ``error`` when its handler failed.
+with the header ``error`` when its handler failed. A remote client takes the inbox each
+connection's ``welcome`` names instead (:meth:`ReplyInbox.rebase`).
 """
 
 from __future__ import annotations
@@ -67,12 +68,17 @@ class ReplyInbox(Generic[W]):
     of that subscription to :meth:`deliver`. A request takes a fresh :meth:`reply_to` topic
     and waits for its reply while it is :meth:`expected <expect>`. A reply that no request
     waits for (it timed out, or a responder answered twice) is dropped.
+
+    Requests are known by the last token of their ``reply_to``, so that the inbox may move
+    (:meth:`rebase`: a remote client's broker gives each connection its own inbox) with
+    requests waiting: sent again, their ``reply_to`` is :meth:`current`.
     """
 
     def __init__(self) -> None:
+        #: The inbox topic: replies come under it.
         self.prefix = new_inbox()
         self._ids = itertools.count(1)
-        self._waiting: dict[str, W] = {}
+        self._waiting: dict[str, W] = {}  # by the last token of their reply_to
 
     @property
     def pattern(self) -> str:
@@ -83,18 +89,30 @@ class ReplyInbox(Generic[W]):
         """A fresh ``reply_to`` topic, under :attr:`pattern`."""
         return f"{self.prefix}.{next(self._ids)}"
 
+    def rebase(self, prefix: str) -> None:
+        """Take *prefix* as the inbox from now on; replies under the old one are dropped."""
+        self.prefix = prefix
+
+    def current(self, reply_to: str) -> str:
+        """*reply_to*, a topic :meth:`reply_to` gave, under the inbox as it is now."""
+        return f"{self.prefix}.{reply_to.rpartition('.')[2]}"
+
     @contextmanager
     def expect(self, reply_to: str, waiter: W) -> Iterator[None]:
         """Hand the reply to *reply_to* to *waiter* during the ``with`` block."""
-        self._waiting[reply_to] = waiter
+        key = reply_to.rpartition(".")[2]
+        self._waiting[key] = waiter
         try:
             yield
         finally:
-            del self._waiting[reply_to]
+            del self._waiting[key]
 
     def deliver(self, reply: Event) -> bool:
         """Hand *reply* to the request waiting for it; whether one was."""
-        waiter = self._waiting.get(reply.topic)
+        prefix, _, key = reply.topic.rpartition(".")
+        if prefix != self.prefix:
+            return False
+        waiter = self._waiting.get(key)
         if waiter is None:
             return False
         waiter.succeed(reply)

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import trio
@@ -41,7 +42,7 @@ from ..bus._channel import (
     pattern_and_type,
 )
 from ..bus._requests import DEFAULT_MAX_CONCURRENCY, ReplyInbox, check_reply, serving
-from ..protocol import Publish
+from ..protocol import AUTH_EXPIRED, Publish
 from ._link import (
     ClientCounters,
     Link,
@@ -64,6 +65,7 @@ from ._state import (
     is_fatal,
     since_fields,
 )
+from ._tokens import TokenSource, fetch_token, keep_refreshed
 
 __all__ = ["Client", "ClientState", "ClientStatistics", "open_client"]
 
@@ -102,6 +104,8 @@ class Client(metaclass=NoPublicConstructor):
         broker: The broker's name.
         user: The user the broker authenticated this client as (``welcome.user``), or None
             when the broker does not authenticate.
+        expires: When the connection's credential expires, in UNIX time (``welcome.expires``,
+            then each ``refreshed.expires``), or None if it does not.
         instance: A random id, the same on every connection of this client, sent in
             ``hello``: the broker recognises by it a publish sent again after a reconnect
             (its ack then says ``duplicate``, with the seq the event was stored under).
@@ -112,7 +116,7 @@ class Client(metaclass=NoPublicConstructor):
         nursery: trio.Nursery,
         url: str,
         *,
-        token: str | None,
+        token: TokenSource,
         name: str | None,
         reconnect: bool,
         connect_timeout: float,
@@ -127,6 +131,8 @@ class Client(metaclass=NoPublicConstructor):
         self.name: Final = name
         self.instance: Final = secrets.token_hex(16)
         self._token = token
+        #: The token sent on the last connect.
+        self._last_token: str | None = token if isinstance(token, str) else None
         self._source = name or DEFAULT_SOURCE
         self._reconnect = reconnect
         self._connect_timeout = connect_timeout
@@ -137,6 +143,7 @@ class Client(metaclass=NoPublicConstructor):
         self.session: str | None = None
         self.epoch: str | None = None
         self.user: str | None = None
+        self.expires: float | None = None
         self.broker: str | None = None
         self._state = ClientState.CONNECTING
         self._state_changed = trio.Event()
@@ -410,7 +417,7 @@ class Client(metaclass=NoPublicConstructor):
         if not rs.settled.is_set():
             rs.settle(error)
         elif rs.sub is not None:
-            logger.warning("the broker refused to resubscribe %r: %s", rs.pattern, error)
+            logger.warning("the broker refused or ended the subscription %r: %s", rs.pattern, error)
             rs.sub.fail(error)
 
     # -- request/reply --------------------------------------------------------------------
@@ -487,7 +494,7 @@ class Client(metaclass=NoPublicConstructor):
         event = make_event(
             topic, data, headers=headers, source=self._source, type=None, reply_to=reply_to
         )
-        pending = RequestPending(event)
+        pending = RequestPending(event, self._replies)
         with self._replies.expect(reply_to, pending):
             try:
                 with trio.fail_after(timeout):
@@ -548,9 +555,12 @@ class Client(metaclass=NoPublicConstructor):
             finally:
                 query.abandoned = True
             events += page.events
-            if not (page.more and page.events and len(events) < limit):
+            if not (page.more and (page.events or page.resume is not None)):
                 return events
-            since_seq, since_time = page.events[-1].seq, None
+            if len(events) >= limit:
+                return events
+            since_seq = page.resume if page.resume is not None else page.events[-1].seq
+            since_time = None
             if since_seq is None:  # pragma: no cover - stored events have a seq
                 return events
 
@@ -616,6 +626,7 @@ class Client(metaclass=NoPublicConstructor):
             link: Link | None = None
             changed = False  # since the last connection ended on a message too large
             try:
+                token = await self._fetch_token(first)
                 async with open_transport(
                     self.url,
                     max_message_size=self._max_message_size,
@@ -625,7 +636,7 @@ class Client(metaclass=NoPublicConstructor):
                     conn, welcome = await handshake(
                         transport,
                         url=self.url,
-                        token=self._token,
+                        token=token,
                         name=self.name,
                         timeout=self._connect_timeout,
                         instance=self.instance,
@@ -640,7 +651,7 @@ class Client(metaclass=NoPublicConstructor):
                         task_status.started()
                     attempt = 0
                     received = self._counters.received
-                    reason = await link.run()
+                    reason = await self._run_link(link)
                     changed = self._counters.received > received
                     if link.close_code is not None:
                         await transport.aclose(link.close_code, str(reason), timeout=0.5)
@@ -655,7 +666,7 @@ class Client(metaclass=NoPublicConstructor):
                 changed = self._disconnected(link, oversized=oversized) or changed
             if self._state is ClientState.CLOSED:
                 return
-            if not self._reconnect or is_fatal(reason):
+            if not self._reconnect or (is_fatal(reason) and not self._renewable(link)):
                 logger.warning("%s", reason)
                 self._close(reason)
                 return
@@ -671,6 +682,55 @@ class Client(metaclass=NoPublicConstructor):
             attempt += 1
             logger.info("%s; reconnecting in %.2f s", reason, delay)
             await trio.sleep(delay)
+
+    async def _fetch_token(self, first: bool) -> str | None:
+        """The token for the next connect. A token callable that fails is the first connect's
+        failure (it propagates), or a failed reconnect attempt (backed off)."""
+        try:
+            token = await fetch_token(self._token)
+        except Exception as exc:
+            if first:
+                raise
+            raise ConnectionClosed(
+                f"could not get a token to connect to {self.url}: {exc}"
+            ) from exc
+        self._last_token = token
+        return token
+
+    def _renewable(self, link: Link | None) -> bool:
+        """Whether *link* ended because its credential expired, and a token callable may give
+        a fresh one to reconnect with."""
+        return (
+            callable(self._token)
+            and link is not None
+            and link.last_error is not None
+            and link.last_error.code == AUTH_EXPIRED
+        )
+
+    async def _run_link(self, link: Link) -> ConnectionClosed:
+        """Run *link*; with a token callable and a credential that expires, refresh it in
+        time."""
+        source = self._token
+        expires = self.expires
+        if not callable(source) or expires is None:
+            return await link.run()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(
+                    keep_refreshed,
+                    self._outbox,
+                    source,
+                    expires,
+                    url=self.url,
+                    refreshed=self._refreshed,
+                )
+            )
+            reason = await link.run()
+            nursery.cancel_scope.cancel()
+        return reason
+
+    def _refreshed(self, expires: float | None) -> None:
+        self.expires = expires
 
     def _link_context(self) -> LinkContext:
         """What a link of this client gets: the narrow view of the client it works with."""
@@ -704,7 +764,14 @@ class Client(metaclass=NoPublicConstructor):
         self.session = welcome.session
         self.epoch = welcome.epoch
         self.user = welcome.user
+        self.expires = welcome.expires
         self.broker = welcome.broker
+        if welcome.inbox is not None:
+            # This connection's own inbox: replies come there (the broker may refuse a
+            # reply_to elsewhere). Requests sent again take it as their reply_to.
+            self._replies.rebase(welcome.inbox)
+            if self._inbox is not None:
+                self._inbox.pattern = self._replies.pattern
         self._link = link
         self._outbox.push_front([link.subscribe(rs) for rs in self._subs])
         self._set_state(ClientState.CONNECTED)
@@ -744,7 +811,7 @@ class Client(metaclass=NoPublicConstructor):
         self._oversized += 1
         prober = Prober(
             self.url,
-            token=self._token,
+            token=self._last_token,
             name=self.name,
             max_message_size=self._max_message_size,
             timeout=self._connect_timeout,
@@ -803,7 +870,7 @@ class Client(metaclass=NoPublicConstructor):
 async def open_client(
     url: str,
     *,
-    token: str | None = None,
+    token: TokenSource = None,
     name: str | None = None,
     reconnect: bool = True,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -827,7 +894,8 @@ async def open_client(
     once (the first connect is not retried). Afterwards a lost connection is re-established
     with exponential backoff and full jitter (a random wait of up to *backoff_initial*,
     doubling per failed attempt up to *backoff_max*), unless *reconnect* is false, the broker
-    closed with 1008 (policy) or refused the handshake. Once the client gives up, it is
+    closed with 1008 (policy; but see *token* for an expired credential) or refused the
+    handshake. Once the client gives up, it is
     closed: waiting and later operations raise :exc:`~trio_realtime.ConnectionClosed`, and
     subscriptions' receives raise it too.
 
@@ -838,7 +906,15 @@ async def open_client(
 
     Args:
         url: The broker's ``ws://`` or ``wss://`` URL.
-        token: The credential sent in ``hello``, if the broker wants one.
+        token: The credential sent in ``hello``, if the broker wants one: a str, or a
+            function (or async function) that returns one. A function is called at every
+            connect, and, when the broker says the credential expires (``welcome.expires``),
+            again shortly before it does (a fifth of its lifetime, and at most 30 s, ahead):
+            the client sends the new token in a ``refresh`` frame, so a long-lived client
+            never drops for an expired credential. A refresh that fails is logged and tried
+            again; should the credential expire all the same (the broker closes with
+            ``auth_expired``), the client reconnects with a fresh token. A fixed str cannot
+            be renewed: the client then closes for good.
         name: The client's name for the broker's logs, and the default ``source`` of the
             events it publishes.
         reconnect: Re-establish a lost connection (else the client closes).

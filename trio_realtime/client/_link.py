@@ -35,6 +35,7 @@ from .._errors import (
     HandshakeError,
     RemoteProtocolError,
     TooLarge,
+    refusal,
 )
 from .._event import Event
 from ..bus._channel import FULL
@@ -42,6 +43,7 @@ from ..bus._requests import ReplyInbox
 from ..protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_TOO_BIG,
+    FORBIDDEN,
     Ack,
     ClientFrame,
     Connection,
@@ -56,6 +58,7 @@ from ..protocol import (
     Ping,
     Pong,
     Publish,
+    Refreshed,
     Role,
     Subscribe,
     Subscribed,
@@ -446,7 +449,7 @@ class Link:
     def _handle(self, item: Any) -> None:
         cls = type(item)
         conn = self.conn
-        if cls is Ack or cls is HistoryResult:
+        if cls is Ack or cls is HistoryResult or cls is Refreshed:
             pending = conn.pending(item.ref)  # (forgotten once this is handled)
             if pending is not None:
                 pending.ref = None
@@ -461,6 +464,14 @@ class Link:
             done = self.unsubscribing.pop(item.id, None)
             if done is not None:
                 done.set()
+            elif item.reason is not None:  # the broker ended it (forgotten once handled)
+                rs = conn.subscription(item.id)
+                if rs is not None:
+                    rs.id = None
+                    self.context.refused(
+                        rs,
+                        refusal(FORBIDDEN, f"the broker ended it: {item.reason}", topic=rs.pattern),
+                    )
         elif cls is Gap:
             rs = conn.subscription(item.sub)
             if rs is not None and rs.sub is not None:

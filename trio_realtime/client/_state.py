@@ -12,7 +12,7 @@ import random
 from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias, TypeVar, cast
 
 import attrs
 import trio
@@ -44,12 +44,15 @@ from ..protocol import (
     Ping,
     Pong,
     Publish,
+    Refresh,
+    Refreshed,
     Subscribe,
     Unsubscribe,
 )
 
 if TYPE_CHECKING:
     from ..bus._channel import Subscription
+    from ..bus._requests import ReplyInbox
 
 __all__ = [
     "ClientState",
@@ -60,6 +63,7 @@ __all__ = [
     "OutboxItem",
     "Pending",
     "PublishAck",
+    "RefreshOp",
     "RemoteSub",
     "RequestPending",
     "backoff_delay",
@@ -69,6 +73,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: The frames that answer a ``ref`` (errors aside).
+Answer: TypeAlias = Ack | HistoryResult | Refreshed
 
 
 def error_from_frame(error: Error, topic: str) -> Exception:
@@ -302,7 +309,7 @@ class Pending(Generic[T]):
         """The frame to send, with *ref*."""
         raise NotImplementedError
 
-    def answer(self, frame: Ack | HistoryResult) -> None:
+    def answer(self, frame: Answer) -> None:
         """The broker answered with *frame*."""
         raise NotImplementedError
 
@@ -341,7 +348,7 @@ class PublishAck(Pending[Event]):
     def frame(self, ref: int) -> ClientFrame:
         return Publish(event=self.event, retain=self.retain, ref=ref)
 
-    def answer(self, frame: Ack | HistoryResult) -> None:
+    def answer(self, frame: Answer) -> None:
         if type(frame) is Ack:
             self.succeed(attrs.evolve(self.event, id=frame.id, seq=frame.seq))
         else:
@@ -355,17 +362,43 @@ class RequestPending(Pending[Event]):
     reconnect); the reply arrives on the client's inbox subscription.
     """
 
-    __slots__ = ("event",)
+    __slots__ = ("event", "replies")
 
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Event, replies: ReplyInbox[RequestPending]) -> None:
         super().__init__(event.topic)
         self.event = event
+        self.replies = replies
 
     def frame(self, ref: int) -> ClientFrame:
-        return Publish(event=self.event, ref=ref)
+        event = self.event
+        assert event.reply_to is not None
+        reply_to = self.replies.current(event.reply_to)
+        if reply_to != event.reply_to:  # sent again, on a connection with another inbox
+            self.event = event = attrs.evolve(event, reply_to=reply_to)
+        return Publish(event=event, ref=ref)
 
-    def answer(self, frame: Ack | HistoryResult) -> None:
+    def answer(self, frame: Answer) -> None:
         pass  # routed; the reply comes as an event
+
+
+class RefreshOp(Pending[Refreshed]):
+    """A ``refresh``: a new credential for the connection; its result is the ``refreshed``
+    frame. It belongs to one connection: the next one starts with a new token anyway."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str) -> None:
+        super().__init__("refresh")
+        self.token = token
+
+    def frame(self, ref: int) -> ClientFrame:
+        return Refresh(ref=ref, token=self.token)
+
+    def answer(self, frame: Answer) -> None:
+        if type(frame) is Refreshed:
+            self.succeed(frame)
+        else:
+            self.fail(RemoteProtocolError(f"the broker answered a refresh with {frame.TYPE!r}"))
 
 
 @attrs.frozen(kw_only=True)
@@ -377,10 +410,13 @@ class HistoryPage:
         more: More events may match: the broker stopped short of the limit to keep its
             message small enough (``history_result.more``), or the client lowered the limit
             after an answer too large for it.
+        resume: With *more*, the seq to read on after, when it is not the last event's
+            (``history_result.resume``: the broker read events it left out).
     """
 
     events: list[Event]
     more: bool
+    resume: int | None = None
 
 
 class HistoryQuery(Pending[HistoryPage]):
@@ -414,11 +450,12 @@ class HistoryQuery(Pending[HistoryPage]):
             limit=self.limit,
         )
 
-    def answer(self, frame: Ack | HistoryResult) -> None:
+    def answer(self, frame: Answer) -> None:
         if type(frame) is HistoryResult:
             events = list(frame.events)
             more = frame.more or (self.shrunk and len(events) >= self.limit)
-            self.succeed(HistoryPage(events=events, more=more))
+            resume = frame.resume if frame.more else None
+            self.succeed(HistoryPage(events=events, more=more, resume=resume))
         else:
             self.fail(
                 RemoteProtocolError(f"the broker answered a history read with {frame.TYPE!r}")

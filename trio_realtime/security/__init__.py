@@ -21,6 +21,7 @@ from ._auth import token_sha256 as token_sha256
 from ._config import ConfigError as ConfigError
 from ._config import ServerConfig as ServerConfig
 from ._config import load_config as load_config
+from ._permissions import INBOX_FILTER as INBOX_FILTER
 from ._permissions import RESERVED_FILTER as RESERVED_FILTER
 from ._permissions import Permissions as Permissions
 from ._permissions import ResponsePermission as ResponsePermission
@@ -30,6 +31,7 @@ from ._permissions import covers as covers
 from ._permissions import overlaps as overlaps
 
 __all__ = [
+    "INBOX_FILTER",
     "RESERVED_FILTER",
     "AuthFailed",
     "Authenticator",

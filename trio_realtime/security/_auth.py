@@ -754,7 +754,8 @@ class JWTAuthenticator:
                 permissions = Permissions.from_dict(claims["perm"], where="perm")
             except (ValueError, TypeError) as exc:
                 raise AuthFailed(f"bad perm claim: {_shorten(str(exc))}") from None
-        return Identity(user, permissions, float(expires))
+        # Good until exp, give or take the leeway it was accepted with.
+        return Identity(user, permissions, float(expires) + self.leeway)
 
 
 def _shorten(text: str, limit: int = 200) -> str:

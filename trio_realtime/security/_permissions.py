@@ -16,6 +16,11 @@ Reserved topics (first token starting with ``$``) are granted only by rules that
 So an allow of ``>`` grants neither ``$sys.connect`` nor a subscription to ``$sys.>``, and a
 subscription to ``>`` that is accepted gets no ``$`` topic (its filter says so, see
 :data:`RESERVED_FILTER`).
+
+Inboxes (``_inbox.…``) are granted by no rule: a connection may subscribe to its own inbox
+(``welcome.inbox``) and nowhere else under ``_inbox``, a subscription that starts with a
+wildcard gets no inbox topic (:data:`INBOX_FILTER`), and publishing to an inbox is up to the
+broker (answering a request received, with :attr:`Permissions.allow_responses`).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from typing import Any, Final
 import attrs
 
 from .._errors import InvalidTopic
-from .._topics import PatternIndex, validate_pattern, validate_topic
+from .._topics import INBOX_PREFIX, PatternIndex, validate_pattern, validate_topic
 
 __all__ = [
+    "INBOX_FILTER",
     "RESERVED_FILTER",
     "Permissions",
     "ResponsePermission",
@@ -41,6 +47,11 @@ __all__ = [
 #: The entry of :attr:`SubscribeDecision.filter` that stands for every reserved (``$``) topic:
 #: a subscription whose pattern starts with a wildcard is not delivered ``$`` topics.
 RESERVED_FILTER: Final = "$"
+#: The entry of :attr:`SubscribeDecision.filter` that withholds every inbox topic (it is a
+#: pattern like a deny rule): a subscription whose pattern starts with a wildcard is not
+#: delivered other connections' replies.
+INBOX_FILTER: Final = f"{INBOX_PREFIX}>"
+_INBOX_TOKEN: Final = INBOX_PREFIX[:-1]
 
 # Answers kept per topic (publish) and per filter and topic (delivery); the caches are cleared
 # when full, as the bus's route cache is: a working set of topics stays cheap.
@@ -155,19 +166,31 @@ def _delivers(filter_: tuple[str, ...], topic: str) -> bool:
 # Rules
 
 
+def _check_not_inbox(entry: str, pattern: str) -> None:
+    if pattern.split(".", 1)[0] == _INBOX_TOKEN:
+        raise InvalidTopic(
+            entry,
+            "rules do not grant inboxes: each connection may subscribe to its own (welcome."
+            "inbox) and no other, and replies to requests it received with allow_responses",
+        )
+
+
 def _parse_entry(entry: object, *, groups: bool) -> tuple[str, str | None]:
     """``"svc.price group=pricing"`` -> ``("svc.price", "pricing")``; ``"a.*"`` -> ``("a.*",
-    None)``. Raises InvalidTopic."""
+    None)``. Raises InvalidTopic, also for an allow entry under ``_inbox``."""
     if not isinstance(entry, str):
         raise InvalidTopic(entry, f"a rule must be a str, not {type(entry).__name__}")
     pattern, space, rest = entry.partition(" ")
     if not space:
-        return validate_pattern(entry), None
+        validate_pattern(entry)
+        _check_not_inbox(entry, entry)
+        return entry, None
     if not groups:
         raise InvalidTopic(
             entry, "only a subscribe allow entry may name a queue group ('PATTERN group=NAME')"
         )
     validate_pattern(pattern)
+    _check_not_inbox(entry, pattern)
     rest = rest.strip()
     group = rest.removeprefix(_GROUP_PREFIX)
     if group == rest or not group or any(c.isspace() for c in group):
@@ -188,7 +211,9 @@ def _check_allow(instance: TopicRules, attribute: attrs.Attribute[Any], value: A
 
 def _check_deny(instance: TopicRules, attribute: attrs.Attribute[Any], value: Any) -> None:
     for entry in value:
-        _parse_entry(entry, groups=False)
+        if not isinstance(entry, str) or " " in entry:
+            _parse_entry(entry, groups=False)  # (raises)
+        validate_pattern(entry)
 
 
 @attrs.frozen
@@ -294,8 +319,9 @@ class SubscribeDecision:
     #: The rule that refused the subscription (for the refusal message), or that allowed it.
     reason: str = ""
     #: The deliveries to withhold, as the deny patterns that overlap the subscription's
-    #: pattern without covering it, and :data:`RESERVED_FILTER` if its first token is a
-    #: wildcard (it gets no ``$`` topic). Empty when nothing needs filtering.
+    #: pattern without covering it, and :data:`RESERVED_FILTER` and :data:`INBOX_FILTER` if
+    #: its first token is a wildcard (it gets no ``$`` topic and no inbox). Empty when nothing
+    #: needs filtering.
     filter: tuple[str, ...] = ()
 
     _cache: dict[str, bool] = attrs.field(init=False, factory=dict, eq=False, repr=False)
@@ -412,6 +438,10 @@ class Permissions:
     def may_publish(self, topic: str) -> bool:
         """Whether *topic* matches a publish allow pattern and no deny pattern (deny wins).
 
+        An inbox topic (``_inbox.…``) is never granted by the rules, even by ``>``: a
+        connection publishes there only to answer a request it received (see
+        :attr:`allow_responses`), which the broker checks itself.
+
         Cached per topic: cheap enough for every publish.
 
         Raises:
@@ -422,18 +452,26 @@ class Permissions:
         cache = self._publish_cache
         answer = cache.get(topic)
         if answer is None:
-            answer = self.publish.permits(validate_topic(topic))
+            answer = self.publish.permits(validate_topic(topic)) and not topic.startswith(
+                INBOX_PREFIX
+            )
             if len(cache) >= _CACHE_SIZE:
                 cache.clear()
             cache[topic] = answer
         return answer
 
-    def check_subscribe(self, pattern: str, group: str | None = None) -> SubscribeDecision:
-        """Decide a subscription to *pattern*, in queue group *group* (None: no group).
+    def check_subscribe(
+        self, pattern: str, group: str | None = None, *, inbox: str | None = None
+    ) -> SubscribeDecision:
+        """Decide a subscription to *pattern*, in queue group *group* (None: no group), by a
+        connection whose inbox is *inbox* (None: it has none).
 
-        Refused if a deny pattern covers *pattern*, or if no allow entry covers it (an entry
-        with a group admits only subscriptions in that group). Accepted otherwise, with a
-        :attr:`~SubscribeDecision.filter` of the deny patterns that merely overlap it.
+        A pattern under ``_inbox`` is accepted if it is *inbox* or lies under it, whatever the
+        rules say, and refused otherwise. Any other pattern is refused if a deny pattern
+        covers it, or if no allow entry covers it (an entry with a group admits only
+        subscriptions in that group); accepted otherwise, with a
+        :attr:`~SubscribeDecision.filter` of the deny patterns that merely overlap it (and,
+        if it starts with a wildcard, of ``$`` topics and inboxes).
 
         Raises:
             InvalidTopic: if *pattern* is not a valid pattern.
@@ -441,6 +479,16 @@ class Permissions:
         if self.unrestricted:
             return SubscribeDecision(allowed=True, reason="unrestricted permissions")
         tokens = validate_pattern(pattern).split(".")
+        if tokens[0] == _INBOX_TOKEN:
+            if inbox is not None and (
+                pattern == inbox or _covers([*inbox.split("."), ">"], tokens)
+            ):
+                return SubscribeDecision(allowed=True, reason="the connection's own inbox")
+            return SubscribeDecision(
+                allowed=False,
+                reason="a connection may subscribe under '_inbox' only to its own inbox "
+                f"({'welcome.inbox' if inbox is None else repr(inbox)})",
+            )
         rules = self.subscribe
         for deny, deny_tokens in rules._deny_tokens:
             if _covers(deny_tokens, tokens):
@@ -460,7 +508,7 @@ class Permissions:
                     if _overlaps(deny_tokens, tokens)
                 ]
                 if _wild_first(tokens):
-                    overlapping.append(RESERVED_FILTER)
+                    overlapping += (RESERVED_FILTER, INBOX_FILTER)
                 return SubscribeDecision(
                     allowed=True,
                     reason=f"the subscribe allow rule {shown!r} covers {pattern!r}",
