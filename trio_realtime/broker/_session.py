@@ -13,14 +13,15 @@ else: its queue drops the oldest events (reported with ``gap`` frames) or, if so
 the client is disconnected with close code 4001.
 
 A session knows the broker only through a :class:`SessionContext`: the bus, the limits, the
-counters it adds to, and the two calls that register it with the broker.
+counters it adds to, and the two calls that register it with the broker. What its client may
+do (its user, permissions, inbox, leave to reply and expiry) is its
+:class:`~trio_realtime.broker._access.Access`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -40,7 +41,7 @@ from .._errors import (
     StoreUnavailable,
 )
 from .._event import Event, parse_time
-from .._topics import INBOX_PREFIX, is_reserved, validate_pattern, validate_topic
+from .._topics import is_reserved, validate_pattern, validate_topic
 from .._util import open_service_nursery
 from ..bus._bus import Bus, PendingCommit
 from ..bus._channel import ACCEPTED, DROPPED, Offered
@@ -97,11 +98,9 @@ from ..security import (
     Authenticator,
     AuthFailed,
     HandshakeInfo,
-    Identity,
-    Permissions,
     SubscribeDecision,
 )
-from ..security._inboxes import ResponseGrants, in_inbox, new_connection_inbox
+from ._access import Access
 from ._history import MAX_HISTORY, read_history, read_history_filtered
 from ._limits import (
     MAX_ANSWER_BACKLOG,
@@ -190,7 +189,7 @@ class RemoteSubscription:
         if denied is not None and not denied.delivers(event.topic):
             return DROPPED
         session = self.session
-        if event.reply_to is not None and session._grants is not None:
+        if event.reply_to is not None and session.access.grants is not None:
             session._grant_response(event.reply_to)
         session._enqueue_event(self.id, event)
         return ACCEPTED
@@ -229,19 +228,8 @@ class Session:
         self.address = transport.remote
         self.client: str | None = None
         #: The user the authenticator named, or None when the broker does not authenticate.
-        self.user: str | None = None
-        #: What the user may do; None: everything (no authentication, or full permissions).
-        self._permissions: Permissions | None = None
-        #: The connection's own inbox (``welcome.inbox``).
-        self.inbox = new_connection_inbox()
-        #: The requests received that the connection may answer (with allow_responses, under
-        #: restricted permissions); None: no leave to answer beyond the publish rules.
-        self._grants: ResponseGrants | None = None
-        #: When the connection's credential expires, in UNIX time; None: never.
-        self.expires: float | None = None
-        self._expiry_deadline = math.inf  # the same, on the Trio clock
-        self._expiry_wake: trio.CancelScope | None = None
-        self._refresh_refusals = 0  # refresh tokens refused in a row
+        #: Who the client is, and what it may do.
+        self.access = Access()
         #: The publish-rate buckets this connection draws from (its own, its user's), set by
         #: the broker when the session starts; empty: no rate limit.
         self.rate_buckets: tuple[TokenBucket, ...] = ()
@@ -279,6 +267,11 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session {self.id} client={self.client!r} address={self.address}>"
+
+    @property
+    def user(self) -> str | None:
+        """The user the authenticator named, or None when the broker does not authenticate."""
+        return self.access.user
 
     # -- the outgoing queue ---------------------------------------------------------------
 
@@ -507,16 +500,17 @@ class Session:
                         if item.instance:
                             instance = item.instance[:MAX_INSTANCE_LENGTH]
                             # (a user's instance: nobody else can claim its published ids)
-                            who = "" if self.user is None else f"user:{self.user}:"
+                            user = self.access.user
+                            who = "" if user is None else f"user:{user}:"
                             self._publisher = f"{who}instance:{instance}"
                         welcome = Welcome(
                             session=self.id,
                             broker=limits.name,
                             heartbeat=limits.heartbeat,
                             epoch=self.bus.store.epoch if self.bus.store is not None else None,
-                            user=self.user,
-                            inbox=self.inbox,
-                            expires=self.expires,
+                            user=self.access.user,
+                            inbox=self.access.inbox,
+                            expires=self.access.expires,
                         )
                         # Sent through the connection now (it is open from here on: the
                         # frames the client pipelined come out next), queued as text.
@@ -545,8 +539,7 @@ class Session:
         except AuthFailed as exc:
             self.context.auth_failed(self, exc.reason)
             return RemoteProtocolError("authentication failed", code=AUTH_FAILED)
-        self.user = identity.user
-        self._take_identity(identity)
+        self.access.take(identity)
         return None
 
     def _handshake_info(self) -> HandshakeInfo:
@@ -558,37 +551,10 @@ class Session:
             certificate_subject=transport.certificate_subject,
         )
 
-    def _take_identity(self, identity: Identity) -> None:
-        """Act with *identity*'s permissions, until its credential expires."""
-        permissions = identity.permissions
-        if permissions.unrestricted:
-            self._permissions = self._grants = None
-        else:
-            self._permissions = permissions
-            responses = permissions.allow_responses
-            if responses is None:
-                self._grants = None
-            elif self._grants is None or self._grants.permission != responses:
-                self._grants = ResponseGrants(responses)
-        self.expires = identity.expires
-        if identity.expires is None:
-            self._expiry_deadline = math.inf
-        else:
-            # (The credential's time is the wall clock's; the session's, Trio's.)
-            self._expiry_deadline = trio.current_time() + (identity.expires - time.time())
-        if self._expiry_wake is not None:
-            self._expiry_wake.cancel()
-
     async def _watch_expiry(self) -> None:
         """Close the connection (``auth_expired``, 1008) when its credential expires; a
         ``refresh`` moves the deadline."""
-        while True:
-            with trio.CancelScope() as wake:
-                self._expiry_wake = wake
-                await trio.sleep_until(self._expiry_deadline)
-            self._expiry_wake = None
-            if not wake.cancelled_caught:
-                break
+        await self.access.wait_expired()
         self.counters.count_error(AUTH_EXPIRED)
         await self.close(
             CLOSE_POLICY,
@@ -618,31 +584,27 @@ class Session:
         except trio.TooSlowError:
             await self._refresh_refused(frame.ref, "the authenticator did not answer in time")
             return
-        if identity.user != self.user:
-            why = f"the credential names user {identity.user!r}, not {self.user!r}"
+        access = self.access
+        if identity.user != access.user:
+            why = f"the credential names user {identity.user!r}, not {access.user!r}"
             await self._refresh_refused(frame.ref, why, note=" (it names another user)")
             return
-        self._refresh_refusals = 0
-        self._take_identity(identity)
-        permissions = self._permissions
+        access.refused_refreshes = 0
+        access.take(identity)
         for sub_id, sub in self.conn.subscriptions():
-            decision = (
-                None
-                if permissions is None
-                else permissions.check_subscribe(sub.pattern, sub.group, inbox=self.inbox)
-            )
+            decision = access.check_subscribe(sub.pattern, sub.group)
             if decision is not None and not decision.allowed:
                 self._end_subscription(sub_id, sub)
                 self._enqueue(
                     Unsubscribed(
                         id=sub_id,
-                        reason=f"the refreshed permissions of user {self.user!r} no longer "
+                        reason=f"the refreshed permissions of user {access.user!r} no longer "
                         f"allow it: {decision.reason}",
                     )
                 )
             else:
                 sub.denied = decision if decision is not None and decision.filter else None
-        self._enqueue(Refreshed(ref=frame.ref, user=self.user, expires=self.expires))
+        self._enqueue(Refreshed(ref=frame.ref, user=access.user, expires=access.expires))
 
     async def _refuse(self, error: FrameError | RemoteProtocolError) -> None:
         """A fatal protocol violation: explain it in an error frame, then close (1009 for a
@@ -682,9 +644,7 @@ class Session:
 
     def _grant_response(self, reply_to: str) -> None:
         """A request with *reply_to* is being delivered: the connection may answer it."""
-        grants = self._grants
-        assert grants is not None
-        if grants.grant(reply_to, trio.current_time()):
+        if self.access.received(reply_to):
             self.counters.count_limit("response_grants")
 
     async def _heartbeat(self) -> None:
@@ -864,23 +824,13 @@ class Session:
                 "to a topic the requester subscribes to, such as an '_inbox.' topic",
             )
             return
-        permissions = self._permissions
-        replying = False  # a reply that uses up one of the connection's response grants
-        if permissions is not None:
-            if reply_to is not None and not in_inbox(reply_to, self.inbox):
-                self._error(
-                    ref,
-                    FORBIDDEN,
-                    f"reply_to {reply_to!r} is not in this connection's inbox {self.inbox!r} "
-                    "(welcome.inbox): replies come only there",
-                )
+        access = self.access
+        replying = False  # an answer that uses up one of the connection's leaves to reply
+        if access.permissions is not None:
+            refusal, replying = access.check_publish(event.topic, reply_to)
+            if refusal is not None:
+                self._error(ref, FORBIDDEN, refusal)
                 return
-            if not permissions.may_publish(event.topic):
-                refusal = self._may_not_publish(event.topic)
-                if refusal is not None:
-                    self._error(ref, FORBIDDEN, refusal)
-                    return
-                replying = not in_inbox(event.topic, self.inbox)
         if self.rate_buckets and not self._within_rate():
             if self._rate_refusals >= RATE_REFUSALS_BEFORE_CLOSE:
                 await self._refuse(
@@ -894,9 +844,8 @@ class Session:
             self._error(ref, RATE_LIMITED, "publishing faster than allowed: not routed")
             return
         if replying:
-            assert self._grants is not None
-            self._grants.take(event.topic, trio.current_time())
-        user = self.user
+            access.replied(event.topic)
+        user = access.user
         headers = event.headers
         if user is not None or USER_HEADER in headers:
             # Who published it, as the broker knows it, never as the client claims. (In
@@ -941,38 +890,17 @@ class Session:
         else:
             self._enqueue(Ack(ref=ref, id=result.id, seq=result.seq))
 
-    def _may_not_publish(self, topic: str) -> str | None:
-        """Why a publish to *topic*, outside the publish rules, is refused; None if it is a
-        reply the connection may send (to its own inbox, or answering a request)."""
-        if not topic.startswith(INBOX_PREFIX):
-            return f"user {self.user!r} may not publish to {topic!r}"
-        if in_inbox(topic, self.inbox):
-            return None
-        grants = self._grants
-        if grants is None:
-            return (
-                f"user {self.user!r} may not publish to {topic!r}: an inbox takes replies only, "
-                "and this user may not answer requests (allow_responses)"
-            )
-        if not grants.allows(topic, trio.current_time()):
-            permission = grants.permission
-            return (
-                f"user {self.user!r} may not publish to {topic!r}: an inbox takes only replies "
-                f"to a request this connection received, {permission.max} per request within "
-                f"{permission.expires:g} s of receiving it (allow_responses)"
-            )
-        return None
-
     async def _refresh_refused(self, ref: int, reason: str, *, note: str = "") -> None:
         """Tell the refusal of a ``refresh`` (not fatal, unless it is the
         :data:`REFRESH_REFUSALS_BEFORE_CLOSE`-th in a row): *reason* to the log and
         ``$sys.auth.failed``, *note* to the client."""
         self.context.auth_failed(self, f"refresh: {reason}")
-        self._refresh_refusals += 1
-        if self._refresh_refusals >= REFRESH_REFUSALS_BEFORE_CLOSE:
+        access = self.access
+        access.refused_refreshes += 1
+        if access.refused_refreshes >= REFRESH_REFUSALS_BEFORE_CLOSE:
             await self._refuse(
                 RemoteProtocolError(
-                    f"{self._refresh_refusals} refresh tokens in a row were refused",
+                    f"{access.refused_refreshes} refresh tokens in a row were refused",
                     code=AUTH_FAILED,
                     ref=ref,
                 )
@@ -1009,17 +937,14 @@ class Session:
                 "(max_subscriptions): unsubscribe one first",
             )
             return
-        permissions = self._permissions
-        decision: SubscribeDecision | None = None
-        if permissions is not None:
-            decision = permissions.check_subscribe(frame.pattern, frame.group, inbox=self.inbox)
-            if not decision.allowed:
-                self._error(
-                    frame.id,
-                    FORBIDDEN,
-                    f"user {self.user!r} may not subscribe to {frame.pattern!r}: {decision.reason}",
-                )
-                return
+        decision = self.access.check_subscribe(frame.pattern, frame.group)
+        if decision is not None and not decision.allowed:
+            self._error(
+                frame.id,
+                FORBIDDEN,
+                f"user {self.user!r} may not subscribe to {frame.pattern!r}: {decision.reason}",
+            )
+            return
         sub = RemoteSubscription(self, frame.id, frame.pattern, frame.group)
         if decision is not None and decision.filter:
             sub.denied = decision
@@ -1063,30 +988,25 @@ class Session:
             return
         limit = max(0, min(frame.limit, MAX_HISTORY))
         budget = self.limits.max_message_size - MESSAGE_MARGIN - FRAME_OVERHEAD
-        permissions = self._permissions
-        decision: SubscribeDecision | None = None
-        if permissions is not None:
-            try:
-                decision = permissions.check_subscribe(frame.pattern, None, inbox=self.inbox)
-            except InvalidTopic as exc:
-                self._error(frame.ref, INVALID_TOPIC, str(exc))
-                return
-            if not decision.allowed:
-                self._error(
-                    frame.ref,
-                    FORBIDDEN,
-                    f"user {self.user!r} may not read the history of {frame.pattern!r}: "
-                    f"{decision.reason}",
-                )
-                return
-            if not decision.filter:
-                decision = None
+        try:
+            decision = self.access.check_subscribe(frame.pattern, None)
+        except InvalidTopic as exc:
+            self._error(frame.ref, INVALID_TOPIC, str(exc))
+            return
+        if decision is not None and not decision.allowed:
+            self._error(
+                frame.ref,
+                FORBIDDEN,
+                f"user {self.user!r} may not read the history of {frame.pattern!r}: "
+                f"{decision.reason}",
+            )
+            return
         resume: int | None = None
         try:
             validate_pattern(frame.pattern)
             if frame.since_time is not None:
                 since = parse_time(frame.since_time)
-            if decision is None:
+            if decision is None or not decision.filter:
                 events, more = await read_history(self.bus, frame.pattern, since, limit, budget)
             else:
                 events, more, resume = await read_history_filtered(
