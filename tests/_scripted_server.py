@@ -65,12 +65,20 @@ class Peer:
                 return frame
             assert isinstance(frame, (Ping, Pong)), f"expected {cls.__name__}, got {frame!r}"
 
-    async def welcome(self, *, heartbeat: float = 30.0, epoch: str | None = None) -> Hello:
+    async def welcome(
+        self, *, heartbeat: float = 30.0, epoch: str | None = None, inbox: str | None = None
+    ) -> Hello:
         """Complete the handshake; the client's ``hello``."""
         hello = await self.receive()
         assert isinstance(hello, Hello)
         await self.send(
-            Welcome(session=f"s{self.index}", broker="scripted", heartbeat=heartbeat, epoch=epoch)
+            Welcome(
+                session=f"s{self.index}",
+                broker="scripted",
+                heartbeat=heartbeat,
+                epoch=epoch,
+                inbox=inbox,
+            )
         )
         return hello
 

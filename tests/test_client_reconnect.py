@@ -169,6 +169,41 @@ async def test_acked_publish_in_flight_is_resent_with_the_same_id() -> None:
     assert ids == [event.id, event.id]
 
 
+async def test_a_request_sent_again_takes_the_new_inbox_and_a_new_id() -> None:
+    """Each connection's welcome names its inbox; the client subscribes there for replies.
+    A request whose answer was lost with the first connection is sent on the second as a new
+    request: a reply_to in the new inbox and a new id (the first may have been stored)."""
+    requests: list[Publish] = []
+
+    async def script(peer: Peer) -> None:
+        inbox = f"_inbox.conn{peer.index}"
+        await peer.welcome(inbox=inbox)
+        subscribe = await peer.expect(Subscribe)
+        assert subscribe.pattern == f"{inbox}.>"
+        await peer.send(Subscribed(id=subscribe.id))
+        publish = await peer.expect(Publish)
+        requests.append(publish)
+        if peer.index == 1:
+            await peer.close(CLOSE_GOING_AWAY, "restart")
+            return
+        assert publish.ref is not None
+        reply_to = publish.event.reply_to
+        assert reply_to is not None
+        await peer.send(
+            Ack(ref=publish.ref, id=publish.event.id),
+            EventFrame(subs=(subscribe.id,), event=Event(topic=reply_to, data="answer")),
+        )
+        await peer.idle()
+
+    with trio.fail_after(TIMEOUT):
+        async with scripted_server(script) as server, open_client(server.url, **FAST) as client:
+            reply = await client.request("svc.price", 1)
+    assert reply.data == "answer"
+    first, second = (request.event for request in requests)
+    assert (first.reply_to, second.reply_to) == ("_inbox.conn1.1", "_inbox.conn2.1")
+    assert first.id != second.id
+
+
 async def test_instance_is_kept_across_reconnects_and_a_duplicate_ack_resolves() -> None:
     """hello.instance is one random id per client, sent again on every reconnect; a publish
     re-sent after its ack was lost is answered ``duplicate`` and returns the original seq."""

@@ -137,12 +137,17 @@ def one_error(text: str | bytes) -> RemoteProtocolError:
                 "epoch": "ep",
                 "user": None,
                 "inbox": None,
-                "expires": None,
+                "expires_in": None,
             },
         ),
         (
             Welcome(
-                session="s1", broker="b", heartbeat=15.0, user="u", inbox="_inbox.x", expires=9.5
+                session="s1",
+                broker="b",
+                heartbeat=15.0,
+                user="u",
+                inbox="_inbox.x",
+                expires_in=9.5,
             ),
             {
                 "type": "welcome",
@@ -153,13 +158,14 @@ def one_error(text: str | bytes) -> RemoteProtocolError:
                 "epoch": None,
                 "user": "u",
                 "inbox": "_inbox.x",
-                "expires": 9.5,
+                "expires_in": 9.5,
             },
         ),
-        (Refresh(ref=7, token="t"), {"type": "refresh", "ref": 7, "token": "t"}),
+        (Refresh(ref=7, token="t"), {"type": "refresh", "token": "t", "ref": 7}),
+        (Refresh(token="t"), {"type": "refresh", "token": "t", "ref": None}),
         (
-            Refreshed(ref=7, user="u", expires=9.0),
-            {"type": "refreshed", "ref": 7, "user": "u", "expires": 9.0},
+            Refreshed(ref=7, user="u", expires_in=9.0),
+            {"type": "refreshed", "ref": 7, "user": "u", "expires_in": 9.0},
         ),
         (
             EventFrame(subs=(1, 2), event=EVENT),

@@ -559,6 +559,31 @@ def test_unsubscribe_frees_the_id(pair: ConnectionPair) -> None:
     ]
 
 
+def test_the_broker_ending_a_subscription_frees_its_id(pair: ConnectionPair) -> None:
+    """An unsubscribed with a reason, unasked, ends the subscription on both sides: the id may
+    be used again."""
+    sub_id = pair.subscribe("a")
+    ended = Unsubscribed(id=sub_id, reason="no longer allowed")
+    assert pair.server_sends(ended) == [ended]
+    assert pair.server.active_subscriptions == pair.client.active_subscriptions == set()
+    assert pair.client_sends(Subscribe(id=sub_id, pattern="b")) == [
+        Subscribe(id=sub_id, pattern="b")
+    ]
+
+
+def test_an_ending_crossing_a_new_subscription_spares_it(pair: ConnectionPair) -> None:
+    """The broker ends subscription 5 while the client, having unsubscribed it, subscribes
+    5 anew: the late unsubscribed with a reason (for the old one) does not end the new one,
+    which the broker's subscribed then confirms."""
+    old = pair.subscribe("a")
+    pair.client.send(Unsubscribe(id=old))  # (in flight)
+    pair.client.send(Subscribe(id=old, pattern="b"))
+    ended = Unsubscribed(id=old, reason="no longer allowed")
+    pair.client.receive_text(pair.server.send([ended, Unsubscribed(id=old), Subscribed(id=old)]))
+    assert list(pair.client.frames()) == [ended, Unsubscribed(id=old), Subscribed(id=old)]
+    assert pair.client.active_subscriptions == {old}
+
+
 def test_subscribe_then_unsubscribe_before_the_answer(pair: ConnectionPair) -> None:
     """A subscription dropped before it was confirmed is not revived by its late confirmation."""
     pair.client_sends([Subscribe(id=1, pattern="a"), Unsubscribe(id=1)])

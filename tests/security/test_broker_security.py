@@ -20,7 +20,7 @@ from conftest import TIMEOUT, RunningBroker, running_broker
 from test_interop import in_thread, open_peer
 from websockets.sync.client import connect
 
-from trio_realtime import Bus, PermissionDenied, open_bus, open_client
+from trio_realtime import Bus, PermissionDenied, Subscription, open_bus, open_client
 from trio_realtime.broker._history import MAX_HISTORY_PAGES, MIN_HISTORY_PAGE
 from trio_realtime.protocol import USER_HEADER
 from trio_realtime.security import Permissions, StaticUsers, User, token_sha256
@@ -170,6 +170,40 @@ async def test_a_subscription_overlapping_a_deny_entry_never_sees_its_events() -
                 # The marker comes after everything published before it: nothing else came.
                 await bus.publish("orders.open", "marker")
                 assert (await sub.receive()).data == "marker"
+
+
+async def test_a_queue_group_passes_over_a_member_denied_the_topic() -> None:
+    """Alice and bob share a queue group on `orders.*`: each event goes to one of them, but
+    `orders.secret`, denied to alice, always to bob; none is lost."""
+    received: dict[str, list[str]] = {"alice": [], "bob": []}
+    all_in = trio.Event()
+
+    async def collect(name: str, sub: Subscription) -> None:
+        async for event in sub:
+            received[name].append(event.topic)
+            if sum(map(len, received.values())) == 6:
+                all_in.set()
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            secured() as (bus, served),
+            open_client(served.url, token=ALICE_TOKEN) as alice,
+            open_client(served.url, token=BOB_TOKEN) as bob,
+            alice.subscribe("orders.*", group="g") as alice_sub,
+            bob.subscribe("orders.*", group="g") as bob_sub,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(collect, "alice", alice_sub)
+            nursery.start_soon(collect, "bob", bob_sub)
+            for topic in ["orders.secret", "orders.open"] * 3:
+                await bus.publish(topic)
+            await all_in.wait()
+            nursery.cancel_scope.cancel()
+    assert "orders.secret" not in received["alice"]
+    assert received["bob"].count("orders.secret") == 3
+    assert (
+        sorted(received["alice"] + received["bob"]) == ["orders.open"] * 3 + ["orders.secret"] * 3
+    )
 
 
 async def test_history_of_a_pattern_overlapping_a_deny_entry_is_filtered() -> None:

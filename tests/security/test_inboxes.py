@@ -19,11 +19,14 @@ import pytest
 import trio
 import trio.testing
 from conftest import TIMEOUT, RunningBroker, running_broker
+from hypothesis import given
+from hypothesis import strategies as st
 from test_interop import Frame, Peer, in_thread, open_peer
 
 from trio_realtime import Client, Event, PermissionDenied, open_bus, open_client
 from trio_realtime.security import Permissions, ResponsePermission, StaticUsers, User, token_sha256
 from trio_realtime.security._inboxes import ResponseGrants, in_inbox, new_connection_inbox
+from trio_realtime.store import MemoryStore
 
 REQUESTER: Final = "requester-token-0123456789"
 SERVICE: Final = "service-token-0123456789"
@@ -303,6 +306,39 @@ async def test_a_reply_after_expires_is_refused(loopback_clock: trio.testing.Moc
             it.nursery.cancel_scope.cancel()
 
 
+async def test_a_request_delivered_again_gives_no_new_leave_to_reply() -> None:
+    """Only a request delivered as it is routed gives leave to reply: the same request again,
+    as a retained value or from a `since` replay, does not renew the `max` replies (nor
+    the time)."""
+    watcher = Permissions.from_dict(
+        {"subscribe": {"allow": ["svc.price"]}, "allow_responses": {"max": 1, "expires": 60}}
+    )
+    auth = StaticUsers([User("watcher", token_sha256(SERVICE), watcher)])
+    reply_to = "_inbox.requester.1"
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_bus(store=MemoryStore()) as bus,
+            running_broker(bus=bus, auth=auth) as served,
+            open_client(served.url, token=SERVICE) as service,
+            bus.subscribe("_inbox.requester.>") as replies,  # (in process: trusted)
+        ):
+            async with service.subscribe("svc.price") as live:
+                request = Event(topic="svc.price", data=1, reply_to=reply_to)
+                await bus.publish_event(request, retain=True)
+                assert (await live.receive()).id == request.id
+                await service.publish(reply_to, "first", ack=True)
+                with pytest.raises(PermissionDenied):
+                    await service.publish(reply_to, "second", ack=True)
+            for since in (None, 0):
+                async with service.subscribe("svc.price", since=since) as again:
+                    assert (await again.receive()).id == request.id
+                    with pytest.raises(PermissionDenied):
+                        await service.publish(reply_to, f"again since={since}", ack=True)
+            await bus.publish("_inbox.requester.marker")
+            got = [(await replies.receive()).data for _ in range(2)]
+            assert got == ["first", None]  # (then the marker)
+
+
 @pytest.mark.parametrize("group", [None, "pricing"])
 async def test_joining_a_service_queue_group_is_refused(group: str | None) -> None:
     """The auditor may watch `svc.price` in its own group only: neither without a group (every
@@ -343,24 +379,88 @@ def test_grants_allow_max_replies_until_they_expire() -> None:
     assert len(grants) == 0
 
 
-def test_grants_forget_expired_then_oldest_when_full() -> None:
-    grants = ResponseGrants(ResponsePermission(max=1, expires=10), limit=3)
-    for n in range(3):
-        assert not grants.grant(f"r.{n}", n)
-    assert not grants.grant("r.3", 10.5)  # r.0 expired (at 10): room without dropping
-    assert grants.grant("r.4", 11)  # full of live grants: the oldest (r.1) goes
+def test_grants_forget_expired_then_the_biggest_inbox_oldest_when_full() -> None:
+    grants = ResponseGrants(ResponsePermission(max=1, expires=10), limit=4, per_inbox=3)
+    assert not grants.grant("_inbox.a.0", 0)
+    assert not grants.grant("_inbox.a.1", 1)
+    assert not grants.grant("_inbox.b.0", 2)
+    assert not grants.grant("_inbox.c.0", 3)
+    assert not grants.grant("_inbox.c.1", 10.5)  # a.0 expired (at 10): room without dropping
+    assert grants.grant("_inbox.d.0", 11)  # full of live ones: c (the most) loses its oldest
     assert grants.dropped == 1
-    assert not grants.allows("r.1", 11)
-    assert all(grants.allows(f"r.{n}", 11) for n in (2, 3, 4))
+    assert not grants.allows("_inbox.c.0", 11)
+    alive = ["_inbox.a.1", "_inbox.b.0", "_inbox.c.1", "_inbox.d.0"]
+    assert all(grants.allows(topic, 11) for topic in alive)
+    assert len(grants) == 4
+
+
+def test_one_requester_cannot_crowd_out_the_others() -> None:
+    """Past its per-inbox share, a requester's new requests push out its own old ones only."""
+    grants = ResponseGrants(ResponsePermission(max=1, expires=60), limit=10, per_inbox=3)
+    assert not grants.grant("_inbox.victim.1", 0)
+    for n in range(100):
+        grants.grant(f"_inbox.flood.{n}", 1)
+    assert grants.allows("_inbox.victim.1", 2)
+    assert [n for n in range(100) if grants.allows(f"_inbox.flood.{n}", 2)] == [97, 98, 99]
+    assert len(grants) == 4
+    assert grants.dropped == 97
+
+
+def test_only_inbox_topics_are_granted() -> None:
+    """A reply_to outside _inbox needs no leave (the publish rules decide): nothing kept."""
+    grants = ResponseGrants(ResponsePermission())
+    grants.grant("orders.replies", 0)
+    assert len(grants) == 0
+    assert not grants.allows("orders.replies", 0)
 
 
 def test_granting_again_renews() -> None:
     grants = ResponseGrants(ResponsePermission(max=1, expires=10))
-    grants.grant("r", 0)
-    assert grants.take("r", 1)
-    grants.grant("r", 5)
-    assert grants.allows("r", 14)
-    assert grants.take("r", 14)
+    grants.grant("_inbox.a.1", 0)
+    assert grants.take("_inbox.a.1", 1)
+    grants.grant("_inbox.a.1", 5)
+    assert grants.allows("_inbox.a.1", 14)
+    assert grants.take("_inbox.a.1", 14)
+
+
+OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["grant", "take", "allows"]),
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.integers(0, 5),
+        st.floats(0, 4),
+    ),
+    max_size=60,
+)
+
+
+@given(OPERATIONS)
+def test_grants_keep_their_bounds_and_answer_as_a_plain_model(
+    operations: list[tuple[str, str, int, float]],
+) -> None:
+    """Whatever the sequence: never more than `limit` grants, nor `per_inbox` per inbox; and
+    while nothing is dropped, every answer is that of a plain dict of [left, deadline]."""
+    grants = ResponseGrants(ResponsePermission(max=2, expires=5), limit=8, per_inbox=4)
+    model: dict[str, list[float]] = {}
+    now = 0.0
+    for operation, inbox, n, step in operations:
+        now += step
+        topic = f"_inbox.{inbox}.{n}"
+        if operation == "grant":
+            grants.grant(topic, now)
+            model[topic] = [2, now + 5]
+        elif grants.dropped == 0:
+            grant = model.get(topic)
+            expected = grant is not None and now <= grant[1] and grant[0] > 0
+            if operation == "allows":
+                assert grants.allows(topic, now) == expected
+            else:
+                assert grants.take(topic, now) == expected
+                if expected:
+                    model[topic][0] -= 1
+        assert len(grants) <= 8
+        for prefix in "abcd":
+            assert sum(grants.allows(f"_inbox.{prefix}.{k}", -1) for k in range(6)) <= 4
 
 
 @pytest.mark.parametrize(

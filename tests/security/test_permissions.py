@@ -536,9 +536,14 @@ def test_a_leading_wildcard_subscription_gets_no_inbox_topic() -> None:
     [("_inbox.>", "publish"), ("_inbox.*", "subscribe"), ("_inbox.x group=g", "subscribe")],
 )
 def test_rules_may_not_name_inboxes(entry: str, kind: str) -> None:
-    """An allow entry under _inbox is an error that says how inboxes work instead."""
-    with pytest.raises(ValueError, match="rules do not grant inboxes"):
+    """An entry under _inbox, allow or deny, is an error that says how inboxes work instead."""
+    with pytest.raises(ValueError, match="rules cannot name inboxes"):
         Permissions.from_dict({kind: {"allow": [entry]}})
+    if " " not in entry:
+        with pytest.raises(ValueError, match="rules cannot name inboxes"):
+            Permissions.from_dict({kind: {"deny": [entry]}})
+        with pytest.raises(InvalidTopic, match="rules cannot name inboxes"):
+            TopicRules(deny=[entry])
 
 
 def test_publish_rules_never_grant_an_inbox() -> None:

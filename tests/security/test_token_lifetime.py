@@ -22,9 +22,13 @@ import trio
 import trio.testing
 from conftest import FAST, TIMEOUT, RunningBroker, running_broker
 
-from trio_realtime import ClientState, ConnectionClosed, PermissionDenied, open_client
+from trio_realtime import ClientState, ConnectionClosed, Event, PermissionDenied, open_client
 from trio_realtime._transport import WebSocketTransport, open_transport
-from trio_realtime.broker._limits import REFRESH_REFUSALS_BEFORE_CLOSE
+from trio_realtime.broker._limits import (
+    REFRESH_BURST,
+    REFRESH_RATE,
+    REFRESH_REFUSALS_BEFORE_CLOSE,
+)
 from trio_realtime.security import JWTAuthenticator, JWTKey
 
 SECRET: Final = b"a-secret-of-at-least-32-bytes-for-hs256!"
@@ -88,7 +92,8 @@ async def raw_peer(url: str, credential: str) -> AsyncIterator[tuple[RawPeer, di
 async def test_expiry_mid_stream_closes_with_auth_expired(
     loopback_clock: trio.testing.MockClock,
 ) -> None:
-    """`welcome.expires` is the token's `exp`; when it passes with no refresh, the broker
+    """`welcome.expires_in` is the time left to the token's `exp`; when it passes with no
+    refresh, the broker
     sends `auth_expired` and closes 1008, counted; a neighbour with a longer token is served."""
     with trio.fail_after(LIFETIME * 3):
         async with (
@@ -98,7 +103,7 @@ async def test_expiry_mid_stream_closes_with_auth_expired(
             raw_peer(served.url, token()) as (peer, welcome),
         ):
             assert welcome["user"] == "alice"
-            assert abs(welcome["expires"] - (time.time() + LIFETIME)) < 5
+            assert LIFETIME - 5 < welcome["expires_in"] <= LIFETIME
             await peer.send({"type": "subscribe", "id": 1, "pattern": "orders.*"})
             await peer.expect("subscribed")
             started = trio.current_time()
@@ -119,7 +124,7 @@ async def test_expiry_mid_stream_closes_with_auth_expired(
 
 async def test_refresh_moves_the_expiry(loopback_clock: trio.testing.MockClock) -> None:
     """A `refresh` with a good token for the same user is answered `refreshed` (its new
-    `expires`), and the connection outlives the first token."""
+    `expires_in`), and the connection outlives the first token."""
     with trio.fail_after(LIFETIME * 5):
         async with jwt_broker() as served, raw_peer(served.url, token()) as (peer, _):
             for ref in range(1, 4):
@@ -127,7 +132,7 @@ async def test_refresh_moves_the_expiry(loopback_clock: trio.testing.MockClock) 
                 await peer.send({"type": "refresh", "ref": ref, "token": token()})
                 refreshed = await peer.expect("refreshed")
                 assert (refreshed["ref"], refreshed["user"]) == (ref, "alice")
-                assert refreshed["expires"] >= time.time() + LIFETIME - 5
+                assert LIFETIME - 5 < refreshed["expires_in"] <= LIFETIME
             await peer.send({"type": "ping"})
             await peer.expect("pong")
             assert "auth_expired" not in served.broker.statistics().errors
@@ -170,14 +175,17 @@ async def test_refused_refreshes_in_a_row_close_the_connection(
 ) -> None:
     """Each refused refresh costs the authenticator's work and a log line: the tenth in a
     row closes the connection (`auth_failed`, 1008); a good one between resets the count."""
-    with trio.fail_after(TIMEOUT):
-        async with jwt_broker() as served, raw_peer(served.url, token()) as (peer, _):
+    with trio.fail_after(LIFETIME * 2):  # (virtual time)
+        async with jwt_broker() as served, raw_peer(served.url, token(life=1000)) as (peer, _):
             for ref in range(1, REFRESH_REFUSALS_BEFORE_CLOSE):
+                await trio.sleep(1 / REFRESH_RATE)  # (within the refresh rate)
                 await peer.send({"type": "refresh", "ref": ref, "token": "garbage"})
                 assert (await peer.expect("error"))["ref"] == ref
+            await trio.sleep(1 / REFRESH_RATE)
             await peer.send({"type": "refresh", "ref": 99, "token": token()})
             await peer.expect("refreshed")
             for ref in range(1, REFRESH_REFUSALS_BEFORE_CLOSE + 1):
+                await trio.sleep(1 / REFRESH_RATE)
                 await peer.send({"type": "refresh", "ref": ref, "token": "garbage"})
                 error = await peer.expect("error")
                 assert (error["code"], error["ref"]) == ("auth_failed", ref)
@@ -186,6 +194,48 @@ async def test_refused_refreshes_in_a_row_close_the_connection(
             assert closed.value.code == 1008
             refused = 2 * REFRESH_REFUSALS_BEFORE_CLOSE - 1  # (each error is counted)
             assert served.broker.statistics().errors["auth_failed"] == refused
+
+
+async def test_refreshing_too_fast_is_rate_limited(loopback_clock: trio.testing.MockClock) -> None:
+    """Past a burst of refreshes, one more is refused `rate_limited` without the
+    authenticator being asked (nothing is told on `$sys.auth.failed`); a while later the next
+    is taken. A refresh without a ref is answered without one."""
+    with trio.fail_after(TIMEOUT * 3):
+        async with (
+            jwt_broker() as served,
+            served.broker.bus.subscribe("$sys.auth.failed") as failures,
+            raw_peer(served.url, token()) as (peer, _),
+        ):
+            for _ in range(REFRESH_BURST):
+                await peer.send({"type": "refresh", "token": token()})
+                assert (await peer.expect("refreshed"))["ref"] is None
+            await peer.send({"type": "refresh", "ref": 1, "token": "garbage"})
+            error = await peer.expect("error")
+            assert (error["code"], error["ref"]) == ("rate_limited", 1)
+            await trio.sleep(1 / REFRESH_RATE)
+            await peer.send({"type": "refresh", "ref": 2, "token": token()})
+            assert (await peer.expect("refreshed"))["ref"] == 2
+            assert served.broker.statistics().errors == {"rate_limited": 1}
+            with trio.move_on_after(1):
+                await failures.receive()
+                pytest.fail("a rate-limited refresh reached the authenticator")
+
+
+async def test_a_token_accepted_within_the_leeway_expires_after_it(
+    loopback_clock: trio.testing.MockClock,
+) -> None:
+    """A JWT whose `exp` passed but within the configured leeway is accepted, and is good for
+    the rest of the leeway (`expires_in`), not closed at once."""
+    auth = JWTAuthenticator(keys=[JWTKey("k1", secret=SECRET)], algorithms=["HS256"], leeway=60)
+    with trio.fail_after(TIMEOUT * 10):
+        async with (
+            running_broker(auth=auth, heartbeat=600) as served,
+            raw_peer(served.url, token(life=-20)) as (peer, welcome),
+        ):
+            assert 30 < welcome["expires_in"] <= 40
+            started = trio.current_time()
+            assert (await peer.expect("error"))["code"] == "auth_expired"
+            assert 30 < trio.current_time() - started <= 40
 
 
 async def test_refresh_ends_the_subscriptions_no_longer_allowed(
@@ -211,6 +261,54 @@ async def test_refresh_ends_the_subscriptions_no_longer_allowed(
             assert (await peer.expect("error"))["code"] == "forbidden"  # (id 1 is free)
 
 
+async def test_refresh_brings_new_deny_rules_to_kept_subscriptions(
+    loopback_clock: trio.testing.MockClock,
+) -> None:
+    """A subscription the new permissions still allow, but now with a deny rule it overlaps,
+    is kept and filtered from then on."""
+    secret = {"publish": {"allow": ["orders.>"]}, "subscribe": {"allow": ["orders.*"]}}
+    secret["subscribe"]["deny"] = ["orders.secret"]
+    with trio.fail_after(TIMEOUT):
+        async with jwt_broker() as served, raw_peer(served.url, token()) as (peer, _):
+            await peer.send({"type": "subscribe", "id": 1, "pattern": "orders.*"})
+            await peer.expect("subscribed")
+            await peer.send({"type": "publish", "ref": 2, "event": {"topic": "orders.secret"}})
+            assert (await peer.expect("event"))["event"]["topic"] == "orders.secret"
+            await peer.expect("ack")
+            await peer.send({"type": "refresh", "ref": 3, "token": token(perm=secret)})
+            await peer.expect("refreshed")
+            await peer.send({"type": "publish", "ref": 4, "event": {"topic": "orders.secret"}})
+            await peer.send({"type": "publish", "ref": 5, "event": {"topic": "orders.open"}})
+            await peer.expect("ack")  # (4: not delivered)
+            assert (await peer.expect("event"))["event"]["topic"] == "orders.open"
+            await peer.expect("ack")
+
+
+async def test_a_refresh_without_allow_responses_revokes_the_leave_to_reply(
+    loopback_clock: trio.testing.MockClock,
+) -> None:
+    """A request received gives leave to reply; refreshed permissions without
+    `allow_responses` take it back."""
+    answering = {"subscribe": {"allow": ["svc.price"]}, "allow_responses": True}
+    silent = {"subscribe": {"allow": ["svc.price"]}}
+    reply_to = "_inbox.requester.1"
+    with trio.fail_after(TIMEOUT):
+        async with (
+            jwt_broker() as served,
+            raw_peer(served.url, token(perm=answering)) as (peer, _),
+        ):
+            await peer.send({"type": "subscribe", "id": 1, "pattern": "svc.price"})
+            await peer.expect("subscribed")
+            await served.broker.bus.publish_event(Event(topic="svc.price", reply_to=reply_to))
+            assert (await peer.expect("event"))["event"]["reply_to"] == reply_to
+            await peer.send({"type": "refresh", "ref": 2, "token": token(perm=silent)})
+            await peer.expect("refreshed")
+            await peer.send({"type": "publish", "ref": 3, "event": {"topic": reply_to}})
+            refusal = await peer.expect("error")
+            assert (refusal["code"], refusal["ref"]) == ("forbidden", 3)
+            assert "may not answer requests" in refusal["message"]
+
+
 async def test_refresh_on_a_broker_without_authentication(
     loopback_clock: trio.testing.MockClock,
 ) -> None:
@@ -218,13 +316,13 @@ async def test_refresh_on_a_broker_without_authentication(
     `refreshed` without a user or an expiry."""
     with trio.fail_after(TIMEOUT):
         async with running_broker() as served, raw_peer(served.url, "anything") as (peer, w):
-            assert (w["user"], w["expires"]) == (None, None)
+            assert (w["user"], w["expires_in"]) == (None, None)
             await peer.send({"type": "refresh", "ref": 1, "token": "x"})
             assert await peer.expect("refreshed") == {
                 "type": "refreshed",
                 "ref": 1,
                 "user": None,
-                "expires": None,
+                "expires_in": None,
             }
 
 

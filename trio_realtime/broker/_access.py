@@ -66,6 +66,12 @@ class Access:
         if self._wake is not None:
             self._wake.cancel()
 
+    def expires_in(self) -> float | None:
+        """Seconds until the credential expires (0 once it has), or None if it does not."""
+        if self._deadline == math.inf:
+            return None
+        return max(0.0, self._deadline - trio.current_time())
+
     async def wait_expired(self) -> None:
         """Return once the credential has expired (each :meth:`take` moves the deadline)."""
         while True:

@@ -14,6 +14,8 @@ from ..protocol._batch import FRAME_OVERHEAD
 __all__ = [
     "MAX_ANSWER_BACKLOG",
     "RATE_REFUSALS_BEFORE_CLOSE",
+    "REFRESH_BURST",
+    "REFRESH_RATE",
     "REFRESH_REFUSALS_BEFORE_CLOSE",
     "BrokerCounters",
     "SessionLimits",
@@ -32,6 +34,11 @@ RATE_REFUSALS_BEFORE_CLOSE: Final = 1000
 #: A connection whose ``refresh`` tokens are refused this many times in a row is closed
 #: (``auth_failed``, 1008): each costs the authenticator's work and a log line.
 REFRESH_REFUSALS_BEFORE_CLOSE: Final = 10
+#: ``refresh`` frames one connection may send: a burst of this many, ...
+REFRESH_BURST: Final = 5
+#: ... then this many a second (one every ten seconds); one more is refused ``rate_limited``
+#: without the authenticator being asked.
+REFRESH_RATE: Final = 0.1
 
 
 @attrs.frozen(kw_only=True)

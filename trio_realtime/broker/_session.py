@@ -25,6 +25,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
@@ -105,6 +106,8 @@ from ._history import MAX_HISTORY, read_history, read_history_filtered
 from ._limits import (
     MAX_ANSWER_BACKLOG,
     RATE_REFUSALS_BEFORE_CLOSE,
+    REFRESH_BURST,
+    REFRESH_RATE,
     REFRESH_REFUSALS_BEFORE_CLOSE,
     BrokerCounters,
     SessionLimits,
@@ -181,6 +184,9 @@ class RemoteSubscription:
         #: The user's deny patterns that overlap the pattern: matching events are not
         #: delivered (live, retained or replayed). None: nothing to filter.
         self.denied: SubscribeDecision | None = None
+        #: Events come as they are routed (not retained values, nor a ``since`` replay):
+        #: only a request delivered live gives leave to reply to it.
+        self.live = True
 
     def offer(self, event: Event, *, force: bool = False) -> Offered:
         if self.ended:
@@ -189,13 +195,17 @@ class RemoteSubscription:
         if denied is not None and not denied.delivers(event.topic):
             return DROPPED
         session = self.session
-        if event.reply_to is not None and session.access.grants is not None:
+        if event.reply_to is not None and self.live and session.access.grants is not None:
             session._grant_response(event.reply_to)
         session._enqueue_event(self.id, event)
         return ACCEPTED
 
     def has_room(self) -> bool:
         return self.session._has_room()
+
+    def accepts(self, topic: str) -> bool:
+        denied = self.denied
+        return denied is None or denied.delivers(topic)
 
     async def wait_room(self) -> None:
         await self.session._wait_room()
@@ -234,6 +244,7 @@ class Session:
         #: the broker when the session starts; empty: no rate limit.
         self.rate_buckets: tuple[TokenBucket, ...] = ()
         self._rate_refusals = 0  # publishes refused in a row for their rate
+        self._refresh_bucket: TokenBucket | None = None  # (made at the first refresh)
         #: The protocol connection: the one record of the client's subscriptions (each
         #: accepted one has its :class:`RemoteSubscription` attached) and open refs.
         self.conn: Connection[RemoteSubscription, None] = Connection(Role.SERVER)
@@ -510,7 +521,7 @@ class Session:
                             epoch=self.bus.store.epoch if self.bus.store is not None else None,
                             user=self.access.user,
                             inbox=self.access.inbox,
-                            expires=self.access.expires,
+                            expires_in=self.access.expires_in(),
                         )
                         # Sent through the connection now (it is open from here on: the
                         # frames the client pipelined come out next), queued as text.
@@ -570,6 +581,19 @@ class Session:
     async def _refresh(self, frame: Refresh) -> None:
         """Take a new credential for the same user; end the subscriptions it no longer
         allows."""
+        now = trio.current_time()
+        bucket = self._refresh_bucket
+        if bucket is None:
+            bucket = self._refresh_bucket = TokenBucket(REFRESH_RATE, REFRESH_BURST, now)
+        if not bucket.has_token(now):
+            self._error(
+                frame.ref,
+                RATE_LIMITED,
+                f"refreshing faster than allowed ({REFRESH_BURST} at once, then one every "
+                f"{1 / REFRESH_RATE:g} s): the token was not checked",
+            )
+            return
+        bucket.take()
         auth = self.context.auth
         if auth is None:  # nothing to refresh: every client is anonymous, with full access
             self._enqueue(Refreshed(ref=frame.ref))
@@ -604,7 +628,7 @@ class Session:
                 )
             else:
                 sub.denied = decision if decision is not None and decision.filter else None
-        self._enqueue(Refreshed(ref=frame.ref, user=access.user, expires=access.expires))
+        self._enqueue(Refreshed(ref=frame.ref, user=access.user, expires_in=access.expires_in()))
 
     async def _refuse(self, error: FrameError | RemoteProtocolError) -> None:
         """A fatal protocol violation: explain it in an error frame, then close (1009 for a
@@ -890,7 +914,7 @@ class Session:
         else:
             self._enqueue(Ack(ref=ref, id=result.id, seq=result.seq))
 
-    async def _refresh_refused(self, ref: int, reason: str, *, note: str = "") -> None:
+    async def _refresh_refused(self, ref: int | None, reason: str, *, note: str = "") -> None:
         """Tell the refusal of a ``refresh`` (not fatal, unless it is the
         :data:`REFRESH_REFUSALS_BEFORE_CLOSE`-th in a row): *reason* to the log and
         ``$sys.auth.failed``, *note* to the client."""
@@ -958,7 +982,9 @@ class Session:
         )
         self._enqueue(Subscribed(id=frame.id, seq=resume))
         if since is None:
+            sub.live = False  # (the retained values come first)
             self.bus.add_sink(sub)
+            sub.live = True
             return
         # Replays run in the session's nursery; a connection has at most max_replays under
         # way (each holding a page of stored events), and waits for one to finish first.
@@ -970,13 +996,19 @@ class Session:
             await self._replay_slots.acquire()
         finally:
             self._processing = True
+        sub.live = False  # (until the replay is done)
         try:
             sub.replay = await self.bus.add_sink_since(
-                sub, since, on_done=self._replay_slots.release, nursery=self._nursery
+                sub, since, on_done=partial(self._replay_done, sub), nursery=self._nursery
             )
         except BaseException:
             self._replay_slots.release()
             raise
+
+    def _replay_done(self, sub: RemoteSubscription) -> None:
+        """The ``since`` replay of *sub* ended: events now come as they are routed."""
+        sub.live = True
+        self._replay_slots.release()
 
     async def _history(self, frame: History) -> None:
         """Answer with the stored events that fit in one message (``more`` if others match)."""

@@ -313,7 +313,7 @@ class Bus(metaclass=NoPublicConstructor):
         blocked: list[Sink] | None = None
         sinks = route.singles
         if route.groups:  # one member of each queue group
-            sinks = [*sinks, *map(self._pick, route.groups)]
+            sinks = [*sinks, *(self._pick(members, event) for members in route.groups)]
         for sink in sinks:
             outcome = sink.offer(event)
             if outcome is ACCEPTED:
@@ -339,19 +339,26 @@ class Bus(metaclass=NoPublicConstructor):
                     break
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def _pick(self, members: list[Sink]) -> Sink:
-        """The queue-group member that gets the next event: round robin, preferring room."""
+    def _pick(self, members: list[Sink], event: Event) -> Sink:
+        """The queue-group member that gets *event*: round robin, preferring room, and
+        passing over a member that may not receive it (a remote one whose permissions deny
+        the topic: see :meth:`Sink.accepts`)."""
         group = members[0].group
         assert group is not None
         start = self._rotation.get(group, 0)
         n = len(members)
+        fallback: Sink | None = None
         for i in range(n):
             sink = members[(start + i) % n]
+            if not sink.accepts(event.topic):
+                continue
             if sink.has_room():
                 self._rotation[group] = start + i + 1
                 return sink
+            if fallback is None:
+                fallback = sink
         self._rotation[group] = start + 1
-        return members[start % n]
+        return fallback if fallback is not None else members[start % n]
 
     def _forget_rotations(self) -> None:
         """Drop round-robin positions (bounded: group names come from remote clients too)."""

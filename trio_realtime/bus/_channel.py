@@ -142,6 +142,10 @@ class Sink(Protocol):
     def has_room(self) -> bool:
         """Whether an offer now would be taken without overflow."""
 
+    def accepts(self, topic: str) -> bool:
+        """Whether the sink may receive events on *topic* at all (a queue group passes over
+        a member that may not: a remote one whose permissions deny the topic)."""
+
     async def wait_room(self) -> None:
         """Return once the sink has room or has ended."""
 
@@ -429,6 +433,10 @@ class Subscription:
     def has_room(self) -> bool:
         """Whether the buffer has room for one more event."""
         return len(self._buffer) < self.max_buffer_size
+
+    def accepts(self, topic: str) -> bool:
+        """Always: a local subscription receives every topic its pattern matches."""
+        return True
 
     def offer(self, event: Event, *, force: bool = False) -> Offered:
         """Hand *event* to the subscription without waiting; see :meth:`Sink.offer`.

@@ -147,6 +147,9 @@ class ReplaySink:
     def has_room(self) -> bool:
         return self.sub.has_room() if self.live else True
 
+    def accepts(self, topic: str) -> bool:
+        return self.sub.accepts(topic)
+
     def end(self) -> None:
         self.sub.end()
 

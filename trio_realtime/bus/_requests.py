@@ -168,6 +168,9 @@ class InboxSink:
     def has_room(self) -> bool:
         return True
 
+    def accepts(self, topic: str) -> bool:
+        return True
+
     async def wait_room(self) -> None:
         await trio.lowlevel.checkpoint()
 

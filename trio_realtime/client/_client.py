@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -104,8 +105,9 @@ class Client(metaclass=NoPublicConstructor):
         broker: The broker's name.
         user: The user the broker authenticated this client as (``welcome.user``), or None
             when the broker does not authenticate.
-        expires: When the connection's credential expires, in UNIX time (``welcome.expires``,
-            then each ``refreshed.expires``), or None if it does not.
+        expires: When the connection's credential expires, in UNIX time by this machine's
+            clock (from ``welcome.expires_in``, then each ``refreshed.expires_in``), or None
+            if it does not.
         instance: A random id, the same on every connection of this client, sent in
             ``hello``: the broker recognises by it a publish sent again after a reconnect
             (its ack then says ``duplicate``, with the seq the event was stored under).
@@ -685,9 +687,17 @@ class Client(metaclass=NoPublicConstructor):
 
     async def _fetch_token(self, first: bool) -> str | None:
         """The token for the next connect. A token callable that fails is the first connect's
-        failure (it propagates), or a failed reconnect attempt (backed off)."""
+        failure (it propagates), or a failed reconnect attempt (backed off); one that takes
+        longer than the connect timeout fails with ConnectionClosed."""
+        timeout = self._connect_timeout
         try:
-            token = await fetch_token(self._token)
+            with trio.fail_after(timeout):
+                token = await fetch_token(self._token)
+        except trio.TooSlowError:
+            raise ConnectionClosed(
+                f"the token callable gave no token within {timeout:g} s (connect_timeout) "
+                f"to connect to {self.url}"
+            ) from None
         except Exception as exc:
             if first:
                 raise
@@ -711,8 +721,9 @@ class Client(metaclass=NoPublicConstructor):
         """Run *link*; with a token callable and a credential that expires, refresh it in
         time."""
         source = self._token
-        expires = self.expires
-        if not callable(source) or expires is None:
+        welcome = link.conn.welcome
+        expires_in = None if welcome is None else welcome.expires_in
+        if not callable(source) or expires_in is None:
             return await link.run()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
@@ -720,8 +731,9 @@ class Client(metaclass=NoPublicConstructor):
                     keep_refreshed,
                     self._outbox,
                     source,
-                    expires,
+                    expires_in,
                     url=self.url,
+                    timeout=self._connect_timeout,
                     refreshed=self._refreshed,
                 )
             )
@@ -729,8 +741,9 @@ class Client(metaclass=NoPublicConstructor):
             nursery.cancel_scope.cancel()
         return reason
 
-    def _refreshed(self, expires: float | None) -> None:
-        self.expires = expires
+    def _refreshed(self, token: str, expires_in: float | None) -> None:
+        self._last_token = token  # (for the side connections of an oversized catch-up)
+        self.expires = None if expires_in is None else time.time() + expires_in
 
     def _link_context(self) -> LinkContext:
         """What a link of this client gets: the narrow view of the client it works with."""
@@ -764,7 +777,7 @@ class Client(metaclass=NoPublicConstructor):
         self.session = welcome.session
         self.epoch = welcome.epoch
         self.user = welcome.user
-        self.expires = welcome.expires
+        self.expires = None if welcome.expires_in is None else time.time() + welcome.expires_in
         self.broker = welcome.broker
         if welcome.inbox is not None:
             # This connection's own inbox: replies come there (the broker may refuse a
@@ -907,9 +920,10 @@ async def open_client(
     Args:
         url: The broker's ``ws://`` or ``wss://`` URL.
         token: The credential sent in ``hello``, if the broker wants one: a str, or a
-            function (or async function) that returns one. A function is called at every
-            connect, and, when the broker says the credential expires (``welcome.expires``),
-            again shortly before it does (a fifth of its lifetime, and at most 30 s, ahead):
+            function (or async function) that returns one. A function is called (and given
+            ``connect_timeout`` seconds to answer) at every connect, and, when the broker
+            says the credential expires (``welcome.expires_in``), again shortly before it
+            does (a fifth of its lifetime, and at most 30 s, ahead):
             the client sends the new token in a ``refresh`` frame, so a long-lived client
             never drops for an expired credential. A refresh that fails is logged and tried
             again; should the credential expire all the same (the broker closes with

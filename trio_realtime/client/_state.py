@@ -26,7 +26,7 @@ from .._errors import (
     TooLarge,
     refusal,
 )
-from .._event import Event
+from .._event import Event, new_event_id
 from ..bus._channel import check_since
 from ..protocol import (
     BAD_FRAME,
@@ -373,8 +373,11 @@ class RequestPending(Pending[Event]):
         event = self.event
         assert event.reply_to is not None
         reply_to = self.replies.current(event.reply_to)
-        if reply_to != event.reply_to:  # sent again, on a connection with another inbox
-            self.event = event = attrs.evolve(event, reply_to=reply_to)
+        if reply_to != event.reply_to:
+            # Sent again, on a connection with another inbox: a new request (a new id), for
+            # the first may have been stored and routed with its ack lost (its reply went to
+            # the old inbox, and the broker would take this one for a duplicate).
+            self.event = event = attrs.evolve(event, reply_to=reply_to, id=new_event_id())
         return Publish(event=event, ref=ref)
 
     def answer(self, frame: Answer) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 import trio
 
+from .._errors import ConnectionClosed
 from ._state import RefreshOp
 
 if TYPE_CHECKING:
@@ -55,59 +55,68 @@ async def fetch_token(source: TokenSource) -> str | None:
     return token
 
 
-def refresh_delay(expires: float, lifetime: float, now: float) -> float:
-    """Seconds from *now* until a credential that expires at *expires* (UNIX time) and was
-    good for *lifetime* seconds when given should be refreshed: a fifth of its lifetime,
-    and at most :data:`REFRESH_AHEAD` seconds, before it expires."""
-    ahead = min(REFRESH_AHEAD, max(lifetime, 0.0) / 5)
-    return max(0.0, expires - ahead - now)
+def refresh_delay(expires_in: float) -> float:
+    """Seconds from now until a credential that expires in *expires_in* seconds should be
+    refreshed: a fifth of that, and at most :data:`REFRESH_AHEAD` seconds, before it
+    expires."""
+    expires_in = max(expires_in, 0.0)
+    return expires_in - min(REFRESH_AHEAD, expires_in / 5)
 
 
 async def keep_refreshed(
     outbox: Outbox,
     source: Callable[[], str | Awaitable[str]],
-    expires: float,
+    expires_in: float,
     *,
     url: str,
-    refreshed: Callable[[float | None], None],
+    timeout: float,
+    refreshed: Callable[[str, float | None], None],
 ) -> None:
-    """Send a fresh token from *source* before each expiry of the connection's credential,
-    until it no longer expires (or the connection ends: cancel this then).
+    """Send a fresh token from *source* before each expiry of the connection's credential
+    (*expires_in* seconds from now), until it no longer expires (or the connection ends:
+    cancel this then).
 
-    *refreshed* is told each new expiry. A refresh that fails (the callable raised, or the
-    broker refused the token) is logged and tried again after half the time left: the
-    connection keeps its credential until it expires, and the broker then closes it
-    (``auth_expired``), after which the client reconnects with a fresh token.
+    *refreshed* is told each new token and its ``expires_in``. A refresh that fails (the
+    callable raised, or took more than *timeout* seconds; the broker refused the token) is
+    logged and tried again after half the time left: the connection keeps its credential
+    until it expires, and the broker then closes it (``auth_expired``), after which the
+    client reconnects with a fresh token. Times are on the Trio clock: the broker tells
+    durations, so the two clocks need not agree.
     """
-    lifetime = expires - time.time()
-    delay = refresh_delay(expires, lifetime, time.time())
+    now = trio.current_time()
+    deadline = now + expires_in
+    wake = now + refresh_delay(expires_in)
     while True:
-        await trio.sleep(delay)
+        await trio.sleep_until(wake)
         op: RefreshOp | None = None
         try:
-            token = await fetch_token(source)
+            with trio.fail_after(timeout):
+                token = await fetch_token(source)
             assert token is not None
             op = RefreshOp(token)
             outbox.append(op)
             answer = await op.wait()
+        except (ConnectionClosed, trio.ClosedResourceError):
+            return  # the connection, or the client, is ending: nothing to refresh
         except Exception as exc:  # noqa: BLE001 - the callable's failures too: try again later
-            left = expires - time.time()
-            delay = max(MIN_RETRY, left * RETRY_SHARE)
+            now = trio.current_time()
+            left = deadline - now
+            wake = now + max(MIN_RETRY, left * RETRY_SHARE)
             logger.warning(
                 "could not refresh the credential for %s (%s); it expires in %.0f s, "
                 "trying again in %.0f s",
                 url,
-                exc,
+                exc if not isinstance(exc, trio.TooSlowError) else "the token callable timed out",
                 left,
-                delay,
+                wake - now,
             )
             continue
         finally:
             if op is not None:
                 op.abandoned = True  # (not to be sent on another connection)
-        refreshed(answer.expires)
-        if answer.expires is None:
+        refreshed(token, answer.expires_in)
+        if answer.expires_in is None:
             return
-        now = time.time()
-        lifetime, expires = answer.expires - now, answer.expires
-        delay = refresh_delay(expires, lifetime, now)
+        now = trio.current_time()
+        deadline = now + answer.expires_in
+        wake = now + refresh_delay(answer.expires_in)

@@ -624,8 +624,10 @@ class Connection(Generic[_S, _R]):
 
     def _received_unsubscribed(self, frame: Unsubscribed) -> Any:
         if frame.reason is not None:  # the broker ended it: the id is free again
+            # (Only a confirmed one: the broker ended a subscription it had confirmed, so an
+            # unconfirmed one with that id is a new one the client made meanwhile.)
             sub = self._subs.get(frame.id)
-            if sub is not None and sub.sent:
+            if sub is not None and sub.confirmed:
                 return frame, (False, frame.id)
         return frame
 
@@ -662,7 +664,8 @@ class Connection(Generic[_S, _R]):
         return frame
 
     def _received_history(self, frame: History | Refresh) -> Any:
-        self._open_refs[frame.ref] = self._open_refs.get(frame.ref, 0) + 1
+        if frame.ref is not None:
+            self._open_refs[frame.ref] = self._open_refs.get(frame.ref, 0) + 1
         return frame
 
     #: What receiving a frame type records, beyond the state table (by frame type; which
@@ -750,7 +753,8 @@ class Connection(Generic[_S, _R]):
                 if sub is not None:
                     sub.confirmed = True
             elif cls is Ack or cls is HistoryResult or cls is Refreshed:
-                _discount(self._open_refs, frame.ref)
+                if frame.ref is not None:
+                    _discount(self._open_refs, frame.ref)
             elif cls is Unsubscribed and frame.reason is not None:
                 self._forget(False, frame.id)  # the broker ended it: the id is free again
             elif cls is Error:

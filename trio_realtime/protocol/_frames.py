@@ -300,19 +300,18 @@ class History:
 @attrs.frozen(kw_only=True)
 class Refresh:
     """*Extension.* A new credential for this connection, before the current one expires;
-    answered by :class:`Refreshed` or an :class:`Error` with the ``ref`` (code
-    ``auth_failed``: not fatal, the connection keeps its current credential until it
-    expires).
+    answered by :class:`Refreshed` or an :class:`Error` (code ``auth_failed``: not fatal,
+    the connection keeps its current credential until it expires), each with the ``ref``.
 
     Attributes:
-        ref: Chosen by the client to match the answer.
         token: The new credential. It must name the same user as the connection's.
+        ref: Chosen by the client to match the answer, or None.
     """
 
     TYPE: ClassVar[str] = "refresh"
 
-    ref: int
     token: str
+    ref: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -352,9 +351,10 @@ class Welcome:
             topic: the connection receives replies on it and topics under it (a request's
             ``reply_to`` lies there). Only this connection may subscribe there, when the
             broker checks permissions. None from a broker that does not assign inboxes.
-        expires: *Extension.* When the connection's credential expires, in UNIX time
-            (seconds), or None if it does not: send :class:`Refresh` before then, or the
-            broker closes the connection (``auth_expired``, close code 1008).
+        expires_in: *Extension.* Seconds until the connection's credential expires, or
+            None if it does not: send :class:`Refresh` before then, or the broker closes the
+            connection (``auth_expired``, close code 1008). (A duration, so that the two
+            clocks need not agree.)
     """
 
     TYPE: ClassVar[str] = "welcome"
@@ -366,7 +366,7 @@ class Welcome:
     epoch: str | None = None
     user: str | None = None
     inbox: str | None = None
-    expires: float | None = None
+    expires_in: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -489,17 +489,16 @@ class Refreshed:
     """*Extension.* The answer to :class:`Refresh`: the new credential is the connection's.
 
     Attributes:
-        ref: The refresh's ``ref``.
+        ref: The refresh's ``ref``, or None.
         user: The user, the same as before.
-        expires: When the new credential expires, in UNIX time (seconds), or None if it
-            does not.
+        expires_in: Seconds until the new credential expires, or None if it does not.
     """
 
     TYPE: ClassVar[str] = "refreshed"
 
-    ref: int
+    ref: int | None = None
     user: str | None = None
-    expires: float | None = None
+    expires_in: float | None = None
 
 
 @attrs.frozen(kw_only=True)
