@@ -235,12 +235,18 @@ def test_encode_event_is_cached_by_identity() -> None:
     assert orjson.loads(encode(EventFrame(subs=(1,), event=EVENT)))["event"]["seq"] == 42
 
 
-def test_encode_event_cache_is_bounded() -> None:
-    """The event cache never holds more than EVENT_CACHE_SIZE events."""
-    for i in range(_codec.EVENT_CACHE_SIZE + 10):
-        encode_event(Event(topic="a", data=i))
-    assert len(_codec._event_cache) <= _codec.EVENT_CACHE_SIZE
-
+def test_the_encoding_is_kept_on_the_event() -> None:
+    """An event is encoded once: its text and size live on it, and evolve() starts afresh
+    (equality and repr ignore it)."""
+    event = attrs.evolve(EVENT)
+    before: object = event._wire
+    assert before is None
+    text = encode_event(event)
+    after: object = event._wire
+    assert after == (text, len(text.encode()))
+    assert event == EVENT
+    assert "_wire" not in repr(event)
+    assert attrs.evolve(event, seq=1)._wire is None
 
 def test_encode_typed_payload_as_json() -> None:
     """An event whose data is a registered attrs instance encodes its data as an object."""
@@ -824,3 +830,13 @@ def test_time_on_the_wire_has_a_fixed_width(when: datetime) -> None:
     wire = orjson.loads(text)["time"]
     assert len(wire) == 32
     assert datetime.fromisoformat(wire) == when
+
+
+@given(
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5, minutes=-30))]))
+)
+def test_the_encoded_time_is_to_dict_s_whatever_the_time(when: datetime) -> None:
+    """The codec lets orjson write a UTC time (faster than isoformat): the text must be
+    to_dict()'s exactly, microseconds always, any year, any offset."""
+    event = Event(topic="a", time=when)
+    assert orjson.loads(encode_event(event))["time"] == event.to_dict()["time"]

@@ -26,7 +26,6 @@ building the :class:`~trio_realtime.Event` 1.2 µs (the converter alone: 4.8 µs
 from __future__ import annotations
 
 import json
-from collections import deque
 from datetime import UTC, datetime
 from types import NoneType, UnionType
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Union, get_args, get_origin
@@ -39,7 +38,7 @@ from cattrs.preconf.orjson import OrjsonConverter, make_converter
 from cattrs.strategies import configure_tagged_union
 
 from .._errors import LocalProtocolError, RemoteProtocolError
-from .._event import Event, new_event_id, parse_time
+from .._event import Event, build_event, new_event_id, parse_time, set_wire, wire_dict
 from ._frames import (
     BAD_FRAME,
     FRAME_TYPES,
@@ -58,8 +57,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 __all__ = [
-    "EVENT_CACHE_BYTES",
-    "EVENT_CACHE_SIZE",
     "converter",
     "decode",
     "encode",
@@ -74,11 +71,6 @@ __all__ = [
 #: The converter between frames and JSON-compatible values. Structuring raises
 #: :exc:`cattrs.ClassValidationError`; :func:`decode` turns that into ``bad_frame`` errors.
 converter: Final = make_converter(detailed_validation=True)
-
-#: How many encoded events :func:`encode_event` keeps.
-EVENT_CACHE_SIZE: Final = 1024
-#: Most bytes of encoded events the cache holds (the events themselves are kept alive too).
-EVENT_CACHE_BYTES: Final = 8 * 1024 * 1024
 
 _DEFAULT_SOURCE: Final = str(attrs.fields(Event).source.default)
 
@@ -302,17 +294,7 @@ def structure_event(obj: Any, _: object = None) -> Event:
     reply_to = get("reply_to")
     if reply_to is not None and type(reply_to) is not str:
         raise _Invalid(f"must be a string or null, not {_json_type(reply_to)}", "reply_to")
-    return Event(
-        id=id_,
-        topic=topic,
-        type=type_,
-        source=source,
-        time=when,
-        data=get("data"),
-        headers=headers,
-        seq=seq,
-        reply_to=reply_to,
-    )
+    return build_event(id_, topic, type_, source, when, get("data"), headers, seq, reply_to)
 
 
 def _is_optional_of(tp: Any, base: type) -> bool:
@@ -563,64 +545,42 @@ def decode(text: str | bytes, *, exact_integers: bool = True) -> list[Frame | Re
 # ---------------------------------------------------------------------------------------------
 # Encoding
 
-_event_cache: dict[str, tuple[Event, str, int]] = {}
-#: The cache's ids, oldest first (evicting through the dict's own order, ``next(iter(…))``,
-#: costs a scan over the slots its earlier evictions left empty).
-_event_cache_order: deque[str] = deque()
-_event_cache_bytes = 0
-
-
 def _event_bytes(event: Event) -> bytes:
-    # The one mapping to the wire is Event.to_dict (structure_event is its inverse).
-    return orjson.dumps(event.to_dict())
+    # The one mapping to the wire is Event.to_dict (structure_event is its inverse); wire_dict
+    # is the same, with a time orjson writes as to_dict does.
+    return orjson.dumps(wire_dict(event))
 
 
 def _event_json(event: Event) -> str:
     return _event_bytes(event).decode()
 
 
-def _encoded(event: Event) -> tuple[Event, str, int]:
-    """*event*'s cache entry: the event, its wire text and that text's size in bytes."""
-    global _event_cache_bytes
-    cached = _event_cache.get(event.id)
-    if cached is not None and cached[0] is event:
-        return cached
-    raw = _event_bytes(event)
-    entry = (event, raw.decode(), len(raw))
-    order = _event_cache_order
-    if cached is None:
-        order.append(event.id)
-    else:
-        _event_cache_bytes -= cached[2]
-    _event_cache[event.id] = entry  # (an equal id: replaces the entry in place)
-    _event_cache_bytes += entry[2]
-    while len(order) > EVENT_CACHE_SIZE or (
-        _event_cache_bytes > EVENT_CACHE_BYTES and len(order) > 1
-    ):
-        evicted = _event_cache.pop(order.popleft(), None)  # the oldest entry
-        if evicted is not None:
-            _event_cache_bytes -= evicted[2]
-    return entry
+def _encoded(event: Event) -> tuple[str, int]:
+    """*event*'s wire text and that text's size in bytes, encoded once and kept on it."""
+    wire = event._wire
+    if wire is None:
+        raw = _event_bytes(event)
+        wire = (raw.decode(), len(raw))
+        set_wire(event, wire)
+    return wire
 
 
 def encode_event(event: Event) -> str:
     """*event*'s wire form (a JSON object), as text.
 
-    The text is cached for the last :data:`EVENT_CACHE_SIZE` events, and at most
-    :data:`EVENT_CACHE_BYTES` of them (by identity: an equal but distinct event is encoded
-    anew), so fanning one event out to many connections serialises it once. Events are
-    immutable; do not mutate an event's ``data`` after publishing it.
+    The text is kept on the event once made, so fanning one event out to many connections
+    (and storing it) serialises it once. Events are immutable; do not mutate an event's
+    ``data`` after publishing it.
 
     Raises:
         TypeError: if the event's data is not JSON-compatible.
     """
-    return _encoded(event)[1]
+    return _encoded(event)[0]
 
 
 def encode_event_sized(event: Event) -> tuple[str, int]:
     """:func:`encode_event` and :func:`encoded_size` at once (one cache look-up)."""
-    _, text, size = _encoded(event)
-    return text, size
+    return _encoded(event)
 
 
 def encoded_size(event: Event) -> int:
@@ -629,7 +589,7 @@ def encoded_size(event: Event) -> int:
     Raises:
         TypeError: if the event's data is not JSON-compatible.
     """
-    return _encoded(event)[2]
+    return _encoded(event)[1]
 
 
 def encode_event_frame_text(subs: Sequence[int], event_text: str) -> str:
