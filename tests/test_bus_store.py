@@ -347,3 +347,34 @@ async def test_unstored_retained_events_follow_a_replay() -> None:
             assert [(await sub.receive()).data for _ in range(2)] == ["stored", "not stored"]
             with pytest.raises(trio.WouldBlock):
                 sub.receive_nowait()
+
+
+async def test_the_next_batch_is_stored_while_one_is_routed() -> None:
+    """Storing and routing are a pipeline: while a blocked subscriber holds up the routing of
+    a stored batch, the next batches are stored, up to MAX_STORED_UNROUTED, and then the
+    store waits too; everything arrives in seq order once the subscriber reads."""
+    appended: list[list[Any]] = []
+
+    class CountingStore(MemoryStore):
+        async def append(self, events: list[Event]) -> list[Event]:  # type: ignore[override]
+            appended.append([e.data for e in events])
+            return await super().append(events)
+
+    with trio.fail_after(10):
+        async with (
+            open_bus(store=CountingStore()) as bus,
+            bus.subscribe("a", max_buffer_size=1) as sub,
+        ):
+            done = []
+            for i in range(2 + bus_module.MAX_STORED_UNROUTED + 2):
+                # One publish at a time, each its own batch.
+                done.append(await bus.publish_pipelined(Event(topic="a", data=i)))
+                await trio.testing.wait_all_tasks_blocked()
+            # The first event fills the subscriber's buffer and the second blocks its batch's
+            # routing: with it, MAX_STORED_UNROUTED batches are stored, and no more.
+            assert len(appended) == 1 + bus_module.MAX_STORED_UNROUTED
+            received = [(await sub.receive()).data for _ in done]
+            assert received == list(range(len(done)))
+            stored = [p if isinstance(p, Event) else await p.wait() for p in done]
+            assert [e.seq for e in stored] == list(range(1, len(done) + 1))
+            assert bus.last_seq == len(done)

@@ -9,6 +9,7 @@ overflow policy. There is no second routing table anywhere.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -59,6 +60,9 @@ PUBLISH_BATCH: Final = 64
 MAX_COMMIT_BATCH: Final = 1024
 #: Persisted publishes that may wait for the store before publishers have to wait too.
 MAX_PENDING_COMMITS: Final = 16384
+#: Stored batches that may wait to be routed while the next one is being stored (the commit
+#: pipeline's depth).
+MAX_STORED_UNROUTED: Final = 2
 #: How many of the latest stored event ids the bus remembers (with their publisher and seq,
 #: not their payload), to store a re-sent event once.
 DEDUPE_WINDOW: Final = 100_000
@@ -407,42 +411,81 @@ class Bus(metaclass=NoPublicConstructor):
         return self.store is not None and self._is_persisted(validate_topic(topic))
 
     async def _commit_loop(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Store pending persisted events in batches, then route them in ``seq`` order."""
+        """Store pending persisted events in batches, then route them in ``seq`` order.
+
+        A pipeline of two tasks: this one hands the next batch to the store while the other
+        (:meth:`_route_stored`) routes the batch stored before it, so that the store's worker
+        is not idle while events are routed. At most :data:`MAX_STORED_UNROUTED` stored
+        batches wait to be routed: a slow subscriber with the ``block`` policy holds back
+        the store, then the publishers (through :data:`MAX_PENDING_COMMITS`).
+        """
         store = self.store
         assert store is not None
-        task_status.started()
-        while True:
-            if not self._pending:
-                await self._pending_lot.park()
-                continue
-            batch = self._pending[:MAX_COMMIT_BATCH]
-            del self._pending[:MAX_COMMIT_BATCH]
-            self._pending_room.unpark_all()
-            try:
-                outcomes = await self._append(store, batch)
-                for p, outcome in zip(batch, outcomes, strict=True):
-                    if isinstance(outcome, Event):
-                        self._published += 1
-                        recent = self._recent_ids
-                        recent[outcome.id] = (p.publisher, outcome.seq)
-                        if len(recent) > DEDUPE_WINDOW:
-                            del recent[next(iter(recent))]
-                        if p.retain:
-                            self._retained.set(outcome)
-                        await self._route(outcome)
-                        p.result = outcome
-                    else:
-                        p.error = outcome
-                    p.done.set()
-            finally:
+        stored: deque[tuple[list[PendingCommit], list[Event | BaseException]]] = deque()
+        storing: list[PendingCommit] = []
+        stored_lot = trio.lowlevel.ParkingLot()
+        routed_lot = trio.lowlevel.ParkingLot()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._route_stored, stored, stored_lot, routed_lot)
+                task_status.started()
+                while True:
+                    if not self._pending:
+                        await self._pending_lot.park()
+                        continue
+                    if len(stored) >= MAX_STORED_UNROUTED:
+                        await routed_lot.park()
+                        continue
+                    storing = self._pending[:MAX_COMMIT_BATCH]
+                    del self._pending[:MAX_COMMIT_BATCH]
+                    self._pending_room.unpark_all()
+                    outcomes = await self._append(store, storing)
+                    stored.append((storing, outcomes))
+                    storing = []
+                    stored_lot.unpark()
+        finally:
+            # Cancelled (the bus is closing): nobody may wait forever.
+            for batch in (storing, *(batch for batch, _ in stored)):
                 for p in batch:
                     self._in_flight.pop(p.event.id, None)
-                    # Cancelled mid-batch (the bus is closing): nobody may wait forever.
                     if not p.done.is_set():
                         p.error = trio.ClosedResourceError(
                             "the bus closed before the event was stored and routed"
                         )
                         p.done.set()
+
+    async def _route_stored(
+        self,
+        stored: deque[tuple[list[PendingCommit], list[Event | BaseException]]],
+        stored_lot: trio.lowlevel.ParkingLot,
+        routed_lot: trio.lowlevel.ParkingLot,
+    ) -> None:
+        """Route the stored batches in order and finish their commits (see _commit_loop)."""
+        recent = self._recent_ids
+        while True:
+            if not stored:
+                await stored_lot.park()
+                continue
+            batch, outcomes = stored[0]
+            for p, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Event):
+                    self._published += 1
+                    recent[outcome.id] = (p.publisher, outcome.seq)
+                    if len(recent) > DEDUPE_WINDOW:
+                        del recent[next(iter(recent))]
+                    if p.retain:
+                        self._retained.set(outcome)
+                    await self._route(outcome)
+                    if outcome.seq is not None and outcome.seq > self._last_seq:
+                        self._last_seq = outcome.seq  # (routed: a new sink gets what follows)
+                    p.result = outcome
+                else:
+                    p.error = outcome
+                p.done.set()
+            for p in batch:
+                self._in_flight.pop(p.event.id, None)
+            stored.popleft()
+            routed_lot.unpark()
 
     async def _append(
         self, store: Store, batch: list[PendingCommit]
@@ -461,9 +504,6 @@ class Bus(metaclass=NoPublicConstructor):
             logger.exception("storing %d events failed", len(batch))
             return [exc] * len(batch)
         self._stored += len(stored)
-        seqs = [e.seq for e in stored if isinstance(e, Event) and e.seq is not None]
-        if seqs:
-            self._last_seq = max(self._last_seq, *seqs)
         return stored
 
     # -- retained values ------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Final
 
+import outcome
 import trio
 
 from .._event import Event
+from .._util import open_service_nursery
 from ..protocol import encoded_size
 from ._channel import ACCEPTED, DROPPED, Offered, Sink
 
@@ -60,38 +62,81 @@ class ReplaySink:
         before it is routed, so the replay can read events the committer has not routed
         yet). *retained* gives the retained events of a pattern: those the store does not
         have are offered when going live.
+
+        The next page is read while this one is offered (so a replay holds two pages at
+        most): the store's worker reads while the subscriber's connection sends.
         """
+        async with open_service_nursery() as nursery:  # (a read under way is cancelled)
+            await self._replay(nursery, store, since, retained)
+
+    async def _replay(
+        self,
+        nursery: trio.Nursery,
+        store: Store,
+        since: int | datetime,
+        retained: Callable[[str], list[Event]],
+    ) -> None:
         sub = self.sub
         after = since if isinstance(since, int) else None
         when = since if isinstance(since, datetime) else None
+        page_read = self._read(nursery, store, after, when)
         while True:
-            if self.overflowed:
-                # The stored events let go are in the store: this read gets them. From now
-                # on live events are held again (only those let go meanwhile are lost).
-                self.reset()
-            page = await store.read(
-                sub.pattern, after=after, since=when, limit=REPLAY_PAGE, max_bytes=REPLAY_PAGE_BYTES
-            )
-            for event in page:
-                # Replay is lossless whatever the policy: wait for room.
-                while not sub.has_room():
-                    await sub.wait_room()
-                    if sub.ended:
-                        return
-                sub.offer(event)
-                after = event.seq
-            when = None if after is not None else when
+            page = (await page_read()).unwrap()
             if page:  # (a page may be short for its bytes: only an empty one is the end)
+                after = page[-1].seq
+                when = None
+                page_read = self._read(nursery, store, after, None)
+                for event in page:
+                    # Replay is lossless whatever the policy: wait for room.
+                    while not sub.has_room():
+                        await sub.wait_room()
+                        if sub.ended:
+                            return
+                    sub.offer(event)
                 continue
-            # Caught up with the store at this instant: go live with no await between this
-            # check and the switch (unless events were let go since the read: read again).
+            # Caught up with the store as the read began: go live with no await between this
+            # check and the switch (unless events were let go since the read began, which
+            # reset() marks: read again).
             if self.overflowed:
+                page_read = self._read(nursery, store, after, when)
                 continue
             for event in retained(sub.pattern):
                 if event.seq is None:
                     sub.offer(event, force=True)
             self.go_live(after)
             return
+
+    def _read(
+        self, nursery: trio.Nursery, store: Store, after: int | None, when: datetime | None
+    ) -> Callable[[], Awaitable[outcome.Outcome[list[Event]]]]:
+        """Start reading the page after *after* (or from *when*); the returned function
+        waits for it."""
+        if self.overflowed:
+            # The stored events let go are in the store: this read gets them. From now on
+            # live events are held again (only those let go meanwhile are lost).
+            self.reset()
+        done = trio.Event()
+        result: list[outcome.Outcome[list[Event]]] = []
+
+        async def read() -> None:
+            result.append(
+                await outcome.acapture(
+                    store.read,
+                    self.pattern,
+                    after=after,
+                    since=when,
+                    limit=REPLAY_PAGE,
+                    max_bytes=REPLAY_PAGE_BYTES,
+                )
+            )
+            done.set()
+
+        async def wait() -> outcome.Outcome[list[Event]]:
+            await done.wait()
+            return result[0]
+
+        nursery.start_soon(read)
+        return wait
 
     def reset(self) -> None:
         self.held.clear()

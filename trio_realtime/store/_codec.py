@@ -189,26 +189,56 @@ def from_micros(micros: int) -> datetime:
 
 
 # Replaying stored events is dominated by building Event objects, so decode_row (and with_seqs)
-# fill the slots directly, as the attrs-generated __init__ would, when Event has exactly the
-# fields they know about (a changed Event falls back to the constructor, or attrs.evolve).
-_FIELDS: Final = {"id", "topic", "type", "source", "time", "data", "headers", "seq", "reply_to"}
-_FAST_DECODE: Final = {f.name for f in attrs.fields(Event)} == _FIELDS and all(
-    f.validator is None and f.on_setattr is None for f in attrs.fields(Event)
+# fill the slots directly through their descriptors, as the attrs-generated __init__ would
+# (without its look-ups), when Event has exactly the fields they know about: the envelope's,
+# and perhaps the wire text it keeps once encoded (``_wire``). A changed Event falls back to
+# the constructor, or attrs.evolve.
+_FIELDS: Final = ("id", "topic", "type", "source", "time", "data", "headers", "seq", "reply_to")
+_EVENT_FIELDS: Final = {f.name: f for f in attrs.fields(Event)}
+_HAS_WIRE: Final = set(_EVENT_FIELDS) == {*_FIELDS, "_wire"} and not _EVENT_FIELDS["_wire"].init
+_FAST_DECODE: Final = (set(_EVENT_FIELDS) == set(_FIELDS) or _HAS_WIRE) and all(
+    f.validator is None and f.on_setattr is None for f in _EVENT_FIELDS.values()
 )
 _new: Final = object.__new__
-_set: Final = object.__setattr__
 _loads: Final = orjson.loads
+_dumps_bytes: Final = orjson.dumps
+_Fragment: Final = orjson.Fragment
+
+
+def _no_wire(event: Event, wire: tuple[str, int] | None) -> None:
+    return None
+
+
+if _FAST_DECODE:
+    (_set_id, _set_topic, _set_type, _set_source, _set_time, _set_data, _set_headers) = (
+        Event.__dict__[name].__set__ for name in _FIELDS[:7]
+    )
+    _set_seq, _set_reply_to = (Event.__dict__[name].__set__ for name in _FIELDS[7:])
+    _set_wire: Callable[[Event, tuple[str, int] | None], None] = (
+        Event.__dict__["_wire"].__set__ if _HAS_WIRE else _no_wire
+    )
+
+
+def _wire_time(when: datetime) -> datetime | str:
+    """*when* (aware UTC) as the wire form writes it: orjson writes an aware UTC time with
+    microseconds as ``isoformat`` does; one without, it would shorten."""
+    return when if when.microsecond else when.isoformat(timespec="microseconds")
 
 
 def decode_row(row: StoredRow) -> Event:
-    """The event a stored row holds, with ``seq`` set and typed payloads restructured."""
+    """The event a stored row holds, with ``seq`` set and typed payloads restructured.
+
+    Its wire text (what ``protocol.encode_event`` returns) is made here from the stored JSON,
+    without encoding ``data`` again, for a plain JSON payload: a replay sends what it reads.
+    """
     seq, id_, topic, type_, source, micros, data_json, headers_json, reply_to = row
     when = (
         _fromtimestamp(micros / 1e6, UTC)
         if 0 <= micros < _FLOAT_EXACT_BELOW
         else _EPOCH + timedelta(microseconds=micros)
     )
-    data = structure_data(type_, _loads(data_json))
+    loaded = _loads(data_json)
+    data = structure_data(type_, loaded)
     headers = {} if headers_json is None else _loads(headers_json)
     if not _FAST_DECODE:  # pragma: no cover - only if Event changes shape
         return Event(
@@ -223,38 +253,79 @@ def decode_row(row: StoredRow) -> Event:
             reply_to=reply_to,
         )
     event: Event = _new(Event)
-    _set(event, "id", id_)
-    _set(event, "topic", topic)
-    _set(event, "type", type_)
-    _set(event, "source", source)
-    _set(event, "time", when)
-    _set(event, "data", data)
-    _set(event, "headers", headers)
-    _set(event, "seq", seq)
-    _set(event, "reply_to", reply_to)
+    _set_id(event, id_)
+    _set_topic(event, topic)
+    _set_type(event, type_)
+    _set_source(event, source)
+    _set_time(event, when)
+    _set_data(event, data)
+    _set_headers(event, headers)
+    _set_seq(event, seq)
+    _set_reply_to(event, reply_to)
+    if _HAS_WIRE:
+        wire = None
+        if data is loaded:  # (a typed payload is encoded afresh, from its class)
+            raw = _dumps_bytes(
+                {
+                    "id": id_,
+                    "topic": topic,
+                    "type": type_,
+                    "source": source,
+                    "time": _wire_time(when),
+                    "data": _Fragment(data_json),
+                    "headers": _Fragment("{}" if headers_json is None else headers_json),
+                    "seq": seq,
+                    "reply_to": reply_to,
+                }
+            )
+            wire = (raw.decode(), len(raw))
+        _set_wire(event, wire)
     return event
 
 
+# The end of an event's wire text when it has neither seq nor reply_to (as a publish has).
+_NO_SEQ_END: Final = ',"seq":null,"reply_to":null}'
+
+
+def _wire_with_seq(event: Event, seq: int) -> tuple[str, int] | None:
+    """The wire text of *event* with ``seq`` set, made from its own when it has one (else
+    None: it is encoded when it is first sent)."""
+    wire = event._wire
+    if wire is None:
+        return None
+    text, size = wire
+    if not text.endswith(_NO_SEQ_END):
+        return None
+    end = f',"seq":{seq},"reply_to":null}}'
+    return text[: -len(_NO_SEQ_END)] + end, size - len(_NO_SEQ_END) + len(end)
+
+
 def with_seqs(events: Sequence[Event], seqs: Iterable[int]) -> list[Event]:
-    """Copies of *events* with ``seq`` set, as ``attrs.evolve(event, seq=seq)`` makes them."""
+    """Copies of *events* with ``seq`` set, as ``attrs.evolve(event, seq=seq)`` makes them.
+
+    An event already encoded (see ``protocol.encode_event``) passes its wire text on to its
+    copy, with the seq written in: the event is encoded once, from publish to delivery.
+    """
     if not _FAST_DECODE:  # pragma: no cover - only if Event changes shape
         return [attrs.evolve(event, seq=seq) for event, seq in zip(events, seqs, strict=True)]
     copies: list[Event] = []
+    append = copies.append
     for event, seq in zip(events, seqs, strict=True):
         if type(event) is not Event:
-            copies.append(attrs.evolve(event, seq=seq))
+            append(attrs.evolve(event, seq=seq))
             continue
         copy: Event = _new(Event)
-        _set(copy, "id", event.id)
-        _set(copy, "topic", event.topic)
-        _set(copy, "type", event.type)
-        _set(copy, "source", event.source)
-        _set(copy, "time", event.time)
-        _set(copy, "data", event.data)
-        _set(copy, "headers", event.headers)
-        _set(copy, "seq", seq)
-        _set(copy, "reply_to", event.reply_to)
-        copies.append(copy)
+        _set_id(copy, event.id)
+        _set_topic(copy, event.topic)
+        _set_type(copy, event.type)
+        _set_source(copy, event.source)
+        _set_time(copy, event.time)
+        _set_data(copy, event.data)
+        _set_headers(copy, event.headers)
+        _set_seq(copy, seq)
+        _set_reply_to(copy, event.reply_to)
+        _set_wire(copy, _wire_with_seq(event, seq) if _HAS_WIRE else None)
+        append(copy)
     return copies
 
 
