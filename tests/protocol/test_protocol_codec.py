@@ -248,6 +248,7 @@ def test_the_encoding_is_kept_on_the_event() -> None:
     assert "_wire" not in repr(event)
     assert attrs.evolve(event, seq=1)._wire is None
 
+
 def test_encode_typed_payload_as_json() -> None:
     """An event whose data is a registered attrs instance encodes its data as an object."""
     event = Event(topic="tests.protocol.payload", data=Payload(n=3))
@@ -832,9 +833,7 @@ def test_time_on_the_wire_has_a_fixed_width(when: datetime) -> None:
     assert datetime.fromisoformat(wire) == when
 
 
-@given(
-    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5, minutes=-30))]))
-)
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5, minutes=-30))])))
 def test_the_encoded_time_is_to_dict_s_whatever_the_time(when: datetime) -> None:
     """The codec lets orjson write a UTC time (faster than isoformat): the text must be
     to_dict()'s exactly, microseconds always, any year, any offset."""

@@ -303,7 +303,8 @@ class Session:
                 last.size += SUB_ID_SIZE  # (freed with the item)
                 self._queued_bytes += SUB_ID_SIZE
                 return
-        size = encoded_size(event) + FRAME_OVERHEAD
+        wire = event._wire  # (encoded once, by the publishing session or the bus)
+        size = (wire[1] if wire is not None else encoded_size(event)) + FRAME_OVERHEAD
         buffer = self._session_buffer
         while self._queued_events and (
             self._queued_events >= buffer or self._queued_bytes + size > self._max_pending_bytes

@@ -545,6 +545,7 @@ def decode(text: str | bytes, *, exact_integers: bool = True) -> list[Frame | Re
 # ---------------------------------------------------------------------------------------------
 # Encoding
 
+
 def _event_bytes(event: Event) -> bytes:
     # The one mapping to the wire is Event.to_dict (structure_event is its inverse); wire_dict
     # is the same, with a time orjson writes as to_dict does.

@@ -518,8 +518,10 @@ class Connection(Generic[_S, _R]):
         self._state = new_state
         sent = self._sent
         for frame in batch:
-            if type(frame) is not EventFrame:  # events need no bookkeeping
-                sent(frame, refs)
+            cls = type(frame)
+            if cls is EventFrame or (cls is Publish and frame.ref is None):
+                continue  # events and unacknowledged publishes need no bookkeeping
+            sent(frame, refs)
         return text
 
     def send_failed(self) -> None:
@@ -551,8 +553,11 @@ class Connection(Generic[_S, _R]):
         key))`` when the subscription id or ref *key* is to be forgotten once it is handled."""
         cls = type(item)
         state = self._state
-        if cls is EventFrame and state is OPEN and not self._server:
-            return item  # the bulk of a client's traffic: nothing to check
+        if state is OPEN:
+            if cls is EventFrame and not self._server:
+                return item  # the bulk of a client's traffic: nothing to check
+            if cls is Publish and self._server:  # the bulk of a broker's
+                return self._received_publish(cast("Publish", item))
         if isinstance(item, RemoteProtocolError):
             if state is not OPEN:
                 first = "'hello'" if self._server else "'welcome'"
@@ -700,6 +705,13 @@ class Connection(Generic[_S, _R]):
             cls = type(frame)
             if server and state is OPEN and cls is EventFrame:
                 continue  # the bulk of a busy connection's batches
+            if (
+                cls is Publish
+                and not server
+                and (state is OPEN or state is AWAITING_WELCOME)
+                and cast("Publish", frame).ref is None
+            ):
+                continue  # the bulk of a publishing client's (allowed, and leaves the state)
             if cls not in self._sends:
                 if cls in self._receives:
                     raise LocalProtocolError(
