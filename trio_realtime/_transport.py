@@ -19,7 +19,7 @@ import logging
 import re
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Final, NoReturn
@@ -29,6 +29,7 @@ import trio_websocket
 import wsproto
 import wsproto.connection
 import wsproto.events
+import wsproto.handshake
 
 from ._errors import ConnectionClosed, HandshakeError, RemoteProtocolError
 from ._util import open_service_nursery
@@ -575,10 +576,32 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
     itself, at once. This counts the limit in bytes, and instead of closing, drops the rest
     of the message and hands on :data:`_TOO_BIG` in its place, so that the broker can answer
     ``too_large`` before it closes with 1009.
+
+    And it lets go of the HTTP handshake's state once the WebSocket is open
+    (:meth:`forget_handshake`): an idle connection keeps only what it needs.
     """
 
     _bytes_in_message = 0
     _skipping = False
+    #: trio-websocket's reader task has ended (see :meth:`run_reader`).
+    reader_done = False
+
+    async def run_reader(self, handshake: trio.CancelScope) -> None:
+        """trio-websocket's reader task; when it ends (the peer left), stop waiting for the
+        peer's handshake request (*handshake*)."""
+        try:
+            await self._reader_task()
+        finally:
+            self.reader_done = True
+            handshake.cancel()
+
+    def forget_handshake(self) -> None:
+        """Once the WebSocket is open, drop wsproto's HTTP handshake: its h11 connection, its
+        buffers and queue stay allocated otherwise (about 2 KB a connection), unused. (The
+        bytes that followed the request went to the WebSocket connection when it opened.)"""
+        ws = self._wsproto
+        if ws.connection is not None and type(ws.handshake) is not _OpenHandshake:
+            ws.handshake = _OPEN_HANDSHAKE
 
     async def _handle_message_event(
         self, event: wsproto.events.BytesMessage | wsproto.events.TextMessage
@@ -615,6 +638,39 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             except trio_websocket.ConnectionClosed:
                 pass
         await super()._handle_close_connection_event(event)
+
+
+class _OpenHandshake(wsproto.handshake.H11Handshake):
+    """What stands for wsproto's handshake once the WebSocket is open: no events, no state
+    (``WSConnection`` asks it only for its events then)."""
+
+    def __init__(self) -> None:  # (none of the handshake's state)
+        pass
+
+    def events(self) -> Generator[wsproto.events.Event, None, None]:
+        yield from ()
+
+
+_OPEN_HANDSHAKE: Final = _OpenHandshake()
+
+
+async def _open_handshake(
+    connection: _ServerConnection, gate: ConnectionGate, admitted: bool
+) -> bool:
+    """Answer the WebSocket handshake request: refuse it (False) for its ``Origin`` or when
+    not *admitted*, else accept it (selecting our subprotocol when offered)."""
+    request = await connection._get_request()
+    if not gate.origin_allowed(request.headers):
+        await request.reject(403, body=_ORIGIN_REFUSED_BODY)
+        return False
+    if not admitted:
+        gate.refused += 1
+        await request.reject(503, body=_REFUSED_BODY)
+        return False
+    offered = request.proposed_subprotocols
+    await request.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    connection.forget_handshake()
+    return True
 
 
 def _peer_address(stream: trio.SocketStream) -> str | None:
@@ -756,33 +812,15 @@ async def _serve_connection(
                 receive_buffer_size=RECEIVE_BUFFER_SIZE,
             )
             handshake = trio.CancelScope(deadline=trio.current_time() + handshake_timeout)
-            reader_done = trio.Event()
-
-            async def read() -> None:
-                try:
-                    await connection._reader_task()
-                finally:
-                    reader_done.set()
-                    handshake.cancel()  # the peer left: stop waiting for its request
-
-            nursery.start_soon(read)
+            nursery.start_soon(connection.run_reader, handshake)
             served = False
             try:
+                # (In a function of its own: the request is not kept for the connection's life.)
                 with handshake:
-                    request = await connection._get_request()
-                    if not gate.origin_allowed(request.headers):
-                        await request.reject(403, body=_ORIGIN_REFUSED_BODY)
+                    if not await _open_handshake(connection, gate, admitted):
                         return
-                    if not admitted:
-                        gate.refused += 1
-                        await request.reject(503, body=_REFUSED_BODY)
-                        return
-                    offered = request.proposed_subprotocols
-                    await request.accept(
-                        subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None
-                    )
                 if handshake.cancelled_caught:
-                    if not reader_done.is_set():
+                    if not connection.reader_done:
                         gate.handshake_timeouts += 1
                         logger.debug("%s: no WebSocket handshake in time", remote)
                     return

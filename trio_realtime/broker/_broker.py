@@ -31,7 +31,7 @@ from ..bus._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
 from ..protocol import CLOSE_GOING_AWAY
 from ..security import Authenticator
 from ..store import Store  # at run time too: BrokerOptions's hints resolve (get_type_hints)
-from ._limits import BrokerCounters, SessionLimits, TokenBucket
+from ._limits import BrokerCounters, HeartbeatTimers, SessionLimits, TokenBucket
 from ._session import Session, SessionContext
 
 __all__ = ["Broker", "BrokerOptions", "BrokerServer", "BrokerStatistics", "serve_broker"]
@@ -360,6 +360,8 @@ class Broker:
             user_publish_rate=user_publish_rate,
             publish_burst=publish_burst,
         )
+        #: What every session gets from the broker (made when it serves: its bus).
+        self._session_context: SessionContext | None = None
         self._failures_logged: set[tuple[str, str, int]] = set()
         self._gate = ConnectionGate(self.max_connections, allowed_origins=self.allowed_origins)
         self._serving = False
@@ -499,6 +501,19 @@ class Broker:
     ) -> None:
         with sessions_scope:
             async with trio.open_nursery() as sessions:
+                # The sessions' heartbeats: one task for all, living as long as they do.
+                heartbeats = HeartbeatTimers()
+                await sessions.start(heartbeats.serve)
+                self._session_context = SessionContext(
+                    bus=self.bus,
+                    limits=self._session_limits,
+                    counters=self._counters,
+                    started=self._session_started,
+                    ended=self._session_ended,
+                    heartbeats=heartbeats,
+                    auth=self.auth,
+                    auth_failed=self._auth_failed,
+                )
                 bound_port: int = await sessions.start(
                     self._listen, host, port, ssl_context, sessions, listener_scope
                 )
@@ -540,15 +555,8 @@ class Broker:
 
     async def _handle_connection(self, transport: Any) -> None:
         session_id = f"{self._session_prefix}-{next(self._session_ids)}"
-        context = SessionContext(
-            bus=self.bus,
-            limits=self._session_limits,
-            counters=self._counters,
-            started=self._session_started,
-            ended=self._session_ended,
-            auth=self.auth,
-            auth_failed=self._auth_failed,
-        )
+        context = self._session_context
+        assert context is not None  # (connections are accepted while serving)
         try:
             await Session(context, transport, session_id).run()
         except Exception as exc:

@@ -1,12 +1,17 @@
 """What the broker's sessions share with it: the limits they apply, the counters they add to,
-and how their queued answers count against the limits."""
+how their queued answers count against the limits, and the one task that runs their
+heartbeats."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 from collections import Counter
-from typing import Final, Literal
+from typing import Any, Final, Literal, NoReturn, Protocol
 
 import attrs
+import trio
 
 from ..protocol import Error, HistoryResult, ServerFrame, encoded_size
 from ..protocol._batch import FRAME_OVERHEAD
@@ -18,6 +23,7 @@ __all__ = [
     "REFRESH_RATE",
     "REFRESH_REFUSALS_BEFORE_CLOSE",
     "BrokerCounters",
+    "HeartbeatTimers",
     "SessionLimits",
     "TokenBucket",
     "cost_of_answer",
@@ -108,6 +114,96 @@ class BrokerCounters:
 
     def count_limit(self, name: str, n: int = 1) -> None:
         self.limits[name] += n
+
+
+class HeartbeatOwner(Protocol):
+    """What :class:`HeartbeatTimers` runs: a session's heartbeat."""
+
+    def heartbeat_due(self, now: float) -> float | None:
+        """Act on the heartbeat at *now* (ping, or close); the next deadline, or None: done."""
+        ...
+
+
+class HeartbeatTimers:
+    """The heartbeats of all the broker's sessions, run by one task (:meth:`serve`) rather
+    than a task each: an idle connection costs a heap entry, not a task's coroutines and
+    cancel scope (about 3 KB).
+
+    A session registers with :meth:`add`, which polls it at once; at each deadline it
+    returns, the task polls it again (``heartbeat_due(now)``: the session pings, or starts
+    its close, and returns its next deadline), at the same times a task of its own would
+    have. :meth:`remove` forgets it.
+    """
+
+    __slots__ = ("_dead", "_heap", "_order", "_wakeup")
+
+    #: Removed entries tolerated in the heap (each until its deadline) before it is rebuilt
+    #: without them, and never more than the live ones.
+    _DEAD_SLACK: Final = 64
+
+    def __init__(self) -> None:
+        # Entries: [deadline, order (FIFO among equal deadlines), owner; None once removed]
+        self._heap: list[list[Any]] = []
+        self._order = itertools.count()
+        self._dead = 0
+        self._wakeup: trio.CancelScope | None = None
+
+    def __len__(self) -> int:
+        """Heartbeats registered."""
+        return len(self._heap) - self._dead
+
+    def add(self, owner: HeartbeatOwner, now: float) -> list[Any]:
+        """Register *owner*'s heartbeat, polled at *now* first; the handle :meth:`remove`
+        takes."""
+        entry: list[Any] = [owner.heartbeat_due(now), next(self._order), owner]
+        if entry[0] is None:
+            entry[2] = None
+            return entry
+        heapq.heappush(self._heap, entry)
+        wakeup = self._wakeup
+        if wakeup is not None and entry[0] < wakeup.deadline:
+            wakeup.deadline = entry[0]
+        return entry
+
+    def remove(self, entry: list[Any]) -> None:
+        """Forget the heartbeat :meth:`add` registered (idempotent)."""
+        if entry[2] is None:
+            return
+        entry[2] = None
+        self._dead += 1
+        heap = self._heap
+        if self._dead > self._DEAD_SLACK and self._dead > len(heap) // 2:
+            heap[:] = [entry for entry in heap if entry[2] is not None]
+            heapq.heapify(heap)
+            self._dead = 0
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Poll each heartbeat at its deadline, forever; a startable task."""
+        heap = self._heap
+        task_status.started()
+        while True:
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as wakeup:
+                self._wakeup = wakeup
+                await trio.sleep_forever()
+            self._wakeup = None
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                entry = heap[0]
+                owner = entry[2]
+                if owner is None:
+                    heapq.heappop(heap)
+                    self._dead -= 1
+                    continue
+                deadline = owner.heartbeat_due(now)
+                if deadline is None:  # closing: it is done with heartbeats
+                    heapq.heappop(heap)
+                    entry[2] = None
+                    continue
+                entry[0] = deadline
+                entry[1] = next(self._order)
+                heapq.heapreplace(heap, entry)
 
 
 def cost_of_answer(frame: ServerFrame | str) -> int:

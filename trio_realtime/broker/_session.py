@@ -4,18 +4,20 @@ A session runs its tasks in its own nursery: the reader (the session's main task
 messages, feeds the sans-IO :class:`~trio_realtime.protocol.Connection` and acts on each
 frame), the writer (the only task that sends on the socket: it drains the outgoing queue,
 batching frames into one message when a backlog exists, through the protocol's
-:class:`~trio_realtime.protocol.MessageBuilder`), the heartbeat and the acker, and the
-``since`` replays of its subscriptions. Every other path (pings, pongs, error frames, the
-error announcing a close) queues for the writer.
+:class:`~trio_realtime.protocol.MessageBuilder`), the acker (from the first persisted publish),
+and the ``since`` replays of its subscriptions. Every other path (pings, pongs, error frames,
+the error announcing a close) queues for the writer. Its heartbeat is no task of its own: the
+broker's :class:`~trio_realtime.broker._limits.HeartbeatTimers` calls
+:meth:`Session.heartbeat_due` at each of its deadlines.
 
 Each remote subscription is a sink in the broker's bus; a slow client never stalls anyone
 else: its queue drops the oldest events (reported with ``gap`` frames) or, if so configured,
 the client is disconnected with close code 4001.
 
 A session knows the broker only through a :class:`SessionContext`: the bus, the limits, the
-counters it adds to, and the two calls that register it with the broker. What its client may
-do (its user, permissions, inbox, leave to reply and expiry) is its
-:class:`~trio_realtime.broker._access.Access`.
+counters it adds to, the two calls that register it with the broker, and the timers that run
+its heartbeat. What its client may do (its user, permissions, inbox, leave to reply and
+expiry) is its :class:`~trio_realtime.broker._access.Access`.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ from ._limits import (
     REFRESH_RATE,
     REFRESH_REFUSALS_BEFORE_CLOSE,
     BrokerCounters,
+    HeartbeatTimers,
     SessionLimits,
     TokenBucket,
     cost_of_answer,
@@ -144,6 +147,7 @@ class SessionContext:
         started: Called once the handshake is done; False if the broker is shutting down
             (the session then leaves).
         ended: Called when a started session ends.
+        heartbeats: The timers that run the sessions' heartbeats.
         auth: Who checks the ``hello`` token, or None: every client is anonymous, with full
             access.
         auth_failed: Called when the authenticator refused a client, with the reason (which
@@ -155,6 +159,7 @@ class SessionContext:
     counters: BrokerCounters
     started: Callable[[Session], Awaitable[bool]]
     ended: Callable[[Session], Awaitable[None]]
+    heartbeats: HeartbeatTimers
     auth: Authenticator | None = None
     auth_failed: Callable[[Session, str], None] = lambda session, reason: None
 
@@ -226,6 +231,23 @@ class RemoteSubscription:
 class Session:
     """The broker's side of one client connection. Created and run by the broker."""
 
+    # State that starts the same in every session and changes in few: read from the class
+    # until a session first sets it, so that an idle session holds fewer attributes of its
+    # own (CPython keeps up to 30 of them without a dict; past that, a dict costs ~1.5 KB).
+    client: str | None = None
+    _rate_refusals: int = 0  # publishes refused in a row for their rate
+    _refresh_bucket: TokenBucket | None = None  # (made at the first refresh)
+    events_in: int = 0
+    events_out: int = 0
+    dropped: int = 0
+    _replays: trio.Semaphore | None = None  # (made at the first replay)
+    _slow: bool = False
+    _closing: bool = False
+    #: The error frame the writer sends last, before the close (set by close()).
+    _final: Error | None = None
+    #: The acks of persisted publishes (made at the first: see _acks_send).
+    _acks: trio.MemorySendChannel[tuple[int, PendingCommit]] | None = None
+
     def __init__(
         self, context: SessionContext, transport: WebSocketTransport, session_id: str
     ) -> None:
@@ -236,21 +258,15 @@ class Session:
         self.transport = transport
         self.id = session_id
         self.address = transport.remote
-        self.client: str | None = None
         #: The user the authenticator named, or None when the broker does not authenticate.
         #: Who the client is, and what it may do.
         self.access = Access()
         #: The publish-rate buckets this connection draws from (its own, its user's), set by
         #: the broker when the session starts; empty: no rate limit.
         self.rate_buckets: tuple[TokenBucket, ...] = ()
-        self._rate_refusals = 0  # publishes refused in a row for their rate
-        self._refresh_bucket: TokenBucket | None = None  # (made at the first refresh)
         #: The protocol connection: the one record of the client's subscriptions (each
         #: accepted one has its :class:`RemoteSubscription` attached) and open refs.
         self.conn: Connection[RemoteSubscription, None] = Connection(Role.SERVER)
-        self.events_in = 0
-        self.events_out = 0
-        self.dropped = 0
         self._session_buffer = limits.session_buffer
         self._max_pending_bytes = limits.max_pending_bytes
         self._queue: deque[ServerFrame | _EventItem | str] = deque()
@@ -258,23 +274,15 @@ class Session:
         self._queued_bytes = 0  # of the queued events
         self._answer_bytes = 0  # of the queued answers
         self._publisher: str = f"session:{session_id}"  # who deduplication knows it as
-        self._replay_slots = trio.Semaphore(limits.max_replays)
         self._gaps: dict[int, int] = {}
         self._gaps_stored: dict[int, int] = {}  # of the gaps, how many were stored events
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
-        self._slow = False
-        self._closing = False
-        #: The error frame the writer sends last, before the close (set by close()).
-        self._final: Error | None = None
         self._writer_done = trio.Event()
         self._queued_control = 0  # answers queued (weighted: a history result by its events)
         self._processing = False  # the reader is acting on the client's frames
         self._heartbeat_policy = Heartbeat(limits.heartbeat, trio.current_time())
         self._nursery: trio.Nursery | None = None
-        self._acks_send, self._acks_receive = trio.open_memory_channel[tuple[int, PendingCommit]](
-            math.inf
-        )
 
     def __repr__(self) -> str:
         return f"<Session {self.id} client={self.client!r} address={self.address}>"
@@ -474,13 +482,14 @@ class Session:
                 if not await self.context.started(self):
                     await self.close(CLOSE_GOING_AWAY, "broker shutting down")
                     return
+                heartbeats = self.context.heartbeats
+                heartbeat = heartbeats.add(self, trio.current_time())
                 try:
-                    nursery.start_soon(self._heartbeat)
-                    nursery.start_soon(self._acker)
                     if self.context.auth is not None:
                         nursery.start_soon(self._watch_expiry)
                     await self._reader()
                 finally:
+                    heartbeats.remove(heartbeat)
                     self._drop_subscriptions()
                     await self.context.ended(self)
         except ConnectionClosed:
@@ -672,16 +681,17 @@ class Session:
         if self.access.received(reply_to):
             self.counters.count_limit("response_grants")
 
-    async def _heartbeat(self) -> None:
+    def heartbeat_due(self, now: float) -> float | None:
         """Ping a client silent for an interval; close it (4002) if the ping gets no answer in
-        time (the protocol's :class:`~trio_realtime.protocol.Heartbeat` policy)."""
+        time (the protocol's :class:`~trio_realtime.protocol.Heartbeat` policy). Called by
+        the broker's :class:`~trio_realtime.broker._limits.HeartbeatTimers` at the deadline
+        this returned last: the next deadline, or None once the session is closing."""
         policy = self._heartbeat_policy
         while True:
-            now = trio.current_time()
             action, deadline = policy.poll(now)
             if action is HeartbeatAction.WAIT:
-                await trio.sleep_until(deadline)
-            elif action is HeartbeatAction.PING:
+                return deadline
+            if action is HeartbeatAction.PING:
                 if self._processing:
                     # Busy with the client's frames (waiting on the bus): not the client's
                     # silence. The ping still tells the client that the broker is alive.
@@ -691,17 +701,41 @@ class Session:
                 policy.received(now)
             else:
                 self.counters.count_error("heartbeat_timeout")
-                await self.close(CLOSE_HEARTBEAT, "heartbeat timeout")
-                self._nursery_cancel()
-                return
+                assert self._nursery is not None  # (registered while the nursery is open)
+                self._nursery.start_soon(self._close_silent)
+                return None
+
+    async def _close_silent(self) -> None:
+        """The client did not answer the heartbeat's ping: close it (4002)."""
+        await self.close(CLOSE_HEARTBEAT, "heartbeat timeout")
+        self._nursery_cancel()
 
     def _nursery_cancel(self) -> None:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    async def _acker(self) -> None:
+    @property
+    def _acks_send(self) -> trio.MemorySendChannel[tuple[int, PendingCommit]]:
+        """Where persisted publishes wait for their ack, in order. The channel and the acker
+        task are made at the first one: most connections never need them."""
+        send = self._acks
+        if send is None:
+            send, receive = trio.open_memory_channel[tuple[int, PendingCommit]](math.inf)
+            self._acks = send
+            assert self._nursery is not None  # (publishes are read inside the nursery)
+            self._nursery.start_soon(self._acker, receive)
+        return send
+
+    @property
+    def _replay_slots(self) -> trio.Semaphore:
+        """The ``since`` replays this connection may have under way (made at the first)."""
+        replays = self._replays
+        if replays is None:
+            replays = self._replays = trio.Semaphore(self.limits.max_replays)
+        return replays
+
+    async def _acker(self, receive: trio.MemoryReceiveChannel[tuple[int, PendingCommit]]) -> None:
         """Answer persisted publishes in order, once stored: a whole commit's acks at once."""
-        receive = self._acks_receive
         while True:
             # Everything already queued, and already stored, is acked without a checkpoint (a
             # channel's receive() is one), so that the acks of one group commit leave in one
