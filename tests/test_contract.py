@@ -124,7 +124,17 @@ def test_the_root_namespace_is_the_public_api() -> None:
         assert not hasattr(trio_realtime, name), name
     for name in ("Refused", "Sink", "Offered", "BrokerOptions", "EventChannel", "open_bus"):
         assert name in public
-    subpackages = {"protocol", "store", "testing", "security", "bus", "broker", "client"}
+    subpackages = {
+        "protocol",
+        "store",
+        "testing",
+        "security",
+        "bus",
+        "broker",
+        "client",
+        "logging",
+        "cli",
+    }
     assert public == {name for name in dir(trio_realtime) if not name.startswith("_")} - (
         subpackages
     )
