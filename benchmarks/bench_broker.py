@@ -99,6 +99,9 @@ async def child(argv: Sequence[str], profile: str | None = None) -> AsyncIterato
                 seen += chunk
         url = match.group(1).decode()
         _CHILD_PIDS[url] = process.pid
+        http = HTTP_ON.search(seen)
+        if http is not None:
+            _HTTP_URLS[url] = http.group(1).decode()
         async with trio.open_nursery() as nursery:
             # Keep reading its output, so that it never blocks on a full pipe.
             nursery.start_soon(_drain, process.stdout)
@@ -117,6 +120,24 @@ async def child(argv: Sequence[str], profile: str | None = None) -> AsyncIterato
 
 #: The process id of each child by the URL it listens on (for its CPU time).
 _CHILD_PIDS: dict[str, int] = {}
+#: The HTTP side port of a ``broker-http`` child, by its WebSocket URL.
+_HTTP_URLS: dict[str, str] = {}
+HTTP_ON = re.compile(rb"http on (http://\S+)")
+
+
+_SCRAPER = """
+import sys, time, urllib.request
+while True:
+    with urllib.request.urlopen(sys.argv[1] + "/metrics", timeout=10) as response:
+        response.read()
+    time.sleep(1)
+"""
+
+
+async def _scrape_every_second(http_url: str) -> None:
+    """Read ``/metrics`` once a second from a process of its own, as Prometheus would (not
+    from this one, whose clients are being measured)."""
+    await trio.run_process([sys.executable, "-c", _SCRAPER, http_url], check=False)
 
 
 def cpu_seconds(url: str) -> float:
@@ -149,6 +170,8 @@ def broker_process(
     """
     if responder:  # the same broker, with a bus.serve("bench.rpc") responder inside
         argv = [__file__, "--child", "broker-responder", "--store", store]
+    elif auth == "http":  # the same broker, with its HTTP side port
+        argv = [__file__, "--child", "broker-http", "--store", store]
     elif auth is not None:
         argv = [__file__, "--child", f"broker-auth-{auth}", "--store", store]
     else:
@@ -177,6 +200,21 @@ async def run_child(kind: str, store: str) -> None:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(broker.serve, "127.0.0.1", 0)
             with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                print(f"broker listening on {server.url}", flush=True)
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+        return
+    if kind == "broker-http":
+        from trio_realtime._cli import open_store
+        from trio_realtime.broker._broker import Broker
+
+        broker = Broker(store=open_store(store))
+        async with trio.open_nursery() as nursery:
+            http = await nursery.start(broker.serve_http, "127.0.0.1", 0)
+            server = await nursery.start(broker.serve, "127.0.0.1", 0)
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                print(f"http on {http.url}", flush=True)
                 print(f"broker listening on {server.url}", flush=True)
                 async for _ in signals:
                     break
@@ -348,14 +386,23 @@ LAST_BROKER_CPU: list[float] = []
 
 
 async def broker_throughput(
-    n: int, profile: str | None = None, *, auth: str | None = None, pattern: str = "bench.events"
+    n: int,
+    profile: str | None = None,
+    *,
+    auth: str | None = None,
+    pattern: str = "bench.events",
+    scrape: bool = False,
 ) -> float:
     """Events/s from one client to another through a broker process (with *auth*: one that
     authenticates them and checks their permissions; the subscriber subscribes *pattern*).
 
     Also records in :data:`LAST_BROKER_CPU` the broker process's CPU time per event over the
-    measured window (its start-up and the connections' set-up are not counted)."""
-    token = None if auth is None else BENCH_TOKEN
+    measured window (its start-up and the connections' set-up are not counted). With
+    *scrape*, the broker serves its HTTP side port, and ``/metrics`` is read every second
+    while the events flow (as Prometheus would)."""
+    token = None if auth in (None, "http") else BENCH_TOKEN
+    if scrape:
+        auth = "http"
     async with (
         broker_process(auth=auth, profile=profile) as url,
         open_client(url, name="sub", token=token) as sub_client,
@@ -371,11 +418,14 @@ async def broker_throughput(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(publish_all)
+            if scrape:
+                nursery.start_soon(_scrape_every_second, _HTTP_URLS[url])
             count = 0
             async for _ in sub:
                 count += 1
                 if count == n:
                     break
+            nursery.cancel_scope.cancel()
         rate = n / (time.perf_counter() - start)
         LAST_BROKER_CPU[:] = [(cpu_seconds(url) - cpu) / n]
         return rate
@@ -570,7 +620,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["throughput", "latency", "fanout", "acked", "replay", "permissions"],
+        choices=["throughput", "latency", "fanout", "acked", "replay", "permissions", "http"],
         help="run only this benchmark (repeatable)",
     )
     parser.add_argument(
@@ -589,7 +639,9 @@ def main() -> None:
             pass
         return
     # SIGTERM ends a child gracefully; the parent just needs the default handling.
-    only = set(args.only or ["throughput", "latency", "fanout", "acked", "replay", "permissions"])
+    only = set(
+        args.only or ["throughput", "latency", "fanout", "acked", "replay", "permissions", "http"]
+    )
     runs = 1 if args.quick else 3
 
     def prof(name: str) -> str | None:
@@ -649,6 +701,18 @@ def main() -> None:
         ratio_line("no authentication, subscribe bench.*", off_wild, "events/s")
         ratio_line("authenticated, deny bench.secret filters bench.*", deny, "events/s")
         ratio_line("ratio (target >= 0.7)", deny / off_wild, "x")
+        print()
+
+    if "http" in only:
+        n = 20_000 if args.quick else 100_000
+        off = best(runs, lambda: broker_throughput(n))
+        on = best(runs, lambda: broker_throughput(n, scrape=True))
+        print(
+            f"HTTP side port, 1 publisher -> broker -> 1 subscriber, {n:,} events (best of {runs})"
+        )
+        ratio_line("no HTTP port", off, "events/s")
+        ratio_line("HTTP port on, /metrics scraped every second", on, "events/s")
+        ratio_line("ratio (target >= 0.98)", on / off, "x")
         print()
 
     if "latency" in only:

@@ -28,6 +28,7 @@ from .broker._broker import BrokerOptions as BrokerOptions
 from .broker._broker import BrokerServer as BrokerServer
 from .broker._broker import BrokerStatistics as BrokerStatistics
 from .broker._broker import serve_broker as serve_broker
+from .broker._http import HttpServer as HttpServer
 from .bus._bus import Bus as Bus
 from .bus._bus import BusStatistics as BusStatistics
 from .bus._bus import open_bus as open_bus
@@ -62,6 +63,7 @@ __all__ = [
     "EventChannel",
     "Handler",
     "HandshakeError",
+    "HttpServer",
     "InvalidTopic",
     "LimitExceeded",
     "LocalProtocolError",

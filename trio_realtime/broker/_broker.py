@@ -31,6 +31,8 @@ from ..bus._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
 from ..protocol import CLOSE_GOING_AWAY
 from ..security import Authenticator
 from ..store import Store  # at run time too: BrokerOptions's hints resolve (get_type_hints)
+from ..store._base import StoreStatistics
+from ._http import HttpServer, serve_http
 from ._limits import BrokerCounters, HeartbeatTimers, SessionLimits, TokenBucket
 from ._session import Session, SessionContext
 
@@ -366,6 +368,7 @@ class Broker:
         self._gate = ConnectionGate(self.max_connections, allowed_origins=self.allowed_origins)
         self._serving = False
         self._shutting_down = False
+        self._listening = False  # (readiness: listening, and not draining)
         self._sys_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
 
     @property
@@ -478,10 +481,12 @@ class Broker:
             if self.stats_interval is not None:
                 nursery.start_soon(self._publish_stats, bus, self.stats_interval)
             logger.info("broker %r listening on %s", self.name, server.url)
+            self._listening = True
             task_status.started(server)
             try:
                 await trio.sleep_forever()
             finally:
+                self._listening = False
                 with trio.CancelScope(shield=True):
                     listener_scope.cancel()
                     with trio.move_on_after(self.shutdown_timeout):
@@ -694,6 +699,50 @@ class Broker:
                 await bus.publish("$sys.stats", attrs.asdict(self.statistics()))
             except trio.ClosedResourceError:
                 return
+
+    @property
+    def ready(self) -> bool:
+        """Whether the broker serves: it listens (its store open) and is not draining its
+        clients to shut down. What the HTTP side port's ``/readyz`` answers."""
+        return self._listening and not self._shutting_down
+
+    def connections_by_user(self) -> dict[str, int]:
+        """Clients connected now, by the user the broker authenticated them as (empty when
+        it does not authenticate)."""
+        users: Counter[str] = Counter()
+        for session in self._sessions.values():
+            if session.user is not None:
+                users[session.user] += 1
+        return dict(users)
+
+    def store_statistics(self) -> StoreStatistics | None:
+        """The statistics of the broker's store while it is open; None without a store (or
+        before it is open)."""
+        store = self._bus.store if self._bus is not None else None
+        return None if store is None else store.statistics()
+
+    async def serve_http(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8222,
+        *,
+        task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the HTTP side port on *host*:*port* until cancelled; a startable task.
+
+        ``http = await nursery.start(broker.serve_http, "127.0.0.1", 0)`` returns once it
+        listens, with its :class:`HttpServer` (the real port when *port* is 0). It answers
+        ``/metrics`` (Prometheus text, read from :meth:`statistics` and the store's at scrape
+        time), ``/healthz`` (200) and ``/readyz`` (200 when :attr:`ready`, else 503). Start it
+        before or beside :meth:`serve`: it answers 503 until the broker listens. Bind it to a
+        loopback or otherwise private address: it has no authentication. Needs the ``http``
+        extra (hypercorn and prometheus-client).
+
+        Raises:
+            OSError: if it cannot listen on *host*:*port*.
+            ImportError: without the ``http`` extra.
+        """
+        await serve_http(self, host, port, task_status=task_status)
 
     def statistics(self) -> BrokerStatistics:
         """A snapshot of what the broker has seen."""

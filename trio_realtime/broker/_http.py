@@ -1,0 +1,242 @@
+"""The broker's HTTP side port: Prometheus metrics, liveness and readiness.
+
+``await nursery.start(broker.serve_http, "127.0.0.1", 8222)`` serves, beside the broker's
+WebSocket port:
+
+* ``/metrics``: the Prometheus text exposition of what :meth:`Broker.statistics` and the
+  store's statistics know, read at scrape time (nothing is counted on the hot path for it);
+* ``/healthz``: 200 while the process serves HTTP at all (liveness);
+* ``/readyz``: 200 once the broker listens (its store open), 503 before and while it drains
+  its clients at shutdown (readiness).
+
+The HTTP server is hypercorn's Trio worker (a maintained HTTP/1.1 and HTTP/2 server that runs
+in the broker's own Trio run), and the exposition prometheus-client's: the ``http`` extra
+installs both (``pip install 'trio-realtime[http]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from ..store import StoreStatistics
+
+__all__ = ["HttpServer", "metrics_text", "serve_http"]
+
+logger = logging.getLogger("trio_realtime.http")
+
+#: The metric names' prefix.
+PREFIX: Final = "trio_realtime"
+
+_Scope = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class Broker(Protocol):
+    """What the side port reads of a :class:`~trio_realtime.Broker`."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether ``/readyz`` answers 200."""
+        ...
+
+    def statistics(self) -> Any:
+        """The broker's figures (a :class:`~trio_realtime.BrokerStatistics`)."""
+        ...
+
+    def connections_by_user(self) -> dict[str, int]:
+        """Clients connected now, by user."""
+        ...
+
+    def store_statistics(self) -> StoreStatistics | None:
+        """The store's figures, if it has an open store."""
+        ...
+
+
+@attrs.frozen
+class HttpServer:
+    """Where the broker's HTTP side port listens (what :meth:`Broker.serve_http` starts
+    with)."""
+
+    #: The address it is bound to.
+    host: str
+    #: The port (the real one when 0 was asked for).
+    port: int
+    #: ``http://host:port``.
+    url: str
+
+
+def _need(module: str) -> Any:
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as exc:  # pragma: no cover - the http extra is installed for the tests
+        raise ImportError(
+            f"the broker's HTTP port needs {module.split('.')[0]}: "
+            "pip install 'trio-realtime[http]'"
+        ) from exc
+
+
+def _families(broker: Broker) -> Iterator[Any]:
+    """The metric families, read from the broker now."""
+    core = _need("prometheus_client.core")
+    counter, gauge = core.CounterMetricFamily, core.GaugeMetricFamily
+    stats = broker.statistics()
+    yield gauge(f"{PREFIX}_ready", "1 when the broker listens and is not draining", broker.ready)
+    yield gauge(f"{PREFIX}_connections", "Clients connected now", stats.connections)
+    yield counter(
+        f"{PREFIX}_connections", "Clients that connected since the start", stats.connections_total
+    )
+    yield gauge(
+        f"{PREFIX}_subscriptions",
+        "Subscriptions on the bus now (remote and in process)",
+        stats.subscriptions,
+    )
+    yield counter(f"{PREFIX}_events_in", "Events clients published", stats.events_in)
+    yield counter(f"{PREFIX}_events_out", "Events sent to clients", stats.events_out)
+    yield counter(f"{PREFIX}_events_published", "Events published on the bus", stats.published)
+    yield counter(
+        f"{PREFIX}_events_dropped", "Events lost to overflow (slow consumers)", stats.dropped
+    )
+    yield counter(f"{PREFIX}_events_stored", "Events stored", stats.stored)
+    yield counter(f"{PREFIX}_actor_errors", "Exceptions raised by actors", stats.actor_errors)
+    errors = counter(f"{PREFIX}_errors", "Errors answered or met, by error code", labels=["code"])
+    for code, n in sorted(stats.errors.items()):
+        errors.add_metric([code], n)
+    yield errors
+    limits = counter(
+        f"{PREFIX}_limit_hits", "Times a configured limit was hit, by limit", labels=["limit"]
+    )
+    for name, n in sorted(stats.limits.items()):
+        limits.add_metric([name], n)
+    yield limits
+    by_user = gauge(
+        f"{PREFIX}_user_connections",
+        "Clients connected now, by authenticated user",
+        labels=["user"],
+    )
+    for user, n in sorted(broker.connections_by_user().items()):
+        by_user.add_metric([user], n)
+    yield by_user
+    store = broker.store_statistics()
+    if store is not None:
+        yield gauge(f"{PREFIX}_store_events", "Events the store holds now", store.events_stored)
+        yield gauge(f"{PREFIX}_store_last_seq", "The highest seq assigned", store.last_seq)
+        yield counter(
+            f"{PREFIX}_store_transactions",
+            "Write transactions (group commits)",
+            store.transactions,
+        )
+        yield counter(
+            f"{PREFIX}_store_events_appended",
+            "Events the transactions stored",
+            store.events_appended,
+        )
+        yield gauge(
+            f"{PREFIX}_store_largest_transaction",
+            "Events in the largest transaction",
+            store.largest_transaction,
+        )
+        yield gauge(
+            f"{PREFIX}_store_pending_appends",
+            "Appends waiting for their transaction",
+            store.pending_appends,
+        )
+        yield counter(f"{PREFIX}_store_reads", "Reads answered", store.reads)
+        yield counter(
+            f"{PREFIX}_store_events_removed",
+            "Events removed by retention",
+            store.events_removed,
+        )
+
+
+class _BrokerCollector:
+    """A prometheus-client collector that reads the broker at each scrape."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def collect(self) -> Iterator[Any]:
+        return _families(self._broker)
+
+
+def metrics_text(broker: Broker) -> bytes:
+    """The Prometheus text exposition of *broker*'s figures now (what ``/metrics`` answers)."""
+    registry = _need("prometheus_client").CollectorRegistry(auto_describe=False)
+    registry.register(_BrokerCollector(broker))
+    text: bytes = _need("prometheus_client").generate_latest(registry)
+    return text
+
+
+def _app(broker: Broker) -> Callable[[_Scope, _Receive, _Send], Awaitable[None]]:
+    """The ASGI application of the side port."""
+    content_type = _need("prometheus_client").CONTENT_TYPE_LATEST.encode()
+
+    async def respond(send: _Send, status: int, body: bytes, kind: bytes) -> None:
+        headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def app(scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        text = b"text/plain; charset=utf-8"
+        if scope["method"] not in ("GET", "HEAD"):
+            await respond(send, 405, b"method not allowed\n", text)
+            return
+        path = scope["path"]
+        if path == "/metrics":
+            await respond(send, 200, metrics_text(broker), content_type)
+        elif path == "/healthz":
+            await respond(send, 200, b"ok\n", text)
+        elif path == "/readyz":
+            if broker.ready:
+                await respond(send, 200, b"ready\n", text)
+            else:
+                await respond(send, 503, b"not ready\n", text)
+        else:
+            await respond(send, 404, b"not found: /metrics, /healthz, /readyz\n", text)
+
+    return app
+
+
+async def serve_http(
+    broker: Broker,
+    host: str = "127.0.0.1",
+    port: int = 8222,
+    *,
+    task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve *broker*'s HTTP side port on *host*:*port* until cancelled; a startable task
+    (started with the :class:`HttpServer` once it listens)."""
+    hypercorn = _need("hypercorn")
+    hypercorn_trio = _need("hypercorn.trio")
+    config = hypercorn.Config()
+    shown = f"[{host}]" if ":" in host else host
+    config.bind = [f"{shown}:{port}"]
+    config.accesslog = None
+    config.errorlog = logger  # (hypercorn logs through the broker's logger tree)
+    config.graceful_timeout = 1.0
+
+    async def started(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        await hypercorn_trio.serve(_app(broker), config, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(started)
+        bound = int(binds[0].rsplit(":", 1)[1])
+        server = HttpServer(host=host, port=bound, url=f"http://{shown}:{bound}")
+        logger.info("HTTP side port listening on %s (/metrics, /healthz, /readyz)", server.url)
+        task_status.started(server)
