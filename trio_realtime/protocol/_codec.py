@@ -389,6 +389,18 @@ def _ref_of(obj: dict[str, Any]) -> int | None:
     return None
 
 
+# The two frames of the bulk of the traffic are built through their slots: attrs' generated
+# __init__ of a frozen class sets each field through a look-up (0.47 against 0.26 us).
+_new_object: Final = object.__new__
+_set_subs: Final = EventFrame.__dict__["subs"].__set__
+_set_frame_event: Final = EventFrame.__dict__["event"].__set__
+_set_publish_event: Final = Publish.__dict__["event"].__set__
+_set_retain: Final = Publish.__dict__["retain"].__set__
+_set_ref: Final = Publish.__dict__["ref"].__set__
+assert [f.name for f in attrs.fields(EventFrame)] == ["subs", "event"]
+assert [f.name for f in attrs.fields(Publish)] == ["event", "retain", "ref"]
+
+
 def _fast_event_frame(obj: dict[str, Any]) -> EventFrame:
     subs = obj["subs"]
     if type(subs) is not list:
@@ -396,7 +408,10 @@ def _fast_event_frame(obj: dict[str, Any]) -> EventFrame:
     for sub in subs:
         if type(sub) is not int:
             raise TypeError
-    return EventFrame(subs=tuple(subs), event=structure_event(obj["event"]))
+    frame = _new_object(EventFrame)  # (the fields are checked: no generated __init__)
+    _set_subs(frame, tuple(subs))
+    _set_frame_event(frame, structure_event(obj["event"]))
+    return frame
 
 
 def _fast_publish(obj: dict[str, Any]) -> Publish:
@@ -404,7 +419,11 @@ def _fast_publish(obj: dict[str, Any]) -> Publish:
     ref = obj.get("ref")
     if type(retain) is not bool or (ref is not None and type(ref) is not int):
         raise TypeError
-    return Publish(event=structure_event(obj["event"]), retain=retain, ref=ref)
+    frame = _new_object(Publish)
+    _set_publish_event(frame, structure_event(obj["event"]))
+    _set_retain(frame, retain)
+    _set_ref(frame, ref)
+    return frame
 
 
 _FAST_DECODERS: Final[dict[str, Callable[[dict[str, Any]], Frame]]] = {
