@@ -202,6 +202,24 @@ class Client(metaclass=NoPublicConstructor):
             self._check_open()
             await self._state_changed.wait()
 
+    async def wait_state_change(self, state: ClientState) -> ClientState:
+        """Wait until the client's :attr:`state` is not *state*, and return the new state.
+
+        Returns at once if it already differs. Pass the state you last saw to watch every
+        change (``CONNECTED`` → ``DISCONNECTED`` → ``CONNECTING`` → … → ``CLOSED``)::
+
+            state = client.state
+            while state is not ClientState.CLOSED:
+                state = await client.wait_state_change(state)
+
+        Changes in quick succession may be seen as one: this reports where the client is,
+        not each step it took. It never raises for a closed client: it returns ``CLOSED``.
+        """
+        await trio.lowlevel.checkpoint()
+        while self._state is state:
+            await self._state_changed.wait()
+        return self._state
+
     # -- publishing -----------------------------------------------------------------------
 
     async def publish(
