@@ -189,7 +189,7 @@ def test_bad_input_is_one_line_and_status_1(
 ) -> None:
     """Bad JSON, bad topics, bad headers, unreachable brokers: one line, exit status 1."""
     for argv, expected in [
-        (("pub", broker.url, "a.b", "{bad"), "not valid JSON"),
+        (("pub", broker.url, "a.b", "{bad", "--json"), "not valid JSON"),
         (("pub", broker.url, "a..b", "1"), "invalid topic"),
         (("pub", broker.url, "a.b", "1", "--header", "novalue"), "NAME=VALUE"),
         (("pub", "ws://127.0.0.1:1", "a.b"), "127.0.0.1:1"),
