@@ -17,7 +17,11 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import sphinxcontrib_trio
+from docutils import nodes
+from docutils.statemachine import StringList
 from sphinx.ext import napoleon
+from sphinx.util.docutils import SphinxDirective
+from sphinx.util.nodes import nested_parse_with_titles
 
 import trio_realtime
 
@@ -213,7 +217,40 @@ def _napoleon_prose_properties(
     )
 
 
+class CommandHelp(SphinxDirective):
+    """``.. command-help::``: the ``--help`` of ``trio-realtime`` and of each of its commands,
+    rendered from the parsers at build time, so that the reference cannot drift."""
+
+    def run(self) -> list[nodes.Node]:
+        from trio_realtime.cli._main import command_parsers, parser
+
+        columns = os.environ.get("COLUMNS")
+        os.environ["COLUMNS"] = "90"  # argparse wraps its help to the terminal's width
+        try:
+            main = parser()
+            commands = [("trio-realtime", main)]
+            commands += [(f"trio-realtime {n}", p) for n, p in command_parsers(main).items()]
+            lines: list[str] = []
+            for name, command in commands:
+                lines += [f"``{name}``", "~" * (len(name) + 4), "", ".. code-block:: text", ""]
+                lines += [
+                    f"   {line}" if line else "" for line in command.format_help().split("\n")
+                ]
+                lines.append("")
+        finally:
+            if columns is None:
+                del os.environ["COLUMNS"]
+            else:
+                os.environ["COLUMNS"] = columns
+        container = nodes.section()
+        nested_parse_with_titles(
+            self.state, StringList(lines, source="trio-realtime --help"), container
+        )
+        return list(container.children)
+
+
 def setup(app: Sphinx) -> None:
+    app.add_directive("command-help", CommandHelp)
     for listener in list(app.events.listeners["autodoc-process-docstring"]):
         if listener.handler is napoleon._process_docstring:
             app.disconnect(listener.id)
