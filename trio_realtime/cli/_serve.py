@@ -75,6 +75,8 @@ SERVE_DEFAULTS: Final[Mapping[str, object]] = {
     "handshake_timeout": 10.0,
     "publish_burst": 100,
     "allow_anonymous": False,
+    "http_host": "127.0.0.1",
+    "log_events": False,
 }
 
 
@@ -312,6 +314,8 @@ async def serve(args: argparse.Namespace) -> None:
         )
     ssl_context = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
     await _check_can_listen(args.host, args.port)
+    if args.http_port is not None:
+        await _check_can_listen(args.http_host, args.http_port)
     store = open_store(
         args.store,
         synchronous=args.synchronous,
@@ -368,6 +372,21 @@ async def serve(args: argparse.Namespace) -> None:
         write(f"auth: {auth_line}\n")
         write(f"origins: {_describe_origins(broker.allowed_origins)}\n")
         write(f"tls: {_describe_tls(args.tls_cert, args.tls_client_ca)}\n")
+        if args.http_port is not None:
+            try:
+                http = await nursery.start(broker.serve_http, args.http_host, args.http_port)
+            except ImportError as exc:
+                raise CommandError(str(exc)) from None
+            except OSError as exc:
+                where = f"{args.http_host}:{args.http_port}"
+                raise CommandError(f"cannot listen on {where}: {exc}") from None
+            write(f"http: {http.url} (/metrics, /healthz, /readyz)\n")
+        if args.log_events:
+            from ..logging import open_event_log_handler
+
+            write("log events: the broker's log records are published on log.<level>.<logger>\n")
+            async with open_event_log_handler(broker.bus, attach_to="trio_realtime"):
+                await trio.sleep_forever()
         await trio.sleep_forever()
 
 
@@ -485,6 +504,28 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         type=positive_float,
         metavar="SECONDS",
         help="for a new connection's WebSocket handshake, and then its hello (10)",
+    )
+    operations = serve.add_argument_group(
+        "operations", "watching the broker (see the operations guide)"
+    )
+    operations.add_argument(
+        "--http-port",
+        type=listen_port,
+        metavar="PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: any free "
+        "one; none by default; needs the http extra)",
+    )
+    operations.add_argument(
+        "--http-host",
+        help="address of the HTTP port (127.0.0.1: it has no authentication, keep it private)",
+    )
+    operations.add_argument(
+        "--log-events",
+        action="store_true",
+        default=None,
+        help="also publish the broker's own log records as events on log.<level>.<logger> "
+        "(tail them with: trio-realtime sub 'log.>'; stored like any topic unless --persist "
+        "leaves log.> out)",
     )
     security = serve.add_argument_group("security", "who may connect (see the security guide)")
     security.add_argument(

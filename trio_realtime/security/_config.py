@@ -85,9 +85,12 @@ SERVER_OPTIONS: Final[Mapping[str, OptionKind]] = {
     "tls_cert": "string",
     "tls_key": "string",
     "tls_client_ca": "string",
+    "http_port": "integer",
+    "http_host": "string",
+    "log_events": "boolean",
 }
 
-_TOP_LEVEL: Final = ("server", "users", "anonymous", "auth")
+_TOP_LEVEL: Final = ("server", "http", "users", "anonymous", "auth")
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 _TOML_POSITION: Final = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
@@ -225,6 +228,14 @@ def _config(
 ) -> ServerConfig:
     _check_keys(data, "", _TOP_LEVEL)
     server = _server(data.get("server", {}))
+    if "http" in data:  # [http] host/port: the same as [server] http_host/http_port
+        http = _table(data["http"], "http")
+        _check_keys(http, "http", ("host", "port"))
+        for key, value in http.items():
+            option = f"http_{key}"
+            if option in server:
+                raise ValueError(f"http.{key}: given twice (also as server.{option})")
+            server.update(_server({option: value}))
     users = _users(data.get("users", []))
     anonymous = None
     if "anonymous" in data:
