@@ -293,3 +293,19 @@ async def test_a_gap_of_stored_events_is_caught_up_from_the_store() -> None:
             assert sub.missed == 1  # the one dropped event that was not stored
             assert client.statistics().catch_ups == 1
     assert [(s.pattern, s.since) for s in caught_up] == [("g.>", 10)]
+
+
+async def test_a_cancelled_client_leaves_at_once(
+    live_broker: RunningBroker, loopback_clock: trio.testing.MockClock
+) -> None:
+    """Cancelling a scope around a client and its subscription ends both promptly: the block
+    does not wait for an unsubscribe or a drain that its own cancelled tasks cannot send."""
+    start = trio.current_time()
+    with trio.move_on_after(0.5):
+        async with (
+            open_client(live_broker.url) as client,
+            client.subscribe("cancelled.>"),
+        ):
+            await client.publish("cancelled.x", 1)
+            await trio.sleep_forever()
+    assert trio.current_time() - start < 1

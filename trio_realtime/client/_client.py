@@ -10,6 +10,7 @@ exponential backoff, re-creates every subscription (resuming stored topics after
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import ssl
 import time
@@ -327,7 +328,8 @@ class Client(metaclass=NoPublicConstructor):
         again, and if it had received stored events, resumes after the last ``seq`` it saw,
         without loss or duplicates (for stored topics). Leaving the block unsubscribes on the
         broker and waits (a bounded time) for it to confirm, so that the broker no longer
-        routes to it once the block has exited.
+        routes to it once the block has exited (a block left because it is cancelled does
+        not wait).
 
         The buffer and *overflow* policy apply to the local subscription as on the bus, but
         a client cannot make the broker's publishers wait, and a slow subscription never
@@ -425,7 +427,9 @@ class Client(metaclass=NoPublicConstructor):
         link = self._link
         done = link.unsubscribe(rs) if link is not None else None
         rs.id = None
-        if done is not None:
+        if done is not None and not _being_cancelled():
+            # (A block left because it is cancelled does not wait: when the cancellation
+            # takes the client with it, nothing would send the unsubscribe anyway.)
             with trio.move_on_after(UNSUBSCRIBE_TIMEOUT, shield=True):
                 await done.wait()
 
@@ -887,7 +891,11 @@ class Client(metaclass=NoPublicConstructor):
             logger.warning("%d published events were not sent: the client closed", dropped)
 
     async def _shutdown(self) -> None:
-        """Leave gracefully: send what waits (bounded), then close."""
+        """Leave gracefully: send what waits (bounded), then close. Cancelled, it closes at
+        once: its writer, in the client's nursery, is cancelled too."""
+        if _being_cancelled():
+            self._close(None)
+            return
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             while True:
                 link = self._link
@@ -895,6 +903,11 @@ class Client(metaclass=NoPublicConstructor):
                     break
                 await self._outbox.wait_drained()
         self._close(None)
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task is being cancelled (its effective deadline has passed)."""
+    return trio.current_effective_deadline() == -math.inf
 
 
 @asynccontextmanager
@@ -931,7 +944,8 @@ async def open_client(
     subscriptions' receives raise it too.
 
     Leaving the block (or :meth:`Client.aclose`) sends what waits in the outbox (a bounded
-    time), ends every subscription's iteration cleanly, fails operations still waiting with
+    time; not when the block is left because it is cancelled, which takes the client's
+    writer with it: then it closes at once), ends every subscription's iteration cleanly, fails operations still waiting with
     :exc:`trio.ClosedResourceError`, and closes the WebSocket with code 1000. No task
     outlives the block. An exception raised in the block propagates as itself.
 
