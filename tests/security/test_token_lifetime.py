@@ -204,6 +204,8 @@ async def test_refreshing_too_fast_is_rate_limited(loopback_clock: trio.testing.
         async with (
             jwt_broker() as served,
             served.broker.bus.subscribe("$sys.auth.failed") as failures,
+            open_client(served.url, token=token("bob")) as neighbour,
+            neighbour.subscribe("orders.*") as seen,
             raw_peer(served.url, token()) as (peer, _),
         ):
             for _ in range(REFRESH_BURST):
@@ -219,6 +221,8 @@ async def test_refreshing_too_fast_is_rate_limited(loopback_clock: trio.testing.
             with trio.move_on_after(1):
                 await failures.receive()
                 pytest.fail("a rate-limited refresh reached the authenticator")
+            await neighbour.publish("orders.n", 1)  # the neighbour is served throughout
+            assert (await seen.receive()).data == 1
 
 
 async def test_a_token_accepted_within_the_leeway_expires_after_it(
