@@ -945,8 +945,9 @@ async def open_client(
 
     Leaving the block (or :meth:`Client.aclose`) sends what waits in the outbox (a bounded
     time; not when the block is left because it is cancelled, which takes the client's
-    writer with it: then it closes at once), ends every subscription's iteration cleanly, fails operations still waiting with
-    :exc:`trio.ClosedResourceError`, and closes the WebSocket with code 1000. No task
+    writer with it: then it closes at once), ends every subscription's iteration cleanly,
+    fails operations still waiting with :exc:`trio.ClosedResourceError`, and closes the
+    WebSocket with code 1000. No task
     outlives the block. An exception raised in the block propagates as itself.
 
     Args:
