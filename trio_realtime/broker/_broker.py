@@ -726,14 +726,18 @@ class Broker:
         host: str = "127.0.0.1",
         port: int = 8222,
         *,
+        ws_url: str | None = None,
         task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve the HTTP side port on *host*:*port* until cancelled; a startable task.
 
         ``http = await nursery.start(broker.serve_http, "127.0.0.1", 0)`` returns once it
         listens, with its :class:`HttpServer` (the real port when *port* is 0). It answers
-        ``/metrics`` (Prometheus text, read from :meth:`statistics` and the store's at scrape
-        time), ``/healthz`` (200) and ``/readyz`` (200 when :attr:`ready`, else 503). Start it
+        ``/`` (the live dashboard, a web page that connects to the broker over WebSocket:
+        to *ws_url*, the broker's URL as browsers reach it, when given; else to port 8765 on
+        the page's host, unless the page's address says ``?ws=URL``), ``/metrics``
+        (Prometheus text, read from :meth:`statistics` and the store's at scrape time),
+        ``/healthz`` (200) and ``/readyz`` (200 when :attr:`ready`, else 503). Start it
         before or beside :meth:`serve`: it answers 503 until the broker listens. Bind it to a
         loopback or otherwise private address: it has no authentication. Needs the ``http``
         extra (hypercorn and prometheus-client).
@@ -742,7 +746,7 @@ class Broker:
             OSError: if it cannot listen on *host*:*port*.
             ImportError: without the ``http`` extra.
         """
-        await serve_http(self, host, port, task_status=task_status)
+        await serve_http(self, host, port, ws_url=ws_url, task_status=task_status)
 
     def statistics(self) -> BrokerStatistics:
         """A snapshot of what the broker has seen."""

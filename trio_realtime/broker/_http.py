@@ -1,8 +1,13 @@
-"""The broker's HTTP side port: Prometheus metrics, liveness and readiness.
+"""The broker's HTTP side port: a live dashboard, Prometheus metrics, liveness and readiness.
 
 ``await nursery.start(broker.serve_http, "127.0.0.1", 8222)`` serves, beside the broker's
 WebSocket port:
 
+* ``/``: the live dashboard, static files shipped in the package (``dashboard/``: HTML,
+  JavaScript and CSS, no build step, nothing fetched from elsewhere). The page is a browser
+  client of the broker's own WebSocket protocol: it reads ``$sys.stats`` and tails a pattern;
+* ``/config.json``: ``{"ws": URL}``, the broker's WebSocket URL for the page when
+  *ws_url* was given (else null: the page then tries port 8765 on its own host);
 * ``/metrics``: the Prometheus text exposition of what :meth:`Broker.statistics` and the
   store's statistics know, read at scrape time (nothing is counted on the hot path for it);
 * ``/healthz``: 200 while the process serves HTTP at all (liveness);
@@ -16,6 +21,8 @@ installs both (``pip install 'trio-realtime[http]'``).
 
 from __future__ import annotations
 
+import importlib.resources
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -26,12 +33,23 @@ import trio
 if TYPE_CHECKING:
     from ..store import StoreStatistics
 
-__all__ = ["HttpServer", "metrics_text", "serve_http"]
+__all__ = ["HttpServer", "dashboard_files", "metrics_text", "serve_http"]
 
 logger = logging.getLogger("trio_realtime.http")
 
 #: The metric names' prefix.
 PREFIX: Final = "trio_realtime"
+
+#: The dashboard's files (in the package's ``dashboard/`` folder) and their content types.
+DASHBOARD_FILES: Final = {
+    "index.html": b"text/html; charset=utf-8",
+    "app.js": b"text/javascript; charset=utf-8",
+    "style.css": b"text/css; charset=utf-8",
+}
+#: What the dashboard's page may load and connect to: its own files, and WebSockets.
+_PAGE_POLICY: Final = (
+    b"default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'"
+)
 
 _Scope = MutableMapping[str, Any]
 _Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -173,12 +191,29 @@ def metrics_text(broker: Broker) -> bytes:
     return text
 
 
-def _app(broker: Broker) -> Callable[[_Scope, _Receive, _Send], Awaitable[None]]:
+def dashboard_files() -> dict[str, tuple[bytes, bytes]]:
+    """The dashboard's files by URL path: ``(content type, body)``."""
+    folder = importlib.resources.files("trio_realtime.broker") / "dashboard"
+    files = {
+        f"/{name}": (kind, (folder / name).read_bytes()) for name, kind in DASHBOARD_FILES.items()
+    }
+    files["/"] = files["/index.html"]
+    return files
+
+
+def _app(
+    broker: Broker, ws_url: str | None = None
+) -> Callable[[_Scope, _Receive, _Send], Awaitable[None]]:
     """The ASGI application of the side port."""
     content_type = _need("prometheus_client").CONTENT_TYPE_LATEST.encode()
+    static = dashboard_files()
+    static["/config.json"] = (b"application/json", json.dumps({"ws": ws_url}).encode())
 
     async def respond(send: _Send, status: int, body: bytes, kind: bytes) -> None:
         headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+        if kind.startswith(b"text/html"):
+            headers.append((b"content-security-policy", _PAGE_POLICY))
+        headers.append((b"x-content-type-options", b"nosniff"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -198,7 +233,10 @@ def _app(broker: Broker) -> Callable[[_Scope, _Receive, _Send], Awaitable[None]]
             await respond(send, 405, b"method not allowed\n", text)
             return
         path = scope["path"]
-        if path == "/metrics":
+        if path in static:
+            kind, body = static[path]
+            await respond(send, 200, body, kind)
+        elif path == "/metrics":
             await respond(send, 200, metrics_text(broker), content_type)
         elif path == "/healthz":
             await respond(send, 200, b"ok\n", text)
@@ -208,7 +246,7 @@ def _app(broker: Broker) -> Callable[[_Scope, _Receive, _Send], Awaitable[None]]
             else:
                 await respond(send, 503, b"not ready\n", text)
         else:
-            await respond(send, 404, b"not found: /metrics, /healthz, /readyz\n", text)
+            await respond(send, 404, b"not found: /, /metrics, /healthz, /readyz\n", text)
 
     return app
 
@@ -218,10 +256,12 @@ async def serve_http(
     host: str = "127.0.0.1",
     port: int = 8222,
     *,
+    ws_url: str | None = None,
     task_status: trio.TaskStatus[HttpServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve *broker*'s HTTP side port on *host*:*port* until cancelled; a startable task
-    (started with the :class:`HttpServer` once it listens)."""
+    (started with the :class:`HttpServer` once it listens). *ws_url* is the broker's
+    WebSocket URL as the dashboard's browsers should reach it (``/config.json``)."""
     hypercorn = _need("hypercorn")
     hypercorn_trio = _need("hypercorn.trio")
     config = hypercorn.Config()
@@ -232,11 +272,14 @@ async def serve_http(
     config.graceful_timeout = 1.0
 
     async def started(*, task_status: trio.TaskStatus[list[str]]) -> None:
-        await hypercorn_trio.serve(_app(broker), config, task_status=task_status)
+        await hypercorn_trio.serve(_app(broker, ws_url), config, task_status=task_status)
 
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(started)
         bound = int(binds[0].rsplit(":", 1)[1])
         server = HttpServer(host=host, port=bound, url=f"http://{shown}:{bound}")
-        logger.info("HTTP side port listening on %s (/metrics, /healthz, /readyz)", server.url)
+        logger.info(
+            "HTTP side port listening on %s (/ dashboard, /metrics, /healthz, /readyz)",
+            server.url,
+        )
         task_status.started(server)
