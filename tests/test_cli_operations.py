@@ -43,6 +43,8 @@ def test_serve_http_port_answers_metrics_and_readiness(tmp_path: Path) -> None:
             assert (response.status, response.read()) == (200, b"ready\n")
         with urllib.request.urlopen(f"{url}/metrics", timeout=TIMEOUT) as response:
             assert b"trio_realtime_connections " in response.read()
+        with urllib.request.urlopen(f"{url}/config.json", timeout=TIMEOUT) as response:
+            assert server.url in response.read().decode()  # (the dashboard's broker)
     finally:
         assert server.stop()[0] == 0
 

@@ -374,13 +374,15 @@ async def serve(args: argparse.Namespace) -> None:
         write(f"tls: {_describe_tls(args.tls_cert, args.tls_client_ca)}\n")
         if args.http_port is not None:
             try:
-                http = await nursery.start(broker.serve_http, args.http_host, args.http_port)
+                http = await nursery.start(
+                    partial(broker.serve_http, ws_url=server.url), args.http_host, args.http_port
+                )
             except ImportError as exc:
                 raise CommandError(str(exc)) from None
             except OSError as exc:
                 where = f"{args.http_host}:{args.http_port}"
                 raise CommandError(f"cannot listen on {where}: {exc}") from None
-            write(f"http: {http.url} (/metrics, /healthz, /readyz)\n")
+            write(f"http: {http.url} (the dashboard at /; /metrics, /healthz, /readyz)\n")
         if args.log_events:
             from ..logging import open_event_log_handler
 
