@@ -88,3 +88,36 @@ async def test_log_events_publishes_the_broker_s_log(tmp_path: Path) -> None:
                 assert event.data["logger"] == "trio_realtime.broker"
     finally:
         server.stop()
+
+
+async def test_json_logs_carry_the_connection_s_context(tmp_path: Path) -> None:
+    """With --log-format json, the broker's connection lines are JSON objects whose fields
+    name the session, the client and its address (the records' extras)."""
+    import json
+
+    from test_interop import in_thread
+
+    server = ServeProcess("--store", "none", "--log-format", "json", "-v", cwd=tmp_path)
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with open_client(server.url, name="jsonclient"):
+                pass
+
+            def connected_line() -> dict[str, object]:
+                assert server.process.stderr is not None
+                while True:
+                    line = server.process.stderr.readline()
+                    assert line, "the broker's log ended without the line"
+                    record = json.loads(line)
+                    if "connected from" in record["message"]:
+                        return record  # type: ignore[no-any-return]
+
+            record = await in_thread(connected_line)
+        assert record["client"] == "jsonclient"
+        assert record["logger"] == "trio_realtime.broker"
+        assert isinstance(record["session"], str)
+        assert record["session"]
+        assert str(record["address"]).startswith("127.0.0.1:")
+        assert "user" in record
+    finally:
+        server.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Final
 
 import prometheus_client
@@ -19,7 +20,7 @@ from test_interop import in_thread
 
 from trio_realtime import Broker, open_bus, open_client
 from trio_realtime.security import Permissions, StaticUsers, User, token_sha256
-from trio_realtime.store import MemoryStore
+from trio_realtime.store import MemoryStore, SQLiteStore
 
 TOKEN: Final = "metrics-user-token-0123456789"
 
@@ -162,18 +163,25 @@ async def test_head_requests_are_answered(path: str) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_the_operations_guide_lists_every_metric() -> None:
-    """docs/operations.rst's table names exactly the metrics a broker with a store exposes."""
+async def test_the_operations_guide_lists_every_metric(tmp_path: Path) -> None:
+    """docs/operations.rst's table names exactly the metrics a broker with an SQLite store
+    exposes."""
     import re
-    from pathlib import Path
 
     from trio_realtime.broker._http import metrics_text
 
     doc = (Path(__file__).parents[1] / "docs" / "operations.rst").read_text(encoding="utf-8")
     documented = set(re.findall(r"^   \* - ``(trio_realtime_\w+)``$", doc, flags=re.MULTILINE))
     with trio.fail_after(TIMEOUT):
-        async with open_bus(store=MemoryStore()) as bus, running_broker(bus=bus) as served:
+        async with (
+            open_bus(store=SQLiteStore(tmp_path / "events.db")) as bus,
+            running_broker(bus=bus) as served,
+        ):
+            await bus.publish("stored.x", 1, ack=True)
             text = metrics_text(served.broker).decode()
+    store_samples = samples(text)
+    assert store_samples[("trio_realtime_store_size_bytes", ())] > 0
+    assert store_samples[("trio_realtime_store_commit_seconds_total", ())] > 0
     exposed = {
         family.name + ("_total" if family.type == "counter" else "")
         for family in text_string_to_metric_families(text)

@@ -587,7 +587,11 @@ class Broker:
         self._connections_total += 1
         session.rate_buckets = self._rate_buckets(session)
         logger.info(
-            "client %r connected from %s as %s", session.client, session.address, session.id
+            "client %r connected from %s as %s",
+            session.client,
+            session.address,
+            session.id,
+            extra=_log_context(session),
         )
         self._publish_sys("$sys.connect", session)
         return True
@@ -624,7 +628,9 @@ class Broker:
         self._sessions.pop(session.id, None)
         if not self._sessions:
             self._no_sessions.set()
-        logger.info("client %r (%s) disconnected", session.client, session.id)
+        logger.info(
+            "client %r (%s) disconnected", session.client, session.id, extra=_log_context(session)
+        )
         self._publish_sys("$sys.disconnect", session)
 
     def _auth_failed(self, session: Session, reason: str) -> None:
@@ -636,6 +642,7 @@ class Broker:
             session.address,
             session.id,
             reason,
+            extra=_log_context(session),
         )
         self._publish_sys("$sys.auth.failed", session, reason=reason)
 
@@ -773,6 +780,17 @@ class Broker:
             errors={code: n for code, n in errors.items() if n},
             limits={name: n for name, n in limits.items() if n},
         )
+
+
+def _log_context(session: Session) -> dict[str, str | None]:
+    """What a log line about *session* carries besides its message (the record's extras: the
+    JSON log format writes them as fields)."""
+    return {
+        "session": session.id,
+        "client": session.client,
+        "user": session.user,
+        "address": session.address,
+    }
 
 
 class BrokerOptions(TypedDict, total=False):

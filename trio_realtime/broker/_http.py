@@ -167,6 +167,16 @@ def _families(broker: Broker) -> Iterator[Any]:
         )
         yield counter(f"{PREFIX}_store_reads", "Reads answered", store.reads)
         yield counter(
+            f"{PREFIX}_store_commit_seconds",
+            "Seconds the write transactions took together (divide by the transactions for "
+            "the average commit latency)",
+            store.commit_seconds,
+        )
+        if store.size_bytes is not None:
+            yield gauge(
+                f"{PREFIX}_store_size_bytes", "Bytes the store takes on disk", store.size_bytes
+            )
+        yield counter(
             f"{PREFIX}_store_events_removed",
             "Events removed by retention",
             store.events_removed,

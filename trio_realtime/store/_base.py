@@ -46,6 +46,11 @@ class StoreStatistics:
         reads: :meth:`Store.read` calls answered.
         events_removed: Events removed by retention (``max_events``, ``max_age``, and
             ``max_bytes`` where a store offers it).
+        commit_seconds: Seconds the write transactions took, together (``commit_seconds /
+            transactions`` is the average commit latency); 0 for a store that does not time
+            them.
+        size_bytes: The bytes the store takes on disk (an SQLite file with its write-ahead
+            log), or None for a store that has no such size.
     """
 
     events_stored: int = 0
@@ -58,6 +63,8 @@ class StoreStatistics:
     pending_appends: int = 0
     reads: int = 0
     events_removed: int = 0
+    commit_seconds: float = 0.0
+    size_bytes: int | None = None
 
 
 def _not_open_error(store: object) -> RuntimeError:

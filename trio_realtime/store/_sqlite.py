@@ -392,8 +392,12 @@ class SQLiteStore(Store):
 
     def statistics(self) -> StoreStatistics:
         """A snapshot of the store's statistics, as seen by this store object."""
+        size = 0
+        for suffix in ("", "-wal"):  # (the file and its write-ahead log: what it takes)
+            with contextlib.suppress(OSError):
+                size += os.path.getsize(f"{self._path}{suffix}")
         with self._lock:
-            return attrs.evolve(self._stats, pending_appends=self._pending)
+            return attrs.evolve(self._stats, pending_appends=self._pending, size_bytes=size)
 
     # -----------------------------------------------------------------------------------------
     # The worker thread
@@ -489,6 +493,7 @@ class SQLiteStore(Store):
         if db is None:
             return [(job, outcome.Error(self._closed_error())) for job in jobs]
         batches: list[list[Row]] = [job.arg for job in jobs]
+        started = time.perf_counter()
         try:
             ranges = db.insert(batches)
         except BaseException as exc:  # noqa: BLE001 - each caller gets its own copy
@@ -517,6 +522,7 @@ class SQLiteStore(Store):
                     events_appended=s.events_appended + stored,
                     transactions=s.transactions + 1,
                     largest_transaction=max(s.largest_transaction, stored),
+                    commit_seconds=s.commit_seconds + (time.perf_counter() - started),
                 )
         return results
 
