@@ -68,6 +68,8 @@ async def test_metrics_follow_the_broker_s_statistics() -> None:
             nursery.cancel_scope.cancel()
     was, now = samples(before), samples(after)
     assert now[("trio_realtime_events_in_total", ())] == stats.events_in == 6
+    assert now[("trio_realtime_received_bytes_total", ())] == stats.bytes_in > 6 * 30
+    assert now[("trio_realtime_sent_bytes_total", ())] == stats.bytes_out > 5 * 30
     assert now[("trio_realtime_events_out_total", ())] == stats.events_out >= 5
     assert now[("trio_realtime_events_stored_total", ())] == stats.stored >= 5
     assert now[("trio_realtime_connections", ())] == stats.connections == 1

@@ -8,7 +8,7 @@ from typing import Any, NoReturn, TypeVar
 
 import trio
 
-__all__ = ["NoPublicConstructor", "only_leaf", "open_service_nursery"]
+__all__ = ["NoPublicConstructor", "only_leaf", "open_service_nursery", "utf8_size"]
 
 _T = TypeVar("_T")
 
@@ -93,3 +93,10 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
         finally:
             body_exc.__context__ = context
             del body_exc  # no reference cycle through this frame
+
+
+def utf8_size(text: str) -> int:
+    """The size of *text* on the wire, in bytes (its UTF-8 encoding)."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))

@@ -127,6 +127,8 @@ class BrokerStatistics:
         subscriptions: Subscriptions on the bus now (remote and in process).
         events_in: Events clients published.
         events_out: Events sent to clients.
+        bytes_in: Bytes of the messages clients sent (their UTF-8 text).
+        bytes_out: Bytes of the messages sent to clients.
         published: Events published on the bus (from clients and in process).
         dropped: Events lost to overflow (slow remote clients and local subscriptions).
         stored: Events stored.
@@ -147,6 +149,8 @@ class BrokerStatistics:
     subscriptions: int
     events_in: int
     events_out: int
+    bytes_in: int
+    bytes_out: int
     published: int
     dropped: int
     stored: int
@@ -773,6 +777,8 @@ class Broker:
             subscriptions=bus.subscriptions if bus else 0,
             events_in=counters.events_in,
             events_out=counters.events_out,
+            bytes_in=counters.bytes_in,
+            bytes_out=counters.bytes_out,
             published=bus.published if bus else 0,
             dropped=bus.dropped if bus else 0,
             stored=bus.stored if bus else 0,

@@ -117,6 +117,8 @@ def _families(broker: Broker) -> Iterator[Any]:
     )
     yield counter(f"{PREFIX}_events_in", "Events clients published", stats.events_in)
     yield counter(f"{PREFIX}_events_out", "Events sent to clients", stats.events_out)
+    yield counter(f"{PREFIX}_received_bytes", "Bytes of the messages clients sent", stats.bytes_in)
+    yield counter(f"{PREFIX}_sent_bytes", "Bytes of the messages sent to clients", stats.bytes_out)
     yield counter(f"{PREFIX}_events_published", "Events published on the bus", stats.published)
     yield counter(
         f"{PREFIX}_events_dropped", "Events lost to overflow (slow consumers)", stats.dropped

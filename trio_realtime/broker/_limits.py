@@ -108,6 +108,8 @@ class BrokerCounters:
     limits: Counter[str] = attrs.Factory(Counter)
     events_in: int = 0
     events_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
 
     def count_error(self, code: str) -> None:
         self.errors[code] += 1

@@ -45,7 +45,7 @@ from .._errors import (
 )
 from .._event import Event, parse_time
 from .._topics import is_reserved, validate_pattern, validate_topic
-from .._util import open_service_nursery
+from .._util import open_service_nursery, utf8_size
 from ..bus._bus import Bus, PendingCommit
 from ..bus._channel import ACCEPTED, DROPPED, Offered
 from ..protocol import (
@@ -452,9 +452,11 @@ class Session:
                 self._room_lot.unpark_all()
             if not builder.count:
                 continue
-            await self.transport.send(builder.finish())
+            text = builder.finish()
+            await self.transport.send(text)
             self.events_out += events
             counters.events_out += events
+            counters.bytes_out += utf8_size(text)
 
     async def _send_final(self) -> None:
         """Send the error frame that explains the close, if any (a bounded time)."""
@@ -807,6 +809,7 @@ class Session:
                 self._enqueue(Error(ref=exc.ref, code=exc.code, message=str(exc)))
                 continue
             policy.received(trio.current_time())
+            self.counters.bytes_in += utf8_size(text)
             conn.receive_text(text)
 
     def _within_rate(self) -> bool:

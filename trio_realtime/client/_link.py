@@ -38,6 +38,7 @@ from .._errors import (
     refusal,
 )
 from .._event import Event
+from .._util import utf8_size
 from ..bus._channel import FULL
 from ..bus._requests import ReplyInbox
 from ..protocol import (
@@ -103,13 +104,6 @@ logger = logging.getLogger("trio_realtime.client")
 WRITE_BATCH: Final = 512
 
 T = TypeVar("T")
-
-
-def utf8_size(text: str) -> int:
-    """The size of *text* on the wire, in bytes (its UTF-8 encoding)."""
-    if text.isascii():
-        return len(text)
-    return len(text.encode("utf-8", "surrogatepass"))
 
 
 # ---------------------------------------------------------------------------------------------
