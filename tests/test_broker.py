@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -981,3 +982,22 @@ async def test_subscribe_since_without_store_is_an_error() -> None:
             await broker.bus.publish("a.x", 1)
             await client.send({"type": "ping"})
             await client.expect("pong")
+
+
+async def test_a_port_in_use_fails_before_the_store_is_opened(tmp_path: Path) -> None:
+    """serve() binds its port before it opens its store: a port in use raises OSError and an
+    SQLite store leaves no file behind; the broker may then serve elsewhere."""
+    from trio_realtime.store import SQLiteStore
+
+    path = tmp_path / "events.db"
+    with trio.fail_after(TIMEOUT):
+        async with running_broker() as taken:
+            broker = Broker(store=SQLiteStore(path), stats_interval=None)
+            async with trio.open_nursery() as nursery:
+                with pytest.raises(OSError):
+                    await nursery.start(broker.serve, "127.0.0.1", taken.port)
+                assert not path.exists()
+                server = await nursery.start(broker.serve, "127.0.0.1", 0)
+                assert path.exists()
+                assert server.port != taken.port
+                nursery.cancel_scope.cancel()

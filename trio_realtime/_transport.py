@@ -45,6 +45,7 @@ __all__ = [
     "SUBPROTOCOL",
     "ConnectionGate",
     "WebSocketTransport",
+    "bind",
     "listen",
     "open_transport",
     "origin_pattern",
@@ -682,6 +683,16 @@ def _peer_address(stream: trio.SocketStream) -> str | None:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+async def bind(host: str, port: int) -> list[trio.SocketListener]:
+    """Listening sockets on *host*:*port* (one per address family), for :func:`listen`: a
+    broker binds before it opens its store, so that a port in use fails first.
+
+    Raises:
+        OSError: if it cannot listen on *host*:*port*.
+    """
+    return list(await trio.open_tcp_listeners(port, host=host))
+
+
 async def listen(
     handler: Callable[[WebSocketTransport], Awaitable[None]],
     host: str,
@@ -692,6 +703,7 @@ async def listen(
     max_message_size: int,
     handshake_timeout: float,
     gate: ConnectionGate,
+    bound: Sequence[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket clients on *host*:*port*, running ``handler(transport)`` for each.
@@ -703,10 +715,15 @@ async def listen(
     (file descriptors above all), the listener logs one warning, keeps serving the
     connections it has, and tries again with a growing delay until it succeeds.
 
+    *bound*: listeners already bound to *host*:*port* (see :func:`bind`), which this takes
+    over (and closes when it ends); None: bind them here.
+
     Raises:
         OSError: if it cannot listen on *host*:*port*.
     """
-    listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+    if bound is None:
+        bound = await bind(host, port)
+    listeners: list[trio.abc.Listener[Any]] = list(bound)
     if ssl_context is not None:
         listeners = [
             trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners

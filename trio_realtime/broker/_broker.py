@@ -24,7 +24,7 @@ import trio
 
 from .._event import Event
 from .._topics import validate_pattern
-from .._transport import LOCAL_ORIGINS, ConnectionGate, listen
+from .._transport import LOCAL_ORIGINS, ConnectionGate, bind, listen
 from .._util import only_leaf
 from ..bus._bus import Bus, open_bus
 from ..bus._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
@@ -436,11 +436,14 @@ class Broker:
         """
         if self._serving:
             raise RuntimeError("this broker is already serving")
+        # Bound before the store is opened: a port in use fails first (and an SQLite store
+        # leaves no new file behind).
+        bound = await bind(host, port)
         self._serving = True
         self._shutting_down = False
         try:
             if self._bus is not None:
-                await self._serve(self._bus, host, port, ssl_context, task_status)
+                await self._serve(self._bus, host, port, bound, ssl_context, task_status)
             async with open_bus(
                 source=self.name,
                 store=self._store,
@@ -449,7 +452,7 @@ class Broker:
             ) as bus:
                 self._bus = bus
                 try:
-                    await self._serve(bus, host, port, ssl_context, task_status)
+                    await self._serve(bus, host, port, bound, ssl_context, task_status)
                 finally:
                     self._bus = None
         except BaseExceptionGroup as group:
@@ -460,12 +463,16 @@ class Broker:
             raise
         finally:
             self._serving = False
+            with trio.CancelScope(shield=True):
+                for listener in bound:  # (closed by the accept loops once they ran)
+                    await listener.aclose()
 
     async def _serve(
         self,
         bus: Bus,
         host: str,
         port: int,
+        bound: list[trio.SocketListener],
         ssl_context: ssl.SSLContext | None,
         task_status: trio.TaskStatus[BrokerServer],
     ) -> NoReturn:
@@ -476,7 +483,7 @@ class Broker:
             sessions_scope = trio.CancelScope(shield=True)
             listener_scope = trio.CancelScope()
             server: BrokerServer = await nursery.start(
-                self._run_sessions, host, port, ssl_context, sessions_scope, listener_scope
+                self._run_sessions, host, port, bound, ssl_context, sessions_scope, listener_scope
             )
             self._sys_send, receive = trio.open_memory_channel[tuple[str, Any]](math.inf)
             await nursery.start(self._run_sys_events, bus, receive)
@@ -502,6 +509,7 @@ class Broker:
         self,
         host: str,
         port: int,
+        bound: list[trio.SocketListener],
         ssl_context: ssl.SSLContext | None,
         sessions_scope: trio.CancelScope,
         listener_scope: trio.CancelScope,
@@ -524,7 +532,7 @@ class Broker:
                     auth_failed=self._auth_failed,
                 )
                 bound_port: int = await sessions.start(
-                    self._listen, host, port, ssl_context, sessions, listener_scope
+                    self._listen, host, port, bound, ssl_context, sessions, listener_scope
                 )
                 scheme = "wss" if ssl_context is not None else "ws"
                 shown = f"[{host}]" if ":" in host else host
@@ -536,6 +544,7 @@ class Broker:
         self,
         host: str,
         port: int,
+        bound: list[trio.SocketListener],
         ssl_context: ssl.SSLContext | None,
         sessions: trio.Nursery,
         listener_scope: trio.CancelScope,
@@ -552,6 +561,7 @@ class Broker:
                 max_message_size=self.max_message_size,
                 handshake_timeout=self.handshake_timeout,
                 gate=self._gate,
+                bound=bound,
                 task_status=task_status,
             )
 

@@ -313,8 +313,7 @@ async def serve(args: argparse.Namespace) -> None:
             "the CA file that signs your clients' certificates (and --tls-cert, --tls-key)"
         )
     ssl_context = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
-    await _check_can_listen(args.host, args.port)
-    if args.http_port is not None:
+    if args.http_port is not None:  # (the broker binds its own port before its store)
         await _check_can_listen(args.http_host, args.http_port)
     store = open_store(
         args.store,
