@@ -386,6 +386,18 @@ class Peer:
             lambda f: f["type"] == "subscribed" or (f["type"] == "error" and f.get("ref") == sub_id)
         )[-1]
 
+    def say_hello(self, token: str | None, client: str) -> tuple[Frame, int | None]:
+        """Send ``hello`` with *token*: the broker's answer, and its close code if it refused
+        (None when it answered ``welcome``)."""
+        frame: Frame = {"type": "hello", "protocol": 1, "client": client}
+        if token is not None:
+            frame["token"] = token
+        self.send(frame)
+        answer = self.receive()
+        if answer["type"] == "welcome":
+            return answer, None
+        return answer, self.close_code()
+
     def close_code(self, timeout: float = RECV_TIMEOUT) -> int:
         """Read until the broker closes the connection; the close code it sent."""
         while True:

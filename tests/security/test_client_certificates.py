@@ -106,15 +106,7 @@ def hello(
     with connect(
         url, ssl=context, open_timeout=RECV_TIMEOUT, close_timeout=RECV_TIMEOUT, ping_interval=None
     ) as ws:
-        peer = Peer(ws)
-        frame: dict[str, Any] = {"type": "hello", "protocol": 1, "client": "mutual-tls"}
-        if token is not None:
-            frame["token"] = token
-        peer.send(frame)
-        answer = peer.receive()
-        if answer["type"] == "welcome":
-            return answer, None
-        return answer, peer.close_code()
+        return Peer(ws).say_hello(token, "mutual-tls")
 
 
 async def test_a_client_certificate_names_its_user(certs: Certificates) -> None:

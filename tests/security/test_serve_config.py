@@ -45,14 +45,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def hello(url: str, token: str | None) -> tuple[dict[str, object], int | None]:
     """Say hello with *token*: the broker's answer, and its close code if it closed."""
     with open_peer(url, hello=False) as peer:
-        frame: dict[str, object] = {"type": "hello", "protocol": 1, "client": "serve-config"}
-        if token is not None:
-            frame["token"] = token
-        peer.send(frame)
-        answer = peer.receive()
-        if answer["type"] == "welcome":
-            return answer, None
-        return answer, peer.close_code()
+        return peer.say_hello(token, "serve-config")
 
 
 async def test_a_broker_served_with_a_config_file_authenticates(tmp_path: Path) -> None:
