@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import operator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import attrs
 import trio
@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_READ_LIMIT",
+    "MAX_CURSOR_NAME",
     "Store",
     "StoreStatistics",
 ]
 
 #: How many events :meth:`Store.read` returns at most when no ``limit`` is given.
 DEFAULT_READ_LIMIT: Final = 100
+#: The longest name of a cursor (:meth:`Store.save_cursor`), in characters.
+MAX_CURSOR_NAME: Final = 200
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +121,26 @@ def check_max_bytes(max_bytes: int | None) -> int | None:
     return max_bytes
 
 
+def check_cursor(name: object, seq: object = 0) -> None:
+    """Validate a cursor's name (and the seq to save under it).
+
+    Raises:
+        TypeError: if *name* is not a string or *seq* not an int.
+        ValueError: if *name* is empty or longer than :data:`MAX_CURSOR_NAME`, or *seq* is
+            negative.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a cursor's name must be a string, not {name!r}")
+    if not 0 < len(name) <= MAX_CURSOR_NAME:
+        raise ValueError(
+            f"a cursor's name must have 1 to {MAX_CURSOR_NAME} characters, not {len(name)}"
+        )
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise TypeError(f"a cursor's seq must be an int, not {seq!r}")
+    if seq < 0:
+        raise ValueError(f"a cursor's seq must not be negative, not {seq!r}")
+
+
 def check_read_args(after: int | None, limit: int, max_bytes: int | None = None) -> int:
     """Validate :meth:`Store.read` arguments; the seq to read after (0 for None).
 
@@ -163,10 +186,17 @@ class Store(trio.abc.AsyncResource, abc.ABC):
     * retention, where an implementation offers it, removes events from the oldest end only, so
       the events a store holds always have the seqs ``first_seq() .. last_seq()``;
     * :meth:`aclose` is idempotent and closes even when cancelled; after it, every operation
-      raises :exc:`trio.ClosedResourceError`.
+      raises :exc:`trio.ClosedResourceError`;
+    * a store that :attr:`keeps_cursors` gives back from :meth:`load_cursor` the seq last
+      saved under a name with :meth:`save_cursor` (None for a name never saved).
     """
 
     __slots__ = ()
+
+    #: Whether the store keeps cursors (:meth:`save_cursor`) with its events. A store that
+    #: cannot keep them leaves this false, as this class does: its :meth:`load_cursor` then
+    #: always answers None, and readers that save cursors start afresh after a restart.
+    keeps_cursors: ClassVar[bool] = False
 
     async def __aenter__(self) -> Self:
         """Open the store (see :meth:`open`) and return it."""
@@ -290,6 +320,41 @@ class Store(trio.abc.AsyncResource, abc.ABC):
         Raises:
             trio.ClosedResourceError: if the store is closed.
         """
+
+    async def load_cursor(self, name: str) -> int | None:
+        """The seq last saved under *name* with :meth:`save_cursor`, or None if none was.
+
+        A cursor is a reader's position in the store, such as how far a webhook endpoint has
+        delivered the stored events, kept with the events so that it survives a restart and
+        goes with them: a store whose data is new has no cursors. In a store that does not
+        :attr:`keeps_cursors` (the default implementation), it is always None.
+
+        Raises:
+            TypeError: if *name* is not a string.
+            ValueError: if *name* is empty or longer than :data:`MAX_CURSOR_NAME`.
+            StoreError: if the storage failed.
+            trio.ClosedResourceError: if the store is closed.
+        """
+        check_cursor(name)
+        await trio.lowlevel.checkpoint()
+        return None
+
+    async def save_cursor(self, name: str, seq: int) -> None:
+        """Save *seq* as the cursor *name* (replacing what was saved under that name).
+
+        Saving is durable as appending is (for an SQLite store, as its ``synchronous``
+        setting says). A store that does not :attr:`keeps_cursors` (the default
+        implementation) keeps nothing.
+
+        Raises:
+            TypeError: if *name* is not a string or *seq* not an int.
+            ValueError: if *name* is empty or longer than :data:`MAX_CURSOR_NAME`, or *seq*
+                is negative.
+            StoreError: if the storage failed.
+            trio.ClosedResourceError: if the store is closed.
+        """
+        check_cursor(name, seq)
+        await trio.lowlevel.checkpoint()
 
     @abc.abstractmethod
     def statistics(self) -> StoreStatistics:

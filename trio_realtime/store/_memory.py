@@ -14,6 +14,7 @@ from ._base import (
     Store,
     StoreStatistics,
     _not_open_error,
+    check_cursor,
     check_max_bytes,
     check_read_args,
     check_retention,
@@ -87,6 +88,7 @@ class MemoryStore(Store):
         self._rows: list[StoredRow] = []
         self._head = 0  # index in _rows of the first stored row
         self._ids: dict[str, int] = {}  # id -> seq of every stored event
+        self._cursors: dict[str, int] = {}
         self._bytes = 0  # the approximate size of the stored events (counted with max_bytes)
         self._last_seq = 0
         self._appends = 0
@@ -141,6 +143,7 @@ class MemoryStore(Store):
         self._rows = []
         self._head = 0
         self._ids = {}
+        self._cursors = {}
         self._bytes = 0
         await trio.lowlevel.checkpoint()
 
@@ -232,6 +235,24 @@ class MemoryStore(Store):
         self._check_open()
         await trio.lowlevel.checkpoint()
         return self._trim()
+
+    #: It keeps cursors, in memory as its events.
+    keeps_cursors = True
+
+    async def load_cursor(self, name: str) -> int | None:
+        """The seq last saved under *name*, or None (see :meth:`Store.load_cursor`)."""
+        check_cursor(name)
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        return self._cursors.get(name)
+
+    async def save_cursor(self, name: str, seq: int) -> None:
+        """Save *seq* as the cursor *name* (see :meth:`Store.save_cursor`)."""
+        check_cursor(name, seq)
+        self._check_open()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._cursors[name] = seq
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def statistics(self) -> StoreStatistics:
         """A snapshot of the store's statistics (each append is one transaction)."""

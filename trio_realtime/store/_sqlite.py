@@ -28,6 +28,7 @@ from ._base import (
     Store,
     StoreStatistics,
     _not_open_error,
+    check_cursor,
     check_read_args,
     check_retention,
 )
@@ -384,6 +385,26 @@ class SQLiteStore(Store):
             trio.ClosedResourceError: if the store is closed.
         """
         return await self._call(self._work_trim_all)
+
+    #: It keeps cursors in its file, beside its events.
+    keeps_cursors = True
+
+    async def load_cursor(self, name: str) -> int | None:
+        """The seq last saved under *name*, or None (see :meth:`Store.load_cursor`)."""
+        check_cursor(name)
+        return await self._call(lambda: self._database().load_cursor(name))
+
+    async def save_cursor(self, name: str, seq: int) -> None:
+        """Save *seq* as the cursor *name*, in a transaction of its own (see
+        :meth:`Store.save_cursor`)."""
+        check_cursor(name, seq)
+        seq = int(seq)
+        await self._call(lambda: self._database().save_cursor(name, seq))
+
+    def _database(self) -> Database:
+        """The open database (on the worker thread: a job runs only while it is open)."""
+        assert self._db is not None
+        return self._db
 
     async def _call(self, fn: Callable[[], T]) -> T:
         """Run *fn* on the worker thread, between batches, and return its result."""

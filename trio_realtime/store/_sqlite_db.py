@@ -103,6 +103,8 @@ _HIGH_WATER: Final = (
     "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'last_seq'), 0),"
     " coalesce((SELECT max(seq) FROM events), 0))"
 )
+# The meta table's key of a cursor is this prefix and the cursor's name.
+_CURSOR_KEY: Final = "cursor:"
 _SET_LAST_SEQ: Final = "UPDATE meta SET value = ? WHERE key = 'last_seq'"
 # Two subqueries: SQLite answers min() and max() from the b-tree only when each is alone.
 _FIRST_LAST: Final = "SELECT (SELECT min(seq) FROM events), (SELECT max(seq) FROM events)"
@@ -521,6 +523,38 @@ class Database:
         if next_first is None:
             return removed, last + 1, False
         return removed, next_first, cut == first + chunk
+
+    # -----------------------------------------------------------------------------------------
+    # Cursors: rows of the meta table, under the key ``cursor:<name>``
+
+    def load_cursor(self, name: str) -> int | None:
+        """The seq saved as the cursor *name*, or None."""
+        try:
+            row = self.conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (_CURSOR_KEY + name,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "reading a cursor") from exc
+        return None if row is None else int(row[0])
+
+    def save_cursor(self, name: str, seq: int) -> None:
+        """Save *seq* as the cursor *name*, in a transaction of its own."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (_CURSOR_KEY + name, seq),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "saving a cursor") from exc
 
     # -----------------------------------------------------------------------------------------
     # Reading

@@ -84,7 +84,9 @@ async def check_store(make_store: Callable[[], Store]) -> None:
     trip, typed payloads included; ``last_seq``/``first_seq``; statistics; concurrent appends
     from many tasks (distinct seqs, in the order the appends were made); and cancellation (a
     cancelled append stored nothing, a returned one stored everything, the store stays
-    usable).
+    usable); cursors (:meth:`~Store.save_cursor` and :meth:`~Store.load_cursor`: what was
+    saved last under a name, for a store that :attr:`~Store.keeps_cursors`; always None for
+    one that does not).
 
     Args:
         make_store: Called with no arguments, returns a new, *unopened* store over fresh,
@@ -107,6 +109,7 @@ async def check_store(make_store: Callable[[], Store]) -> None:
         _check_bad_appends,
         _check_concurrent_appends,
         _check_cancellation,
+        _check_cursors,
     ):
         with trio.fail_after(CHECK_TIMEOUT):
             await check(make_store)
@@ -589,3 +592,40 @@ async def _check_cancellation(make_store: Callable[[], Store]) -> None:
         [after] = await store.append([Event(topic="after")])
         last = max((seq for seq in stored.values() if seq is not None), default=0)
         _check(after.seq == last + 1, f"the store must stay usable after cancellations: {after}")
+
+
+async def _check_cursors(make_store: Callable[[], Store]) -> None:
+    store = make_store()
+    keeps = store.keeps_cursors
+    _check(isinstance(keeps, bool), f"keeps_cursors must be a bool, not {keeps!r}")
+    async with store:
+        _check(await store.load_cursor("hook") is None, "a new store must have no cursor")
+        for name, seq, expected in (
+            ("", 0, ValueError),
+            ("x" * 201, 0, ValueError),
+            ("hook", -1, ValueError),
+            (7, 0, TypeError),
+            ("hook", "3", TypeError),
+        ):
+            with _raises(expected, f"save_cursor({name!r}, {seq!r})"):
+                await store.save_cursor(name, seq)  # type: ignore[arg-type]
+        [stored] = await store.append([Event(topic="a")])
+        await store.save_cursor("hook", 5)
+        await store.save_cursor("other hook", 0)
+        await store.save_cursor("hook", 7)
+        found = (await store.load_cursor("hook"), await store.load_cursor("other hook"))
+        wanted = (7, 0) if keeps else (None, None)
+        _check(
+            found == wanted,
+            f"cursors saved as hook=5, other hook=0, then hook=7 load as {found}, expected "
+            f"{wanted} (keeps_cursors is {keeps})",
+        )
+        _check(
+            await store.read(">") == [stored] and await store.last_seq() == 1,
+            "saving cursors must not change the events",
+        )
+    if keeps:
+        with _raises(trio.ClosedResourceError, "load_cursor() after aclose()"):
+            await store.load_cursor("hook")
+        with _raises(trio.ClosedResourceError, "save_cursor() after aclose()"):
+            await store.save_cursor("hook", 1)
