@@ -36,6 +36,7 @@ from ._channel import (
     check_since,
     pattern_and_type,
 )
+from ._remote import Remote
 from ._replay import ReplaySink
 from ._requests import (
     DEFAULT_MAX_CONCURRENCY,
@@ -180,6 +181,7 @@ class Bus(metaclass=NoPublicConstructor):
         self._stored = 0
         self._dropped_by_gone = 0
         self._inbox: InboxSink | None = None  # made on the first request
+        self._remote: Remote | None = None  # the cluster's backplane, when one is attached
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -262,13 +264,16 @@ class Bus(metaclass=NoPublicConstructor):
         if self._closed:
             raise trio.ClosedResourceError("the bus is closed")
         if event.reply_to is not None and not self._has_route(event.topic):
-            raise NoResponders(event.topic)
+            # Nothing here takes the request: a backplane may find responders on other nodes.
+            remote = self._remote
+            if remote is None or not remote.reachable:
+                raise NoResponders(event.topic)
         if self.store is not None and self._is_persisted(event.topic):
             return await self._submit(event, retain, publisher)
         self._published += 1
         if retain:
             self._retained.set(event)
-        await self._route(event)
+        await self._route(event, retain)
         return event
 
     async def _submit(self, event: Event, retain: bool, publisher: str | None) -> PendingCommit:
@@ -308,16 +313,63 @@ class Bus(metaclass=NoPublicConstructor):
             self._pending_lot.unpark()
         return pending
 
-    async def _route(self, event: Event) -> None:
-        """Offer *event* to every matching sink, waiting where a ``block`` sink is full."""
+    async def _route(self, event: Event, retain: bool = False) -> None:
+        """Offer *event*, published on this node, to every matching sink, waiting where a
+        ``block`` sink is full; and forward it to the attached backplane, if any."""
         route = self._routes.get(event.topic)
         if route is None:
             route = self._compute_route(event.topic)
-        delivered = 0
-        blocked: list[Sink] | None = None
         sinks = route.singles
         if route.groups:  # one member of each queue group
             sinks = [*sinks, *(self._pick(members, event) for members in route.groups)]
+        remote = self._remote
+        if remote is not None:
+            remote.forward(
+                event,
+                served=[members[0].group for members in route.groups if members[0].group],
+                routed=bool(sinks),
+                retain=retain,
+            )
+        await self._deliver(event, sinks)
+
+    async def route_local(self, event: Event) -> None:
+        """Route *event* to this node's sinks (one member of each queue group) without
+        forwarding it to the backplane, storing or retaining it.
+
+        For events every node routes for itself: persisted events read from a shared
+        store's tail (see :mod:`trio_realtime.bus._remote`).
+        """
+        route = self._routes.get(event.topic)
+        if route is None:
+            route = self._compute_route(event.topic)
+        sinks = route.singles
+        if route.groups:
+            sinks = [*sinks, *(self._pick(members, event) for members in route.groups)]
+        await self._deliver(event, sinks)
+
+    async def route_remote(self, event: Event, *, group: str | None = None) -> int:
+        """Deliver *event*, published on another node, to this node's sinks only: with
+        *group* None to every matching sink that is in no queue group, else to one member
+        of queue group *group* (if any matches). Never forwarded, stored or retained.
+
+        This is how a backplane injects what it receives. Returns how many sinks took it.
+        """
+        if self._closed:
+            return 0
+        route = self._routes.get(event.topic)
+        if route is None:
+            route = self._compute_route(event.topic)
+        if group is None:
+            return await self._deliver(event, route.singles)
+        for members in route.groups:
+            if members[0].group == group:
+                return await self._deliver(event, [self._pick(members, event)])
+        return 0
+
+    async def _deliver(self, event: Event, sinks: list[Sink]) -> int:
+        """Offer *event* to *sinks*, waiting where a ``block`` sink is full; how many took it."""
+        delivered = 0
+        blocked: list[Sink] | None = None
         for sink in sinks:
             outcome = sink.offer(event)
             if outcome is ACCEPTED:
@@ -332,7 +384,7 @@ class Bus(metaclass=NoPublicConstructor):
             if self._unyielded >= PUBLISH_BATCH:
                 self._unyielded = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
-            return
+            return delivered
         self._unyielded = 0
         for sink in blocked:
             while True:
@@ -340,8 +392,10 @@ class Bus(metaclass=NoPublicConstructor):
                 outcome = sink.offer(event)
                 if outcome is not FULL:
                     self._delivered += outcome is ACCEPTED
+                    delivered += outcome is ACCEPTED
                     break
         await trio.lowlevel.cancel_shielded_checkpoint()
+        return delivered
 
     def _pick(self, members: list[Sink], event: Event) -> Sink:
         """The queue-group member that gets *event*: round robin, preferring room, and
@@ -475,7 +529,7 @@ class Bus(metaclass=NoPublicConstructor):
                         del recent[next(iter(recent))]
                     if p.retain:
                         self._retained.set(outcome)
-                    await self._route(outcome)
+                    await self._route(outcome, p.retain)
                     if outcome.seq is not None and outcome.seq > self._last_seq:
                         self._last_seq = outcome.seq  # (routed: a new sink gets what follows)
                     p.result = outcome
@@ -514,8 +568,22 @@ class Bus(metaclass=NoPublicConstructor):
         return self._retained.max_retained
 
     def clear_retained(self, topic: str) -> bool:
-        """Forget the retained event of *topic*; return whether there was one."""
-        return self._retained.clear(validate_topic(topic))
+        """Forget the retained event of *topic*; return whether there was one.
+
+        With a backplane attached, the other nodes forget it too.
+        """
+        topic = validate_topic(topic)
+        if self._remote is not None:
+            self._remote.clear_retained(topic)
+        return self._retained.clear(topic)
+
+    def set_remote_retained(self, event: Event | None, topic: str) -> None:
+        """Make *event* (published on another node) the retained value of *topic*, or forget
+        that topic's value when *event* is None. For a backplane: nothing is routed."""
+        if event is None:
+            self._retained.clear(topic)
+        else:
+            self._retained.set(event)
 
     def retained(self, pattern: str = ">") -> list[Event]:
         """The retained events whose topics match *pattern*, in the order they were retained.
@@ -537,6 +605,8 @@ class Bus(metaclass=NoPublicConstructor):
             raise trio.ClosedResourceError("the bus is closed")
         self._index.add(sink.pattern, sink)
         self._routes.clear()
+        if self._remote is not None:
+            self._remote.interest_added(sink.pattern, sink.group)
         if retained and self._retained:
             for event in self.retained(sink.pattern):
                 sink.offer(event, force=True)
@@ -548,6 +618,27 @@ class Bus(metaclass=NoPublicConstructor):
             self._routes.clear()
             self._forget_rotations()
             self._dropped_by_gone += getattr(sink, "missed", 0)
+            if self._remote is not None:
+                self._remote.interest_removed(sink.pattern, sink.group)
+
+    def attach_remote(self, remote: Remote) -> None:
+        """Attach a backplane (see :mod:`trio_realtime.bus._remote`): it is told of every
+        sink routed to now, and from now on of each sink added and removed and of each event
+        published here.
+
+        Raises:
+            RuntimeError: if one is attached already.
+        """
+        if self._remote is not None:
+            raise RuntimeError("a backplane is attached to this bus already")
+        self._remote = remote
+        for sink in self._index.match_all():
+            remote.interest_added(sink.pattern, sink.group)
+
+    def detach_remote(self, remote: Remote) -> None:
+        """Detach *remote*, if it is the attached backplane: events stay on this node."""
+        if self._remote is remote:
+            self._remote = None
 
     @asynccontextmanager
     async def subscribe(

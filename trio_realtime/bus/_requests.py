@@ -15,11 +15,11 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import trio
 
-from .._errors import ConnectionClosed, RequestFailed
+from .._errors import ConnectionClosed, NoResponders, RequestFailed
 from .._event import REPLY_ERROR_HEADER, Event, new_event_id
 from .._topics import INBOX_PREFIX
 from ._channel import (
@@ -33,6 +33,7 @@ from ._channel import (
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
+    "REPLY_CODE_HEADER",
     "BusRequest",
     "InboxSink",
     "ReplyInbox",
@@ -44,6 +45,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger("trio_realtime.bus")
+
+#: The header that gives a reply made by the broker rather than a responder (it carries the
+#: header ``error`` too) the error code of why: ``no_responders`` when a request sent on to
+#: the other nodes of a cluster found nobody there either.
+REPLY_CODE_HEADER: Final = "error_code"
 
 
 def new_inbox() -> str:
@@ -185,9 +191,13 @@ class InboxSink:
 
 
 def check_reply(topic: str, reply: Event) -> Event:
-    """*reply*, or :exc:`RequestFailed` if the responder reported that its handler failed."""
+    """*reply*, or :exc:`RequestFailed` if the responder reported that its handler failed, or
+    :exc:`NoResponders` if the reply says that nobody in the cluster took the request (see
+    :data:`REPLY_CODE_HEADER`)."""
     error = reply.headers.get(REPLY_ERROR_HEADER)
     if error is not None:
+        if reply.headers.get(REPLY_CODE_HEADER) == NoResponders.CODE:
+            raise NoResponders(topic)
         raise RequestFailed(topic, error)
     return reply
 
