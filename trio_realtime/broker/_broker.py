@@ -17,7 +17,7 @@ import secrets
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Literal, NoReturn, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypedDict, Unpack
 
 import attrs
 import trio
@@ -28,6 +28,7 @@ from .._transport import LOCAL_ORIGINS, ConnectionGate, bind, listen
 from .._util import only_leaf
 from ..bus._bus import Bus, open_bus
 from ..bus._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
+from ..integrations import _webhooks as hooks
 from ..protocol import CLOSE_GOING_AWAY
 from ..security import Authenticator
 from ..store import Store  # at run time too: BrokerOptions's hints resolve (get_type_hints)
@@ -35,6 +36,11 @@ from ..store._base import StoreStatistics
 from ._http import HttpServer, serve_http
 from ._limits import BrokerCounters, HeartbeatTimers, SessionLimits, TokenBucket
 from ._session import Session, SessionContext
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..integrations._webhook_delivery import WebhookDelivery
 
 __all__ = ["Broker", "BrokerOptions", "BrokerServer", "BrokerStatistics", "serve_broker"]
 
@@ -142,6 +148,7 @@ class BrokerStatistics:
             ``max_event_size``: frames refused; ``max_retained``: retained values evicted;
             ``max_pending_bytes`` and ``session_buffer``: events dropped, or clients
             disconnected, for reading too slowly).
+        webhooks: The figures of each webhook endpoint (:meth:`Broker.webhook`), by name.
     """
 
     connections: int
@@ -157,6 +164,7 @@ class BrokerStatistics:
     actor_errors: int
     errors: dict[str, int]
     limits: dict[str, int]
+    webhooks: dict[str, hooks.WebhookStatistics] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -340,6 +348,7 @@ class Broker:
             else None
         )
         self._actors: list[_ActorSpec] = []
+        self._webhooks: dict[str, WebhookDelivery] = {}
         self._sessions: dict[str, Session] = {}
         self._no_sessions = trio.Event()
         self._no_sessions.set()
@@ -413,6 +422,80 @@ class Broker:
             return handler
 
         return register
+
+    def webhook(
+        self,
+        name: str,
+        url: str,
+        patterns: str | Sequence[str],
+        *,
+        secret: str | bytes | Sequence[str | bytes],
+        timeout: float = hooks.DEFAULT_TIMEOUT,
+        attempts: int = hooks.DEFAULT_ATTEMPTS,
+        backoff: float = hooks.DEFAULT_BACKOFF,
+        max_backoff: float = hooks.DEFAULT_MAX_BACKOFF,
+        buffer: int = hooks.DEFAULT_BUFFER,
+        max_pending: int = hooks.DEFAULT_MAX_PENDING,
+        concurrency: int = hooks.DEFAULT_CONCURRENCY,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> hooks.Webhook:
+        """Post the events matching *patterns* to *url* while the broker serves (a webhook).
+
+        Each event is a ``POST`` of a structured CloudEvent, signed as Standard Webhooks
+        says, retried with backoff; events of stored topics are delivered at least once
+        (the endpoint keeps a cursor in the store), others at most once. See
+        :doc:`integrations` for the whole story. Needs the ``webhooks`` extra.
+
+        Args:
+            name: The endpoint's name (letters, digits, ``_``, ``-``; at most 64).
+            url: An ``http://`` or ``https://`` URL. Redirects are not followed.
+            patterns: A pattern, or a list of them.
+            secret: The signing secret (``whsec_<base64>``, as
+                :func:`~trio_realtime.integrations.new_webhook_secret` makes), or a list of
+                them while rotating: every request is signed with each.
+            timeout: Seconds one attempt may take, answer included.
+            attempts: Attempts at one event, the first included.
+            backoff: The longest wait before the first retry; it doubles for each later one,
+                up to *max_backoff*, and each wait is drawn at random below it.
+            max_backoff: The longest wait between attempts, and the most a ``Retry-After``
+                is honoured.
+            buffer: Events waiting for their first attempt; past it, stored events are read
+                from the store later and others are dropped (counted).
+            max_pending: Events under way (sent, or waiting for a retry) at once.
+            concurrency: Requests open at once.
+            transport: An httpx transport to post through (a proxy, client certificates, or
+                ``httpx.MockTransport`` in tests); by default httpx's own.
+
+        Raises:
+            ValueError: for a setting that is wrong (TypeError for one of the wrong type), a
+                name already used, or while the broker serves.
+            ImportError: without the ``webhooks`` extra.
+        """
+        hook = hooks.Webhook.build(
+            name,
+            url,
+            patterns,
+            secret=secret,
+            timeout=timeout,
+            attempts=attempts,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            buffer=buffer,
+            max_pending=max_pending,
+            concurrency=concurrency,
+        )
+        if self._serving:
+            raise ValueError("add webhooks before the broker serves")
+        if hook.name in self._webhooks:
+            raise ValueError(f"name: there is already a webhook named {hook.name!r}")
+        try:
+            from ..integrations._webhook_delivery import WebhookDelivery
+        except ImportError as exc:
+            raise ImportError(
+                f"webhooks need httpx and tenacity ({exc}): pip install 'trio-realtime[webhooks]'"
+            ) from exc
+        self._webhooks[hook.name] = WebhookDelivery(hook, transport=transport)
+        return hook
 
     # -- serving --------------------------------------------------------------------------
 
@@ -489,6 +572,8 @@ class Broker:
             await nursery.start(self._run_sys_events, bus, receive)
             for spec in self._actors:
                 await nursery.start(self._run_actor, bus, spec)
+            for delivery in self._webhooks.values():
+                await nursery.start(delivery.serve, bus, self._sys_event)
             if self.stats_interval is not None:
                 nursery.start_soon(self._publish_stats, bus, self.stats_interval)
             logger.info("broker %r listening on %s", self.name, server.url)
@@ -666,6 +751,10 @@ class Broker:
         if session.user is not None:
             data["user"] = session.user
         data.update(extra)
+        self._sys_event(topic, data)
+
+    def _sys_event(self, topic: str, data: dict[str, Any]) -> None:
+        """Queue a ``$sys`` event; the caller never waits for its subscribers."""
         if self._sys_send is None:
             return
         try:
@@ -795,6 +884,7 @@ class Broker:
             actor_errors=self._actor_errors,
             errors={code: n for code, n in errors.items() if n},
             limits={name: n for name, n in limits.items() if n},
+            webhooks={name: hook.statistics() for name, hook in self._webhooks.items()},
         )
 
 

@@ -143,6 +143,7 @@ def _families(broker: Broker) -> Iterator[Any]:
     for user, n in sorted(broker.connections_by_user().items()):
         by_user.add_metric([user], n)
     yield by_user
+    yield from _webhook_families(stats.webhooks)
     store = broker.store_statistics()
     if store is not None:
         yield gauge(f"{PREFIX}_store_events", "Events the store holds now", store.events_stored)
@@ -183,6 +184,49 @@ def _families(broker: Broker) -> Iterator[Any]:
             "Events removed by retention",
             store.events_removed,
         )
+
+
+def _webhook_families(webhooks: dict[str, Any]) -> Iterator[Any]:
+    """The webhook endpoints' figures (their :class:`WebhookStatistics`), labelled by name."""
+    core = _need("prometheus_client.core")
+    families = {
+        "delivered": (core.CounterMetricFamily, "webhook_delivered", "Events delivered"),
+        "failed": (core.CounterMetricFamily, "webhook_failed", "Events given up"),
+        "attempts": (core.CounterMetricFamily, "webhook_attempts", "Requests made"),
+        "failed_attempts": (
+            core.CounterMetricFamily,
+            "webhook_failed_attempts",
+            "Requests that did not succeed",
+        ),
+        "dropped": (
+            core.CounterMetricFamily,
+            "webhook_dropped",
+            "Events of unstored topics lost to a full buffer",
+        ),
+        "retries_pending": (
+            core.GaugeMetricFamily,
+            "webhook_retries_pending",
+            "Events waiting for their next attempt",
+        ),
+        "queued": (
+            core.GaugeMetricFamily,
+            "webhook_queued",
+            "Events buffered for their first attempt",
+        ),
+        "disabled": (core.GaugeMetricFamily, "webhook_disabled", "1 when disabled"),
+        "cursor": (
+            core.GaugeMetricFamily,
+            "webhook_cursor",
+            "The seq up to which stored events are done with",
+        ),
+    }
+    for field, (kind, name, text) in families.items():
+        family = kind(f"{PREFIX}_{name}", text, labels=["webhook"])
+        for hook, figures in sorted(webhooks.items()):
+            value = getattr(figures, field)
+            if value is not None:
+                family.add_metric([hook], float(value))
+        yield family
 
 
 class _BrokerCollector:
