@@ -264,15 +264,16 @@ def test_event_type_rejects_a_name_taken_by_another_class() -> None:
 @pytest.mark.parametrize(
     ("name", "topic"),
     [
-        ("test_event.bad.*", None),
+        ("test_event.bad.>.x", None),
         ("test_event..bad", None),
         ("test_event bad", None),
-        ("test_event.ok", "test_event.>"),
+        ("test_event.ok", "test_event.a*"),
         ("test_event.ok2", ""),
     ],
 )
 def test_event_type_rejects_invalid_topic(name: str, topic: str | None) -> None:
-    """An invalid topic (the name when it serves as topic) raises InvalidTopic at decoration."""
+    """An invalid topic or pattern (the name when it serves as topic) raises InvalidTopic at
+    decoration."""
     with pytest.raises(InvalidTopic):
         event_type(name, topic=topic)
     assert type_for_name(name) is None
@@ -461,8 +462,9 @@ BAD_JSON = [
     ((1, (2, set())), "data[1][1]", "set()"),
     ([Ping(n=1)], "data[0]", "Ping(n=1)"),  # a typed payload is allowed only as the whole data
     ({"p": Ping(n=2)}, "data['p']", "Ping(n=2)"),
-    (Loose(x=object()), "data['x']", "<object object"),
-    (Loose(x=[1, 2**70]), "data['x'][1]", str(2**70)),
+    (Loose(x=object()), "data.x", "<object object"),  # a typed payload's fields as attributes
+    (Loose(x=[1, 2**70]), "data.x[1]", str(2**70)),
+    (Loose(x={"k": [1, object()]}), "data.x['k'][1]", "<object object"),
 ]
 
 

@@ -14,16 +14,17 @@ import re
 import time as _time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Final, TypeVar, cast
 from urllib.parse import quote, unquote_plus
 
 import attrs
 import orjson
+from cattrs import transform_error
 from cattrs.preconf.orjson import make_converter
 
 from ._errors import InvalidTopic
-from ._topics import is_reserved, validate_topic
+from ._topics import is_reserved, validate_pattern, validate_topic
 
 __all__ = [
     "Event",
@@ -31,6 +32,8 @@ __all__ = [
     "event_type",
     "new_event_id",
     "registered_type",
+    "registered_types",
+    "structure_payload",
     "type_for_name",
 ]
 
@@ -40,8 +43,15 @@ REPLY_ERROR_HEADER: Final = "error"
 #: The cattrs converter that (un)structures typed payloads; register hooks on it for field
 #: types that need them.
 converter: Final = make_converter()
+# Datetimes and dates as ISO 8601 text (cattrs' preset leaves them to orjson, which check_json
+# does not let through); a naive datetime is taken as UTC, as an event's own time is.
+converter.register_unstructure_hook(
+    datetime, lambda value: (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+)
+converter.register_unstructure_hook(date, date.isoformat)
 
 C = TypeVar("C", bound=type)
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------
 # Event ids: <12 hex digits of ms since the epoch><10 hex digits of a counter><16 hex digits of
@@ -109,12 +119,17 @@ def event_type(name: str, *, topic: str | None = None) -> Callable[[C], C]:
             order_id: int
             total: float
 
+    *topic* may be a pattern (``"sensors.*.temperature"``): ``subscribe(cls)`` then receives
+    every matching topic, and instances are published with ``publish(topic, instance)`` on a
+    topic of your choice.
+
     Raises:
         TypeError: if the class is not an attrs class, or *name* is already registered to
             another class.
-        InvalidTopic: if *topic* (or *name*, when it serves as the topic) is not a valid topic.
+        InvalidTopic: if *topic* (or *name*, when it serves as the topic) is not a valid topic
+            or pattern.
     """
-    validate_topic(topic if topic is not None else name)
+    validate_pattern(topic if topic is not None else name)
 
     def register(cls: C) -> C:
         if not attrs.has(cast("type", cls)):  # (a cast: has() would narrow cls)
@@ -159,9 +174,34 @@ def registered_type(cls: type) -> tuple[str, str] | None:
     return _types_by_class.get(cls)
 
 
+def registered_types() -> dict[type, tuple[str, str]]:
+    """Every class registered with :func:`event_type` now: ``{cls: (name, topic)}``."""
+    return dict(_types_by_class)
+
+
 def type_for_name(name: str) -> type | None:
     """The class registered under the event type *name*, if any."""
     return _types_by_name.get(name)
+
+
+def structure_payload(data: object, cls: type[T]) -> T:
+    """*data* (JSON values, or an instance of another class) as an instance of *cls*.
+
+    Raises:
+        ValueError: if it does not fit, naming each field that does not by its path in the
+            event (``data.items[2].price``) and what is wrong with it.
+    """
+    plain = unstructure_data(data)
+    if not isinstance(plain, dict):
+        raise ValueError(
+            f"data does not fit {cls.__qualname__}: it must be an object of its fields, not "
+            f"{type(plain).__name__}"
+        )
+    try:
+        return converter.structure(plain, cls)
+    except Exception as exc:  # noqa: BLE001 - a hook may raise anything; each is a misfit
+        problems = "; ".join(transform_error(exc, path="data"))
+        raise ValueError(f"data does not fit {cls.__qualname__}: {problems}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +233,7 @@ def check_json(data: object) -> None:
     JSON-compatible means ``None``, ``bool``, ``int``, ``float``, ``str``, lists and tuples of
     them, dicts with ``str`` keys, and (as the whole of *data*) an instance of a class registered
     with :func:`event_type`. Integers must fit in 64 bits and strings must be valid Unicode.
+    The path names the fields of a typed payload as attributes (``data.items[2].price``).
     """
     # Fast path for the common scalars; a str may hold lone surrogates and an int may be too
     # big for orjson, so those two go through orjson below.
@@ -204,7 +245,7 @@ def check_json(data: object) -> None:
     try:
         orjson.dumps(plain, default=_reject, option=_STRICT)
     except (TypeError, orjson.JSONEncodeError) as exc:
-        path, bad = _find_bad(plain, "data")
+        path, bad = _find_bad(plain, "data", data)
         if not path:  # a limit that _find_bad does not model, such as orjson's nesting depth
             raise TypeError(
                 f"data is not JSON-compatible ({exc}); use JSON values or an instance of a "
@@ -216,9 +257,11 @@ def check_json(data: object) -> None:
         ) from None
 
 
-def _find_bad(value: object, path: str) -> tuple[str, object]:
+def _find_bad(value: object, path: str, source: object = None) -> tuple[str, object]:
     # *value* is already unstructured: a typed payload is allowed only as the whole of ``data``
     # (that is all ``to_dict`` unstructures), so one nested inside is reported as bad.
+    # *source* is what *value* was unstructured from, where known: the fields of an attrs
+    # instance are named as attributes.
     if value is None or isinstance(value, (bool, float)):
         return "", None
     if isinstance(value, int):
@@ -232,16 +275,22 @@ def _find_bad(value: object, path: str) -> tuple[str, object]:
             return path, value  # lone surrogates are not valid UTF-8
         return "", None
     if isinstance(value, (list, tuple)):
+        sources = source if isinstance(source, (list, tuple)) else ()
         for i, item in enumerate(value):
-            found = _find_bad(item, f"{path}[{i}]")
+            found = _find_bad(item, f"{path}[{i}]", sources[i] if i < len(sources) else None)
             if found[0]:
                 return found
         return "", None
     if isinstance(value, dict):
+        fields = attrs.has(type(source))
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{path} key", key
-            found = _find_bad(item, f"{path}[{key!r}]")
+            if fields:
+                found = _find_bad(item, f"{path}.{key}", getattr(source, key, None))
+            else:
+                inner = source.get(key) if isinstance(source, dict) else None
+                found = _find_bad(item, f"{path}[{key!r}]", inner)
             if found[0]:
                 return found
         return "", None
@@ -465,6 +514,11 @@ def make_event(
             )
         if data is not None:
             raise TypeError("publish(obj) takes no data: the object is the data")
+        if {"*", ">"} & set(registered[1].split(".")):
+            raise TypeError(
+                f"{topic.__class__.__qualname__} is registered on the pattern "
+                f"{registered[1]!r}: publish it with publish(topic, obj) on a topic that matches"
+            )
         topic, data = registered[1], topic
     validate_topic(topic)
     check_json(data)

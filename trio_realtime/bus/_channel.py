@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from .._errors import SlowConsumer
-from .._event import Event, converter, parse_time, registered_type
+from .._event import Event, parse_time, registered_type, structure_payload
 from .._topics import validate_pattern
 
 if TYPE_CHECKING:
@@ -409,15 +409,14 @@ class Subscription:
         if cls is None or isinstance(event.data, cls):
             return event
         try:
-            data: Any = converter.structure(converter.unstructure(event.data), cls)
-        except Exception as exc:  # noqa: BLE001 - any structuring failure means "does not fit"
+            data: Any = structure_payload(event.data, cls)
+        except ValueError as exc:  # it names the fields that do not fit (data.items[2].price)
             self._rejected += 1
             logger.warning(
-                "event %s on %r not delivered to subscription %r: its data does not fit %s: %s",
+                "event %s on %r not delivered to subscription %r: %s",
                 event.id,
                 event.topic,
                 self.pattern,
-                cls.__qualname__,
                 exc,
             )
             return None
