@@ -206,7 +206,7 @@ USER = f'[[users]]\nname = "alice"\ntoken_sha256 = "{token_sha256("a")}"\n'
     [
         ("[server]\nport = \n", "line 2, column 8: Invalid value"),
         ("nonsense\n", "line 1, column 9: Expected '=' after a key"),
-        ("[servr]\n", "servr: unknown key (expected server, http, users, anonymous, auth)"),
+        ("[servr]\n", "servr: unknown key (expected server, http, users, anonymous, auth"),
         ("[server]\nprot = 1\n", "server.prot: unknown key (expected host, port,"),
         ('[server]\nport = "8765"\n', "server.port: expected an integer, got a string"),
         ("[server]\nheartbeat = true\n", "server.heartbeat: expected a number, got a boolean"),

@@ -343,6 +343,11 @@ async def serve(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    for hook in config.webhooks if config is not None else ():
+        try:
+            broker.webhook(**hook.arguments())
+        except ImportError as exc:
+            raise CommandError(f"[[webhooks]] are configured, but {exc}") from None
     async with open_service_nursery() as nursery:
         try:
             server = await nursery.start(
@@ -371,6 +376,9 @@ async def serve(args: argparse.Namespace) -> None:
         write(f"auth: {auth_line}\n")
         write(f"origins: {_describe_origins(broker.allowed_origins)}\n")
         write(f"tls: {_describe_tls(args.tls_cert, args.tls_client_ca)}\n")
+        if config is not None and config.webhooks:
+            hooks = ", ".join(f"{hook.name} ({hook.origin})" for hook in config.webhooks)
+            write(f"webhooks: {hooks}\n")
         if args.http_port is not None:
             try:
                 http = await nursery.start(

@@ -306,7 +306,7 @@ class Webhook:
             )
         except (TypeError, ValueError) as exc:
             message = str(exc)
-            if message.startswith("secret"):  # (it came from the environment)
+            if message.startswith(("secret:", "secret[")):  # (from the environment)
                 message = "secret_env" + message.removeprefix("secret")
             key = message.split(":", 1)[0]
             if key.split("[", 1)[0] in _CONFIG_KEYS:

@@ -26,6 +26,12 @@ The shape::
     public_key_file = "k1.pem"        # relative to the config file's folder; or secret_env
     [auth.jwt.permissions]            # optional: for tokens without a `perm` claim
 
+    [[webhooks]]                      # optional: POST matching events to an HTTP endpoint
+    name = "audit"
+    url = "https://audit.example.com/hooks"
+    patterns = ["orders.>"]
+    secret_env = "AUDIT_WEBHOOK_SECRET"  # whsec_…; a list of names while rotating
+
 Every problem is a :exc:`ConfigError` whose message is one line:
 ``<file>: <key path>: <what is wrong>``.
 """
@@ -41,6 +47,7 @@ from typing import Final, Literal
 
 import attrs
 
+from ..integrations._webhooks import Webhook
 from ._auth import (
     Authenticator,
     FirstOf,
@@ -90,7 +97,7 @@ SERVER_OPTIONS: Final[Mapping[str, OptionKind]] = {
     "log_events": "boolean",
 }
 
-_TOP_LEVEL: Final = ("server", "http", "users", "anonymous", "auth")
+_TOP_LEVEL: Final = ("server", "http", "users", "anonymous", "auth", "webhooks")
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 _TOML_POSITION: Final = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
@@ -124,6 +131,9 @@ class ServerConfig:
     anonymous: Permissions | None = None
     #: The ``[auth.jwt]`` authenticator, if any.
     jwt: JWTAuthenticator | None = None
+    #: The ``[[webhooks]]``, in order (see :meth:`Broker.webhook
+    #: <trio_realtime.Broker.webhook>`).
+    webhooks: tuple[Webhook, ...] = ()
 
     @property
     def auth(self) -> Authenticator | None:
@@ -169,8 +179,9 @@ def load_config(
 ) -> ServerConfig:
     """Read the broker's config file at *path* (TOML): see the module's docstring.
 
-    ``[[auth.jwt.keys]]`` read their ``secret_env`` from *environ* (default:
-    :data:`os.environ`) and their ``public_key_file`` relative to the file's folder.
+    ``[[auth.jwt.keys]]`` and ``[[webhooks]]`` read their ``secret_env`` from *environ*
+    (default: :data:`os.environ`), and the keys their ``public_key_file`` relative to the
+    file's folder.
 
     Raises :exc:`ConfigError` (one line: the file, the key path, what is wrong) for a file
     that cannot be read or parsed, an unknown key, a value of the wrong type, a bad pattern
@@ -248,7 +259,29 @@ def _config(
         _check_keys(auth, "auth", ("jwt",))
         if "jwt" in auth:
             jwt = _jwt(_table(auth["jwt"], "auth.jwt"), file, environ)
-    return ServerConfig(path=file, server=server, users=users, anonymous=anonymous, jwt=jwt)
+    return ServerConfig(
+        path=file,
+        server=server,
+        users=users,
+        anonymous=anonymous,
+        jwt=jwt,
+        webhooks=_webhooks(data.get("webhooks", []), environ),
+    )
+
+
+def _webhooks(value: object, environ: Mapping[str, str] | None) -> tuple[Webhook, ...]:
+    if not isinstance(value, list):
+        raise ValueError(
+            f"webhooks: expected an array of tables ([[webhooks]]), got {_kind(value)}"
+        )
+    hooks: dict[str, Webhook] = {}
+    for i, item in enumerate(value):
+        where = f"webhooks[{i}]"
+        hook = Webhook.from_config(_table(item, where), where=where, environ=environ)
+        if hook.name in hooks:
+            raise ValueError(f"{where}.name: {hook.name!r} is already another webhook's")
+        hooks[hook.name] = hook
+    return tuple(hooks.values())
 
 
 def _server(value: object) -> dict[str, object]:
