@@ -8,6 +8,9 @@ WebSocket port:
   client of the broker's own WebSocket protocol: it reads ``$sys.stats`` and tails a pattern;
 * ``/config.json``: ``{"ws": URL}``, the broker's WebSocket URL for the page when
   *ws_url* was given (else null: the page then tries port 8765 on its own host);
+* ``/asyncapi.json``: an AsyncAPI 3.0 document of the event types registered in the
+  broker's process (:func:`trio_realtime.integrations.asyncapi_document`), with *ws_url*
+  as its server;
 * ``/metrics``: the Prometheus text exposition of what :meth:`Broker.statistics` and the
   store's statistics know, read at scrape time (nothing is counted on the hot path for it);
 * ``/healthz``: 200 while the process serves HTTP at all (liveness);
@@ -29,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
+
+from ..integrations._asyncapi import asyncapi_json
 
 if TYPE_CHECKING:
     from ..store import StoreStatistics
@@ -292,6 +297,14 @@ def _app(
         if path in static:
             kind, body = static[path]
             await respond(send, 200, body, kind)
+        elif path == "/asyncapi.json":
+            try:  # (made at each request: event types may be registered at any time)
+                catalogue = asyncapi_json(ws_url)
+            except (TypeError, ValueError) as exc:  # a type it cannot describe, or a bad URL
+                logger.warning("cannot serve /asyncapi.json: %s", exc)
+                await respond(send, 500, f"{exc}\n".encode(), text)
+            else:
+                await respond(send, 200, catalogue, b"application/json")
         elif path == "/metrics":
             await respond(send, 200, metrics_text(broker), content_type)
         elif path == "/healthz":
@@ -302,7 +315,9 @@ def _app(
             else:
                 await respond(send, 503, b"not ready\n", text)
         else:
-            await respond(send, 404, b"not found: /, /metrics, /healthz, /readyz\n", text)
+            await respond(
+                send, 404, b"not found: /, /asyncapi.json, /metrics, /healthz, /readyz\n", text
+            )
 
     return app
 

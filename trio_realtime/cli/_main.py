@@ -24,6 +24,7 @@ from .. import __version__
 from .._errors import RealtimeError
 from .._logformat import JSONFormatter
 from .._util import open_service_nursery
+from ._asyncapi import add_asyncapi_options, asyncapi
 from ._bench import bench
 from ._commands import history, pub, recover, reply, request, sub, token
 from ._common import (
@@ -329,6 +330,17 @@ def parser() -> argparse.ArgumentParser:
         "name", metavar="NAME", help="the user name: letters, digits, _ and -"
     )
     _add_global_options(token_parser, after=True)
+
+    asyncapi_parser = command(
+        "asyncapi",
+        asyncapi,
+        help="print an AsyncAPI 3.0 document of the event types that --app modules register",
+        description="Print an AsyncAPI 3.0 document (JSON) of the event types registered "
+        "with @event_type once the --app modules are imported: each topic a channel, each "
+        "type a message with its JSON Schema, the broker the server.",
+    )
+    add_asyncapi_options(asyncapi_parser)
+    _add_global_options(asyncapi_parser, after=True)
     return main_parser
 
 
