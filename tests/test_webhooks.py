@@ -21,10 +21,12 @@ import standardwebhooks
 import trio
 import trio.testing
 from conftest import running_broker
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_realtime import Broker, Bus, Event, open_bus
-from trio_realtime.integrations._webhooks import new_webhook_secret
+from trio_realtime import Broker, Bus, Event, StoreError, open_bus
+from trio_realtime.integrations._webhooks import new_webhook_secret, parse_retry_after
 from trio_realtime.store import MemoryStore
 
 URL: Final = "http://hooks.test/events"
@@ -555,3 +557,109 @@ def test_webhook_settings_are_checked() -> None:
     assert SECRET.removeprefix("whsec_") not in repr(hook)
     with pytest.raises(ValueError, match="already a webhook named 'hook'"):
         broker.webhook("hook", URL, ">", secret=SECRET)
+
+
+@given(
+    st.one_of(st.text(), st.from_regex(r"[A-Za-z]{3}, \d{1,2} [A-Za-z]{3} \d{1,6} [\d:]{8} \S+"))
+)
+def test_any_retry_after_is_a_wait_or_nothing(value: str) -> None:
+    """Whatever an endpoint sends as Retry-After, it reads as a wait of 0 or more seconds, or
+    as nothing: it never raises."""
+    wait = parse_retry_after(value, 1_700_000_000.0)
+    assert wait is None or wait >= 0
+    assert parse_retry_after(" 30 ", 0) == 30
+    assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", 40) == 60
+    assert parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", 40) == 0
+
+
+async def test_webhooks_are_added_before_the_broker_serves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Adding an endpoint to a serving broker is refused."""
+    async with running_broker(Broker(stats_interval=None)) as served:
+        with pytest.raises(RuntimeError, match="before the broker serves"):
+            served.broker.webhook("late", URL, ">", secret=SECRET)
+
+
+async def test_a_connection_that_fails_is_retried_and_named(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No connection (refused, or a name that does not resolve) fails the attempt; it is
+    retried, and the failure names what happened."""
+
+    async def refuse(request: httpx.Request, n: int) -> httpx.Response:
+        await trio.lowlevel.checkpoint()
+        raise httpx.ConnectError("connection refused", request=request)
+
+    receiver = Receiver(refuse)
+    broker = make_broker(receiver, attempts=3, backoff=1, max_backoff=1)
+    with trio.fail_after(GUARD):
+        async with running_broker(broker) as served, sys_events(served.broker.bus) as sys:
+            await served.broker.bus.publish("orders.created", 1)
+            failed = await sys.receive()
+    assert failed.data["reason"] == "cannot connect: connection refused"
+    assert failed.data["attempts"] == 3
+    assert len(receiver.received) == 3
+
+
+class _FailingCursors(MemoryStore):
+    """A store whose cursors cannot be read or saved."""
+
+    async def load_cursor(self, name: str) -> int | None:
+        await trio.lowlevel.checkpoint()
+        raise StoreError("the cursor table is damaged")
+
+    async def save_cursor(self, name: str, seq: int) -> None:
+        await trio.lowlevel.checkpoint()
+        raise StoreError("the disk is full")
+
+
+async def test_a_store_that_fails_its_cursors_does_not_stop_delivery(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An endpoint whose cursor cannot be read starts with the newest events, and one whose
+    cursor cannot be saved goes on delivering; both are logged, without a traceback."""
+    receiver = Receiver()
+    broker = Broker(store=_FailingCursors(), stats_interval=None)
+    broker.webhook("hook", URL, "orders.>", secret=SECRET, transport=receiver.transport)
+    with trio.fail_after(GUARD):
+        async with running_broker(broker) as served:
+            for n in range(3):
+                await served.broker.bus.publish("orders.created", n)
+            await receiver.wait_for(3)
+            await trio.sleep(CURSOR_WAIT)
+    assert broker.statistics().webhooks["hook"].delivered == 3
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("cannot read its cursor" in m and "damaged" in m for m in messages)
+    assert any("cannot save its cursor" in m and "disk is full" in m for m in messages)
+    assert not any(record.exc_info for record in caplog.records)
+
+
+class _FlakyReads(MemoryStore):
+    """A store whose first read fails."""
+
+    failures = 1
+
+    async def read(self, pattern: str, **options: Any) -> list[Event]:
+        if self.failures:
+            self.failures -= 1
+            await trio.lowlevel.checkpoint()
+            raise StoreError("the disk went away for a moment")
+        return await super().read(pattern, **options)
+
+
+async def test_a_failed_catch_up_read_is_tried_again(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read of the store that fails while catching up is logged and tried again a little
+    later; the events are delivered all the same."""
+    receiver = Receiver()
+    async with open_bus(store=_FlakyReads()) as bus:
+        broker = Broker(bus=bus, stats_interval=None)
+        broker.webhook("hook", URL, "orders.>", secret=SECRET, transport=receiver.transport)
+        with trio.fail_after(GUARD):
+            async with running_broker(broker):
+                event = await bus.publish("orders.created", 1)
+                await receiver.wait_for(1)
+    assert receiver.ids == [event.id]
+    assert any("reading the store failed" in r.getMessage() for r in caplog.records)

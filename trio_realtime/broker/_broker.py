@@ -467,8 +467,9 @@ class Broker:
                 ``httpx.MockTransport`` in tests); by default httpx's own.
 
         Raises:
-            ValueError: for a setting that is wrong (TypeError for one of the wrong type), a
-                name already used, or while the broker serves.
+            ValueError: for a setting that is wrong (TypeError for one of the wrong type), or
+                a name already used.
+            RuntimeError: if the broker is serving.
             ImportError: without the ``webhooks`` extra.
         """
         hook = hooks.Webhook.build(
@@ -485,7 +486,7 @@ class Broker:
             concurrency=concurrency,
         )
         if self._serving:
-            raise ValueError("add webhooks before the broker serves")
+            raise RuntimeError("add webhooks before the broker serves")
         if hook.name in self._webhooks:
             raise ValueError(f"name: there is already a webhook named {hook.name!r}")
         try:

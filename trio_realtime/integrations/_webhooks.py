@@ -130,11 +130,11 @@ def parse_retry_after(value: str, now: float) -> float | None:
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)  # (HTTP dates are in GMT)
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # (HTTP dates are in GMT)
-    return max(0.0, when.timestamp() - now)
 
 
 def _check_url(url: object) -> str:
