@@ -131,7 +131,8 @@ class NatsSubscription:
         self._ready = trio.Event()
         self._closed = False
         self._sub: _NatsSub | None = None
-        #: Messages dropped because the buffer was full.
+        #: Messages dropped because the buffer was full (or nats-py's own queue of the
+        #: subscription was: a slow consumer).
         self.dropped = 0
 
     async def _deliver(self, msg: _NatsMsg) -> None:
@@ -431,6 +432,10 @@ async def open_nats(
         connection.last_error = exc
         if isinstance(exc, nats.errors.SlowConsumerError):
             connection._dropped += 1
+            # nats-py's own queue of the subscription was full: count the drop there too
+            subscription = getattr(getattr(exc.sub, "_cb", None), "__self__", None)
+            if isinstance(subscription, NatsSubscription):
+                subscription.dropped += 1
 
     options: dict[str, Any] = {
         "servers": urls,
