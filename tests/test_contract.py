@@ -135,6 +135,7 @@ def test_the_root_namespace_is_the_public_api() -> None:
         "logging",
         "cli",
         "integrations",
+        "natschannel",
     }
     assert public == {name for name in dir(trio_realtime) if not name.startswith("_")} - (
         subpackages
