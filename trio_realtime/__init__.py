@@ -20,6 +20,7 @@ from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import TooLarge as TooLarge
 from ._event import Event as Event
 from ._event import event_type as event_type
+from ._open_channel import open_channel as open_channel
 from ._topics import topic_matches as topic_matches
 from ._topics import validate_pattern as validate_pattern
 from ._topics import validate_topic as validate_topic
@@ -85,6 +86,7 @@ __all__ = [
     "TooLarge",
     "event_type",
     "open_bus",
+    "open_channel",
     "open_client",
     "serve_broker",
     "topic_matches",
