@@ -53,7 +53,8 @@ def make_client(nursery: trio.Nursery) -> Client:
     """A client that is not connected."""
     return Client._create(
         nursery,
-        "ws://fake/",
+        ("ws://fake/",),
+        discover=True,
         token=None,
         name=None,
         reconnect=True,
@@ -156,6 +157,7 @@ async def test_backoff_is_capped_full_jitter() -> None:
             assert max(delays) > ceiling / 2  # spread over the range, not fixed
         assert client.statistics() == ClientStatistics(
             state=ClientState.CONNECTING,
+            url="ws://fake/",
             reconnects=0,
             catch_ups=0,
             published=0,

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from .._event import Event
+from .._nodes import MAX_NODES, check_urls
 from .._topics import validate_pattern
 from .._transport import LOCAL_ORIGINS, ConnectionGate, bind, listen
 from .._util import only_leaf
@@ -106,6 +107,18 @@ def default_max_connections() -> int:
 
 
 Actor = Callable[[Event], Awaitable[Any] | Any]
+
+
+def _check_advertised(urls: Sequence[str]) -> tuple[str, ...]:
+    """*advertise_urls*, checked (see :class:`Broker`)."""
+    if isinstance(urls, str):
+        raise ValueError(f"advertise_urls must be a list of URLs, not the string {urls!r}")
+    checked = check_urls(urls, what="advertise_urls")
+    if len(checked) > MAX_NODES:
+        raise ValueError(
+            f"advertise_urls holds {len(checked)} URLs: a client takes {MAX_NODES} at most"
+        )
+    return checked
 
 
 @attrs.frozen(kw_only=True)
@@ -242,6 +255,10 @@ class Broker:
             browser) is not checked. None (the default): without *auth*, only pages from
             this machine (``http`` or ``https`` on ``localhost``, ``127.0.0.1`` or
             ``[::1]``, any port); with *auth*, any origin. See :doc:`security`.
+        advertise_urls: The ``ws://`` (or all ``wss://``) URLs of the cluster's other nodes,
+            as clients reach them, at most 32: sent in every ``welcome`` (``nodes``), and
+            added by clients to the brokers they fail over to (see :func:`open_client`). The
+            same list on every node is fine (a client skips the URLs it already has).
     """
 
     def __init__(
@@ -268,6 +285,7 @@ class Broker:
         publish_rate: float | None = None,
         user_publish_rate: float | None = None,
         publish_burst: int = 100,
+        advertise_urls: Sequence[str] = (),
     ) -> None:
         if bus is not None and (
             store is not None or persist is not None or max_retained is not None
@@ -337,6 +355,8 @@ class Broker:
                 raise ValueError(f"{what} must be positive, or None, not {rate!r}")
         if publish_burst < 1:
             raise ValueError(f"publish_burst must be at least 1, not {publish_burst!r}")
+        #: The URLs of the cluster's other nodes that clients are told (``welcome.nodes``).
+        self.advertise_urls: Final = _check_advertised(advertise_urls)
         # user -> (the bucket all its connections share, how many connections it has)
         self._user_buckets: dict[str, tuple[TokenBucket, int]] = {}
         #: The origin patterns a browser's handshake must match (None: any origin).
@@ -374,6 +394,7 @@ class Broker:
             publish_rate=publish_rate,
             user_publish_rate=user_publish_rate,
             publish_burst=publish_burst,
+            nodes=self.advertise_urls,
         )
         #: What every session gets from the broker (made when it serves: its bus).
         self._session_context: SessionContext | None = None
@@ -925,6 +946,7 @@ class BrokerOptions(TypedDict, total=False):
     user_publish_rate: float | None
     publish_burst: int
     allowed_origins: Sequence[str] | None
+    advertise_urls: Sequence[str]
 
 
 async def serve_broker(

@@ -68,6 +68,8 @@ class SessionLimits:
     user_publish_rate: float | None = None
     #: The bucket's size: publishes in a burst, above the rate, before it applies.
     publish_burst: int = 100
+    #: The URLs of the cluster's other nodes that ``welcome`` advertises (``nodes``).
+    nodes: tuple[str, ...] = ()
 
 
 class TokenBucket:

@@ -534,6 +534,7 @@ class Session:
                             user=self.access.user,
                             inbox=self.access.inbox,
                             expires_in=self.access.expires_in(),
+                            nodes=limits.nodes,
                         )
                         # Sent through the connection now (it is open from here on: the
                         # frames the client pipelined come out next), queued as text.

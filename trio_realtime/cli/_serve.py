@@ -340,8 +340,9 @@ async def serve(args: argparse.Namespace) -> None:
             publish_rate=args.publish_rate,
             user_publish_rate=args.user_publish_rate,
             publish_burst=args.publish_burst,
+            advertise_urls=args.advertise or (),
         )
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise CommandError(str(exc)) from None
     for hook in config.webhooks if config is not None else ():
         try:
@@ -379,6 +380,8 @@ async def serve(args: argparse.Namespace) -> None:
         if config is not None and config.webhooks:
             hooks = ", ".join(f"{hook.name} ({hook.origin})" for hook in config.webhooks)
             write(f"webhooks: {hooks}\n")
+        if broker.advertise_urls:
+            write(f"advertised nodes: {', '.join(broker.advertise_urls)}\n")
         if args.http_port is not None:
             try:
                 http = await nursery.start(
@@ -449,6 +452,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         type=positive_float,
         metavar="SECONDS",
         help="ping a silent client after this long; close it if it stays silent as long again (30)",
+    )
+    serve.add_argument(
+        "--advertise",
+        action="append",
+        metavar="URL",
+        help="the ws:// (or wss://) URL of another node of this broker's cluster, as clients "
+        "reach it: clients are told (welcome.nodes) and fail over to it (repeatable, at most 32)",
     )
     limits = serve.add_argument_group(
         "limits", "what one client can make the broker hold (see the deployment guide)"

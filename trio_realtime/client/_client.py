@@ -4,7 +4,8 @@
 like an in-process :class:`~trio_realtime.Bus`. Underneath, the client keeps one connection
 at a time (a :class:`~trio_realtime.client._link.Link`) and, when it drops, reconnects with
 exponential backoff, re-creates every subscription (resuming stored topics after the last
-``seq`` it saw) and sends what waited in its outbox.
+``seq`` it saw) and sends what waited in its outbox. Given several brokers (the nodes of a
+cluster, and those they advertise), it goes round them (see :mod:`trio_realtime._nodes`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import partial
@@ -24,13 +25,13 @@ import trio
 
 from .._errors import ConnectionClosed, EpochChanged
 from .._event import Event, make_event
+from .._nodes import MAX_NODES, MAX_URL_LENGTH, Nodes, given_urls
 from .._topics import validate_pattern
 from .._transport import (
     CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
     open_transport,
-    parse_url,
 )
 from .._util import NoPublicConstructor, open_service_nursery
 from ..bus._channel import (
@@ -44,7 +45,7 @@ from ..bus._channel import (
     pattern_and_type,
 )
 from ..bus._requests import DEFAULT_MAX_CONCURRENCY, ReplyInbox, check_reply, serving
-from ..protocol import AUTH_EXPIRED, Publish
+from ..protocol import AUTH_EXPIRED, Publish, Welcome
 from ._link import (
     ClientCounters,
     Link,
@@ -98,7 +99,8 @@ class Client(metaclass=NoPublicConstructor):
     was opened in.
 
     Attributes:
-        url: The broker's URL.
+        url: The URL of the broker the client is connected to; while it is not, of the one
+            it is trying, or tried last (one of :attr:`urls`).
         name: The name the client gave the broker in ``hello``, if any.
         session: The broker's id for the current (or last) connection.
         epoch: The identity of the broker's store, or None (``seq`` numbers are comparable
@@ -117,8 +119,9 @@ class Client(metaclass=NoPublicConstructor):
     def __init__(
         self,
         nursery: trio.Nursery,
-        url: str,
+        urls: Sequence[str],
         *,
+        discover: bool,
         token: TokenSource,
         name: str | None,
         reconnect: bool,
@@ -130,7 +133,9 @@ class Client(metaclass=NoPublicConstructor):
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         self._nursery = nursery
-        self.url: Final = url
+        self._nodes = Nodes(urls)
+        self._discover = discover
+        self.url: str = self._nodes.given[0]
         self.name: Final = name
         self.instance: Final = secrets.token_hex(16)
         self._token = token
@@ -170,6 +175,12 @@ class Client(metaclass=NoPublicConstructor):
         return f"<Client {self.url} {self._state.value} session={self.session}>"
 
     @property
+    def urls(self) -> tuple[str, ...]:
+        """The brokers the client connects to, in the order it tries them: the URLs given to
+        :func:`open_client`, then those the brokers advertised (``welcome.nodes``)."""
+        return self._nodes.urls
+
+    @property
     def state(self) -> ClientState:
         """The client's :class:`ClientState`."""
         return self._state
@@ -179,6 +190,7 @@ class Client(metaclass=NoPublicConstructor):
         link = self._link
         return ClientStatistics(
             state=self._state,
+            url=self.url,
             reconnects=self._reconnects,
             catch_ups=self._counters.catch_ups,
             published=self._published,
@@ -639,11 +651,18 @@ class Client(metaclass=NoPublicConstructor):
     async def _keep_connected(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Connect, then keep connected (reconnecting as allowed) until cancelled or closed.
 
-        The first connection is made before ``task_status.started()``; if it fails, this
-        raises (no retry).
+        The first connection is made before ``task_status.started()``: each given URL is
+        tried once, in order, and if none accepts, this raises (no retry). Afterwards the
+        client goes round its URLs (:attr:`urls`), starting after the node it lost: an
+        attempt that fails moves on to the next node at once, and only a whole round of
+        failures backs off (as a loss does, so that a node's clients do not all come back at
+        once). A node that refuses the handshake for good (:func:`is_fatal`) is passed over;
+        when every node of a round does, the client gives up.
         """
         first = True
-        attempt = 0
+        failures: list[ConnectionClosed] = []  # the first connect's, one per URL
+        attempt = 0  # rounds (and losses) since the last connection: the backoff's exponent
+        tried = refused = 0  # nodes tried in this round, and of them, refusals for good
         stuck = 0  # connections in a row that ended on a message too large, nothing changed
         while True:
             self._set_state(ClientState.CONNECTING)
@@ -673,7 +692,7 @@ class Client(metaclass=NoPublicConstructor):
                     if first:
                         first = False
                         task_status.started()
-                    attempt = 0
+                    attempt = tried = refused = 0
                     received = self._counters.received
                     reason = await self._run_link(link)
                     changed = self._counters.received > received
@@ -681,7 +700,13 @@ class Client(metaclass=NoPublicConstructor):
                         await transport.aclose(link.close_code, str(reason), timeout=0.5)
             except ConnectionClosed as exc:
                 if first:
-                    raise
+                    failures.append(exc)
+                    if len(failures) < len(self._nodes.given):
+                        self.url = self._nodes.after(self.url)
+                        continue
+                    if len(failures) == 1:
+                        raise
+                    raise _none_accepted(failures) from exc
                 reason = exc
             oversized = refused_as_too_big(reason, self._max_message_size) or (
                 link is not None and link.oversized
@@ -690,11 +715,22 @@ class Client(metaclass=NoPublicConstructor):
                 changed = self._disconnected(link, oversized=oversized) or changed
             if self._state is ClientState.CLOSED:
                 return
-            if not self._reconnect or (is_fatal(reason) and not self._renewable(link)):
+            fatal = is_fatal(reason) and not self._renewable(link)
+            if link is None:
+                tried += 1
+                refused += fatal
+            round_over = link is None and tried >= len(self._nodes.urls)
+            if (
+                not self._reconnect
+                or (fatal and link is not None)  # (a policy close: not to be evaded elsewhere)
+                or (round_over and refused == tried)
+            ):
                 logger.warning("%s", reason)
                 self._close(reason)
                 return
-            self._set_state(ClientState.DISCONNECTED)
+            url = self._nodes.after(self.url)
+            if link is not None or round_over or oversized:
+                self._set_state(ClientState.DISCONNECTED)
             if oversized:
                 # Back off longer each time a connection ended so with nothing changed (no
                 # event received, read or skipped): the same message may well come again.
@@ -702,10 +738,15 @@ class Client(metaclass=NoPublicConstructor):
                 stuck = 0 if changed else stuck + 1
             else:
                 stuck = 0
-            delay = self._backoff(max(attempt, stuck))
-            attempt += 1
-            logger.info("%s; reconnecting in %.2f s", reason, delay)
-            await trio.sleep(delay)
+            if link is not None or round_over:
+                tried = refused = 0
+                delay = self._backoff(max(attempt, stuck))
+                attempt += 1
+                logger.info("%s; reconnecting to %s in %.2f s", reason, url, delay)
+                await trio.sleep(delay)
+            else:
+                logger.info("%s; trying %s", reason, url)
+            self.url = url
 
     async def _fetch_token(self, first: bool) -> str | None:
         """The token for the next connect. A token callable that fails is the first connect's
@@ -801,6 +842,8 @@ class Client(metaclass=NoPublicConstructor):
         self.user = welcome.user
         self.expires = None if welcome.expires_in is None else time.time() + welcome.expires_in
         self.broker = welcome.broker
+        if self._discover:
+            self._learn_nodes(welcome)
         if welcome.inbox is not None:
             # This connection's own inbox: replies come there (the broker may refuse a
             # reply_to elsewhere). Requests sent again take it as their reply_to.
@@ -811,6 +854,24 @@ class Client(metaclass=NoPublicConstructor):
         self._outbox.push_front([link.subscribe(rs) for rs in self._subs])
         self._set_state(ClientState.CONNECTED)
         return link
+
+    def _learn_nodes(self, welcome: Welcome) -> None:
+        """Add the nodes the broker advertised to the rotation (what it advertised before
+        goes); what is not fit to dial is logged and counted as bad input."""
+        learned = self._nodes.learn(welcome.nodes)
+        if learned.invalid or learned.excess:
+            self._counters.errors += 1
+            logger.warning(
+                "the broker at %s advertised node URLs this client does not take "
+                "(welcome.nodes): %d not %s URLs of at most %d printable characters, and %d "
+                "beyond the first %d",
+                self.url,
+                learned.invalid,
+                "wss://" if self._nodes.tls else "ws://",
+                MAX_URL_LENGTH,
+                learned.excess,
+                MAX_NODES,
+            )
 
     def _disconnected(self, link: Link, *, oversized: bool = False) -> bool:
         """*link* ended: requeue what it had in flight; its ids mean nothing any more.
@@ -905,6 +966,16 @@ class Client(metaclass=NoPublicConstructor):
         self._close(None)
 
 
+def _none_accepted(failures: list[ConnectionClosed]) -> ConnectionClosed:
+    """The first connect's failure when none of several brokers accepted: the last one's
+    kind, close code and reason, with every broker's failure in its message."""
+    last = failures[-1]
+    message = f"none of the {len(failures)} brokers accepted a connection: " + "; ".join(
+        str(exc) for exc in failures
+    )
+    return type(last)(message, code=last.code, reason=last.reason)
+
+
 def _being_cancelled() -> bool:
     """Whether the current task is being cancelled (its effective deadline has passed)."""
     return trio.current_effective_deadline() == -math.inf
@@ -912,7 +983,7 @@ def _being_cancelled() -> bool:
 
 @asynccontextmanager
 async def open_client(
-    url: str,
+    url: str | Sequence[str],
     *,
     token: TokenSource = None,
     name: str | None = None,
@@ -923,8 +994,10 @@ async def open_client(
     backoff_max: float = DEFAULT_BACKOFF_MAX,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ssl_context: ssl.SSLContext | None = None,
+    discover: bool = True,
 ) -> AsyncIterator[Client]:
-    """Connect to the broker at *url* for the duration of an ``async with`` block.
+    """Connect to the broker at *url* (or to one of several) for the duration of an
+    ``async with`` block.
 
     Yields a :class:`Client`, which implements :class:`~trio_realtime.EventChannel`: code
     written against a :class:`~trio_realtime.Bus` runs unchanged::
@@ -943,6 +1016,24 @@ async def open_client(
     closed: waiting and later operations raise :exc:`~trio_realtime.ConnectionClosed`, and
     subscriptions' receives raise it too.
 
+    Given several URLs (the nodes of a cluster), the client fails over between them. The
+    first connect tries them in order, each within *connect_timeout*, and raises only if
+    none accepts. Afterwards, a lost connection is re-established on the next node, round
+    the list: an attempt that fails moves on to the next node at once, and the backoff
+    applies between whole rounds (and before the first attempt after a loss). On the new
+    node the client re-creates its subscriptions as after any reconnect: a persisted
+    subscription resumes after the last ``seq`` it received, without loss or duplicates
+    when the nodes share one store (the same ``welcome.epoch``); another store is an epoch
+    change (:exc:`~trio_realtime.EpochChanged`). A node that refuses the handshake for good
+    is passed over, and the client gives up once every node of a round has; a connection
+    closed with 1008 gives up at once. A broker may advertise the cluster's other nodes
+    (``welcome.nodes``; ``Broker(advertise_urls=…)``): with *discover*, the client adds them
+    after the given URLs (the given ones stay first), each time in place of those
+    advertised before. It takes at most the first 32, and only WebSocket URLs of the given
+    URLs' scheme (so a ``wss://`` client never moves to ``ws://``); it logs and counts the
+    others (``statistics().errors``). :attr:`Client.url` is the broker it is connected to,
+    :attr:`Client.urls` every one it may connect to.
+
     Leaving the block (or :meth:`Client.aclose`) sends what waits in the outbox (a bounded
     time; not when the block is left because it is cancelled, which takes the client's
     writer with it: then it closes at once), ends every subscription's iteration cleanly,
@@ -951,7 +1042,8 @@ async def open_client(
     outlives the block. An exception raised in the block propagates as itself.
 
     Args:
-        url: The broker's ``ws://`` or ``wss://`` URL.
+        url: The broker's ``ws://`` or ``wss://`` URL, or a sequence of them (all ``ws://``
+            or all ``wss://``), tried in that order.
         token: The credential sent in ``hello``, if the broker wants one: a str, or a
             function (or async function) that returns one. A function is called (and given
             ``connect_timeout`` seconds to answer) at every connect, and, when the broker
@@ -985,13 +1077,20 @@ async def open_client(
             them. An event that was not stored cannot be read again (nor is it replayed): it
             is lost. Reconnects after which nothing changed back off.
         ssl_context: For ``wss://`` URLs (default: the system's trusted certificates).
+        discover: Also fail over to the nodes the brokers advertise (``welcome.nodes``). The
+            client then sends its *token* to those too: pass False to connect only to the
+            URLs given.
 
     Raises:
-        ConnectionClosed: if the first connection failed (the message names the URL and why).
+        ConnectionClosed: if the first connection failed (the message names the URL and why;
+            with several URLs, each URL and why, as the kind of exception the last one
+            raised).
         HandshakeError: if the broker refused the first handshake (such as a bad token).
-        ValueError: if *url* is not a WebSocket URL, or an option is out of range.
+        ValueError: if *url* is not a WebSocket URL (or one of several is not, or they are
+            none, or they mix ``ws://`` and ``wss://``), or an option is out of range.
+        TypeError: if one of several URLs is not a str.
     """
-    parse_url(url)
+    urls = given_urls(url)
     check_int(max_outbox, "max_outbox", minimum=1)
     if not 0 < backoff_initial <= backoff_max:
         raise ValueError(
@@ -1004,7 +1103,8 @@ async def open_client(
     async with open_service_nursery() as nursery:
         client = Client._create(
             nursery,
-            url,
+            urls,
+            discover=discover,
             token=token,
             name=name,
             reconnect=reconnect,

@@ -131,7 +131,10 @@ class ClientStatistics:
 
     Attributes:
         state: The client's state.
-        reconnects: Connections re-established after the first.
+        url: The URL of the broker it is connected to; while it is not, of the one it is
+            trying, or tried last (:attr:`Client.url <trio_realtime.Client.url>`).
+        reconnects: Connections re-established after the first (on the same broker or
+            another).
         catch_ups: Times a persisted subscription that the broker dropped events for (a
             ``gap``) re-read them from the store.
         published: Events handed to the client for sending (``publish`` and ``request``).
@@ -147,6 +150,7 @@ class ClientStatistics:
     """
 
     state: ClientState
+    url: str
     reconnects: int
     catch_ups: int
     published: int

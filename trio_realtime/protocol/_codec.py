@@ -51,6 +51,7 @@ from ._frames import (
     Publish,
     Subscribe,
     Unsubscribed,
+    Welcome,
 )
 
 if TYPE_CHECKING:
@@ -206,6 +207,15 @@ def _structure_int_tuple(value: Any, _: object) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _structure_str_tuple(value: Any, _: object) -> tuple[str, ...]:
+    if type(value) is not list:
+        raise _Invalid(f"must be an array of strings, not {_json_type(value)}")
+    for i, item in enumerate(value):
+        if type(item) is not str:
+            raise _Invalid(f"must be a string, not {_json_type(item)}", f"[{i}]")
+    return tuple(value)
+
+
 def _structure_event_tuple(value: Any, _: object) -> tuple[Event, ...]:
     if type(value) is not list:
         raise _Invalid(f"must be an array of event objects, not {_json_type(value)}")
@@ -313,6 +323,7 @@ def _configure(conv: OrjsonConverter) -> None:
         lambda t: _is_optional_of(t, float), _structure_optional_float
     )
     conv.register_structure_hook_func(lambda t: t == tuple[int, ...], _structure_int_tuple)
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_str_tuple)
     conv.register_structure_hook_func(lambda t: t == tuple[Event, ...], _structure_event_tuple)
     conv.register_structure_hook(Event, structure_event)
     conv.register_unstructure_hook(Event, Event.to_dict)
@@ -327,6 +338,10 @@ def _configure(conv: OrjsonConverter) -> None:
         if cls is Unsubscribed:  # (an answer to unsubscribe, the usual case, has no reason)
             unstructure = make_dict_unstructure_fn(
                 Unsubscribed, conv, reason=override(omit_if_default=True)
+            )
+        elif cls is Welcome:  # (a broker outside a cluster advertises no nodes)
+            unstructure = make_dict_unstructure_fn(
+                Welcome, conv, nodes=override(omit_if_default=True)
             )
         else:
             unstructure = make_dict_unstructure_fn(cls, conv)

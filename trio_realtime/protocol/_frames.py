@@ -355,6 +355,9 @@ class Welcome:
             None if it does not: send :class:`Refresh` before then, or the broker closes the
             connection (``auth_expired``, close code 1008). (A duration, so that the two
             clocks need not agree.)
+        nodes: *Extension.* WebSocket URLs of the cluster's other nodes, to fail over to (as
+            NATS's INFO ``connect_urls``); empty (and left out on the wire) from a broker
+            that advertises none. A client checks them before it dials one.
     """
 
     TYPE: ClassVar[str] = "welcome"
@@ -367,6 +370,7 @@ class Welcome:
     user: str | None = None
     inbox: str | None = None
     expires_in: float | None = None
+    nodes: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

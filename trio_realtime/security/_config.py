@@ -61,11 +61,11 @@ from ._permissions import Permissions
 
 __all__ = ["SERVER_OPTIONS", "ConfigError", "ServerConfig", "load_config"]
 
-OptionKind = Literal["string", "integer", "number", "size", "patterns", "boolean"]
+OptionKind = Literal["string", "integer", "number", "size", "patterns", "urls", "boolean"]
 
 #: The keys ``[server]`` takes, each with the TOML type of its value: every option of
 #: ``trio-realtime serve`` (a test keeps this in step with the command line). A ``size`` is an
-#: integer (bytes) or a string such as ``"16M"``; ``patterns`` is a list of strings.
+#: integer (bytes) or a string such as ``"16M"``; ``patterns`` and ``urls`` are lists of strings.
 SERVER_OPTIONS: Final[Mapping[str, OptionKind]] = {
     "host": "string",
     "port": "integer",
@@ -77,6 +77,7 @@ SERVER_OPTIONS: Final[Mapping[str, OptionKind]] = {
     "max_bytes": "size",
     "name": "string",
     "heartbeat": "number",
+    "advertise": "urls",
     "max_connections": "integer",
     "max_subscriptions": "integer",
     "max_retained": "integer",
@@ -295,6 +296,7 @@ def _server(value: object) -> dict[str, object]:
             "number": isinstance(item, int | float) and not isinstance(item, bool),
             "size": isinstance(item, int | str) and not isinstance(item, bool),
             "patterns": isinstance(item, list) and all(isinstance(p, str) for p in item),
+            "urls": isinstance(item, list) and all(isinstance(u, str) for u in item),
             "boolean": isinstance(item, bool),
         }[kind]
         if not fits:
@@ -304,6 +306,7 @@ def _server(value: object) -> dict[str, object]:
                 "number": "a number",
                 "size": 'a size (bytes, or a string such as "16M")',
                 "patterns": "an array of patterns (strings)",
+                "urls": "an array of URLs (strings)",
                 "boolean": "true or false",
             }[kind]
             raise ValueError(f"server.{key}: expected {wanted}, got {_kind(item)}")
