@@ -721,7 +721,11 @@ def run_console(example: Example) -> str | None:
     if wait_for(lambda: interleaves(sections, streams()), background):
         return None
     shown = [line for step in steps for line in (f"$ {step.command}", *step.shown)]
-    said = [line for stream in streams() for line in (f"(from line {stream.first})", *stream.lines)]
+    said = [
+        line
+        for stream in streams()
+        for line in (f"(the command of line {steps[stream.first].line} printed:)", *stream.lines)
+    ]
     return f"line {example.line}:\n" + difference(shown, said)
 
 
