@@ -21,6 +21,7 @@ without NATS, such as a store.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -251,7 +252,9 @@ class NatsConnection:
         """Run the asyncio coroutine function *fn* on the connection's loop; its result.
 
         One crossing: use it for calls that are not per message (JetStream management, a
-        store's append of a whole batch), with :attr:`client`.
+        store's append of a whole batch), with :attr:`client`. Any task of the Trio run may
+        call it while the connection is open, whether or not it runs inside the block that
+        opened it.
         """
         if self._closed:
             raise trio.ClosedResourceError("the NATS connection is closed")
@@ -464,7 +467,10 @@ async def open_nats(
 
     failure: BaseException | None = None  # what the block (or the first connect) raised
     try:
-        async with trio_asyncio.open_loop(), open_service_nursery() as nursery:
+        async with trio_asyncio.open_loop() as loop, open_service_nursery() as nursery:
+            # Bound to this loop, so that any task of the run may use the connection (one
+            # that a store holds, say), not only the tasks started inside this block.
+            connection._aio_as_trio = functools.partial(trio_asyncio.aio_as_trio, loop=loop)
             try:
                 if wait:
                     with trio.move_on_after(connect_timeout):

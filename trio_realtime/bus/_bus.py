@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from .._errors import DuplicateEventId, NoResponders, StoreUnavailable
+from .._errors import DuplicateEventId, NoResponders, Refused, StoreUnavailable
 from .._event import Event, make_event
 from .._topics import PatternIndex, is_transient, validate_pattern, validate_topic
 from .._util import NoPublicConstructor, open_service_nursery
@@ -47,6 +47,7 @@ from ._requests import (
     serving,
 )
 from ._retained import DEFAULT_MAX_RETAINED, RetainedValues
+from ._shared import commit_shared
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -472,9 +473,23 @@ class Bus(metaclass=NoPublicConstructor):
         is not idle while events are routed. At most :data:`MAX_STORED_UNROUTED` stored
         batches wait to be routed: a slow subscriber with the ``block`` policy holds back
         the store, then the publishers (through :data:`MAX_PENDING_COMMITS`).
+
+        With a :attr:`~trio_realtime.store.Store.shared` store, stored events are routed from
+        the store's tail instead, every node's in seq order (see :mod:`._shared`).
         """
         store = self.store
         assert store is not None
+        batch_size = min(MAX_COMMIT_BATCH, store.max_append or MAX_COMMIT_BATCH)
+        if store.shared:  # every node's stored events are routed from the store's tail
+            await commit_shared(
+                self,
+                store,
+                max_batch=batch_size,
+                max_unrouted=MAX_COMMIT_BATCH * MAX_STORED_UNROUTED,
+                dedupe_window=DEDUPE_WINDOW,
+                task_status=task_status,
+            )
+            return
         stored: deque[tuple[list[PendingCommit], list[Event | BaseException]]] = deque()
         storing: list[PendingCommit] = []
         stored_lot = trio.lowlevel.ParkingLot()
@@ -490,8 +505,8 @@ class Bus(metaclass=NoPublicConstructor):
                     if len(stored) >= MAX_STORED_UNROUTED:
                         await routed_lot.park()
                         continue
-                    storing = self._pending[:MAX_COMMIT_BATCH]
-                    del self._pending[:MAX_COMMIT_BATCH]
+                    storing = self._pending[:batch_size]
+                    del self._pending[:batch_size]
                     self._pending_room.unpark_all()
                     outcomes = await self._append(store, storing)
                     stored.append((storing, outcomes))
@@ -550,8 +565,11 @@ class Bus(metaclass=NoPublicConstructor):
         except (ValueError, TypeError) as exc:
             if len(batch) == 1:
                 logger.warning("event %s was not stored: %s", batch[0].event.id, exc)
-                # The store refuses an event with ValueError only for its id (see Store.append).
-                return [DuplicateEventId(str(exc)) if isinstance(exc, ValueError) else exc]
+                # The store refuses an event with ValueError only for its id (see Store.append),
+                # or as too large (a Refused already).
+                if isinstance(exc, ValueError) and not isinstance(exc, Refused):
+                    return [DuplicateEventId(str(exc))]
+                return [exc]
             # One bad event (such as an id stored long ago) must not fail its neighbours.
             return [(await self._append(store, [p]))[0] for p in batch]
         except Exception as exc:

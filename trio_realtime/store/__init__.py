@@ -14,6 +14,7 @@ from ._base import Store as Store
 from ._base import StoreStatistics as StoreStatistics
 from ._codec import EVENT_SIZE_OVERHEAD as EVENT_SIZE_OVERHEAD
 from ._codec import approximate_size as approximate_size
+from ._jetstream import JetStreamStore as JetStreamStore
 from ._memory import DEFAULT_MEMORY_MAX_BYTES as DEFAULT_MEMORY_MAX_BYTES
 from ._memory import DEFAULT_MEMORY_MAX_EVENTS as DEFAULT_MEMORY_MAX_EVENTS
 from ._memory import MemoryStore as MemoryStore
@@ -32,6 +33,7 @@ __all__ = [
     "EVENT_SIZE_OVERHEAD",
     "RETENTION_CHUNK",
     "RETENTION_INTERVAL",
+    "JetStreamStore",
     "MemoryStore",
     "RecoveryReport",
     "SQLiteStore",

@@ -11,7 +11,7 @@ import attrs
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncGenerator, Sequence
     from datetime import datetime
     from types import TracebackType
     from typing import Self
@@ -198,6 +198,10 @@ class Store(trio.abc.AsyncResource, abc.ABC):
     #: always answers None, and readers that save cursors start afresh after a restart.
     keeps_cursors: ClassVar[bool] = False
 
+    #: The most events one :meth:`append` may store (None: no limit); a bus appends no more
+    #: at once.
+    max_append: ClassVar[int | None] = None
+
     async def __aenter__(self) -> Self:
         """Open the store (see :meth:`open`) and return it."""
         await self.open()
@@ -320,6 +324,44 @@ class Store(trio.abc.AsyncResource, abc.ABC):
         Raises:
             trio.ClosedResourceError: if the store is closed.
         """
+
+    # -- a store shared by several processes (such as a cluster's brokers) ------------------
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may append to the store while this one has it open.
+
+        A bus with a shared store routes stored events from :meth:`tail` (every process's, in
+        seq order) rather than from what its own appends return. False for this class.
+        """
+        return False
+
+    async def append_from(
+        self, events: Sequence[Event], origins: Sequence[str | None]
+    ) -> list[Event]:
+        """Append *events* as :meth:`append` does, with an *origin* for each: a short string
+        that a shared store keeps with the event and gives back with it from :meth:`tail` (a
+        bus keeps there who published the event, and whether it was retained). A store that
+        is not :attr:`shared` drops them: this implementation calls :meth:`append`.
+
+        Raises:
+            ValueError: if *origins* does not have one item per event; and as :meth:`append`.
+        """
+        if len(origins) != len(events):
+            raise ValueError(f"{len(origins)} origins for {len(events)} events")
+        return await self.append(events)
+
+    def tail(self, after: int) -> AsyncGenerator[list[tuple[Event, str | None]], None]:
+        """Every event stored after seq *after*, whoever stored it, in seq order, in batches
+        as they come, each with its origin (see :meth:`append_from`; None if it has none);
+        without end. For a :attr:`shared` store; use it with :func:`contextlib.aclosing`.
+
+        Raises:
+            NotImplementedError: in a store that is not shared (this implementation).
+            StoreError: if the store can no longer be followed.
+            trio.ClosedResourceError: if the store is closed.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store: it has no tail")
 
     async def load_cursor(self, name: str) -> int | None:
         """The seq last saved under *name* with :meth:`save_cursor`, or None if none was.
