@@ -20,6 +20,7 @@ from trio_realtime.protocol import (
     PROTOCOL_VERSION,
     SERVER_FRAME_TYPES,
     Ack,
+    Cancel,
     Error,
     EventFrame,
     Frame,
@@ -47,6 +48,7 @@ WIRE_TYPES = {
     "publish": Publish,
     "history": History,
     "refresh": Refresh,
+    "cancel": Cancel,
     "ping": Ping,
     "pong": Pong,
     "welcome": Welcome,
@@ -69,9 +71,9 @@ def test_frame_types_map_wire_names_to_classes() -> None:
 
 
 def test_directions_cover_every_frame() -> None:
-    """Every frame is sent by the client or the broker; only ping and pong by both."""
+    """Every frame is sent by the client or the broker; only ping, pong and cancel by both."""
     assert set(FRAME_TYPES.values()) == CLIENT_FRAME_TYPES | SERVER_FRAME_TYPES
-    assert {Ping, Pong} == CLIENT_FRAME_TYPES & SERVER_FRAME_TYPES
+    assert {Ping, Pong, Cancel} == CLIENT_FRAME_TYPES & SERVER_FRAME_TYPES
 
 
 EVENT = Event(topic="orders.created", data={"id": 1})
@@ -93,6 +95,7 @@ SAMPLES = [
     HistoryResult(ref=2, events=(EVENT,)),
     Refresh(ref=3, token="t"),
     Refreshed(ref=3, user="u"),
+    Cancel(id="x", topic="orders.get", reply_to="_inbox.a.1"),
 ]
 
 

@@ -132,6 +132,25 @@ class Access:
             return why, False
         return None, True
 
+    def check_cancel(self, topic: str, reply_to: str) -> str | None:
+        """Why the connection may not cancel its request to *topic* with *reply_to* (both
+        valid), or None if it may.
+
+        A connection cancels only its own requests: their ``reply_to`` lies in its inbox,
+        whatever its permissions. Under permissions, also only where it may publish (as the
+        request itself had to be).
+        """
+        inbox = self.inbox
+        if not in_inbox(reply_to, inbox):
+            return (
+                f"reply_to {reply_to!r} is not in this connection's inbox {inbox!r} "
+                "(welcome.inbox): a connection cancels only its own requests"
+            )
+        permissions = self.permissions
+        if permissions is not None and not permissions.may_publish(topic):
+            return f"user {self.user!r} may not publish to {topic!r}"
+        return None
+
     def replied(self, topic: str) -> None:
         """A reply to *topic* that :meth:`check_publish` allowed is being routed."""
         if self.grants is not None:

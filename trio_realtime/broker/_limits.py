@@ -13,11 +13,14 @@ from typing import Any, Final, Literal, NoReturn, Protocol
 import attrs
 import trio
 
-from ..protocol import Error, HistoryResult, ServerFrame, encoded_size
+from ..protocol import Cancel, Error, HistoryResult, ServerFrame, encoded_size
 from ..protocol._batch import FRAME_OVERHEAD
 
 __all__ = [
+    "CANCEL_BURST",
+    "CANCEL_RATE",
     "MAX_ANSWER_BACKLOG",
+    "MAX_OPEN_REQUESTS",
     "RATE_REFUSALS_BEFORE_CLOSE",
     "REFRESH_BURST",
     "REFRESH_RATE",
@@ -45,6 +48,14 @@ REFRESH_BURST: Final = 5
 #: ... then this many a second (one every ten seconds); one more is refused ``rate_limited``
 #: without the authenticator being asked.
 REFRESH_RATE: Final = 0.1
+#: ``cancel`` frames one connection may send: a burst of this many, ...
+CANCEL_BURST: Final = 1000
+#: ... then this many a second; one more is refused ``rate_limited`` (and not passed on: the
+#: request's deadline still ends its handler).
+CANCEL_RATE: Final = 100.0
+#: Requests delivered to one connection that a ``cancel`` can still reach (until it replies
+#: to them); past that, the oldest is forgotten (counted: ``open_requests``).
+MAX_OPEN_REQUESTS: Final = 4096
 
 
 @attrs.frozen(kw_only=True)
@@ -223,4 +234,6 @@ def size_of_answer(frame: ServerFrame | str) -> int:
         return FRAME_OVERHEAD + sum(encoded_size(e) + 1 for e in frame.events)
     if isinstance(frame, Error):
         return FRAME_OVERHEAD + len(frame.message) * 4
+    if isinstance(frame, Cancel):  # (a character takes 6 bytes at most, escaped)
+        return FRAME_OVERHEAD + 6 * (len(frame.id) + len(frame.topic) + len(frame.reply_to))
     return FRAME_OVERHEAD

@@ -48,6 +48,7 @@ from .._topics import is_reserved, validate_pattern, validate_topic
 from .._util import open_service_nursery, utf8_size
 from ..bus._bus import Bus, PendingCommit
 from ..bus._channel import ACCEPTED, DROPPED, Offered
+from ..bus._requests import cancel_event, read_cancel
 from ..protocol import (
     AUTH_EXPIRED,
     AUTH_FAILED,
@@ -70,6 +71,7 @@ from ..protocol import (
     TOO_LARGE,
     USER_HEADER,
     Ack,
+    Cancel,
     Connection,
     ConnectionState,
     Error,
@@ -104,9 +106,13 @@ from ..security import (
     SubscribeDecision,
 )
 from ._access import Access
+from ._cancels import DeliveredRequests
 from ._history import MAX_HISTORY, read_history, read_history_filtered
 from ._limits import (
+    CANCEL_BURST,
+    CANCEL_RATE,
     MAX_ANSWER_BACKLOG,
+    MAX_OPEN_REQUESTS,
     RATE_REFUSALS_BEFORE_CLOSE,
     REFRESH_BURST,
     REFRESH_RATE,
@@ -200,10 +206,16 @@ class RemoteSubscription:
         if denied is not None and not denied.delivers(event.topic):
             return DROPPED
         session = self.session
-        if event.reply_to is not None and self.live and session.access.grants is not None:
-            session._grant_response(event.reply_to)
+        if event.reply_to is not None and self.live:
+            session._request_delivered(event.id, event.reply_to)
         session._enqueue_event(self.id, event)
         return ACCEPTED
+
+    def take_cancel(self, cancel: Event) -> bool:
+        """The bus hands over the cancel of a request on a topic this subscription matches
+        (see :meth:`Bus.route_cancel <trio_realtime.Bus.route_cancel>`): whether it was
+        passed on to the client, which was handling the request."""
+        return not self.ended and self.session._take_cancel(cancel)
 
     def has_room(self) -> bool:
         return self.session._has_room()
@@ -237,6 +249,8 @@ class Session:
     client: str | None = None
     _rate_refusals: int = 0  # publishes refused in a row for their rate
     _refresh_bucket: TokenBucket | None = None  # (made at the first refresh)
+    _cancel_bucket: TokenBucket | None = None  # (made at the first cancel)
+    _delivered: DeliveredRequests | None = None  # (made at the first request delivered)
     events_in: int = 0
     events_out: int = 0
     dropped: int = 0
@@ -684,6 +698,61 @@ class Session:
         if self.access.received(reply_to):
             self.counters.count_limit("response_grants")
 
+    def _request_delivered(self, request_id: str, reply_to: str) -> None:
+        """A request is being delivered live: the connection may answer it, and its
+        requester's cancel reaches it until it does."""
+        if self.access.grants is not None:
+            self._grant_response(reply_to)
+        delivered = self._delivered
+        if delivered is None:
+            delivered = self._delivered = DeliveredRequests(MAX_OPEN_REQUESTS)
+        if delivered.add(request_id, reply_to):
+            self.counters.count_limit("open_requests")
+
+    def _take_cancel(self, cancel: Event) -> bool:
+        """Pass the cancel of a request on to the client, if it was delivered the request and
+        has not answered it."""
+        named = read_cancel(cancel)
+        delivered = self._delivered
+        if named is None or delivered is None or not delivered.take(*named):
+            return False
+        request_id, reply_to = named
+        self._enqueue(Cancel(id=request_id, topic=cancel.topic, reply_to=reply_to))
+        return True
+
+    def _cancel(self, frame: Cancel) -> None:
+        """The client gave up on one of its requests: tell whoever handles it."""
+        now = trio.current_time()
+        bucket = self._cancel_bucket
+        if bucket is None:
+            bucket = self._cancel_bucket = TokenBucket(CANCEL_RATE, CANCEL_BURST, now)
+        if not bucket.has_token(now):
+            self.counters.count_limit("cancel_rate")
+            self._error(
+                None,
+                RATE_LIMITED,
+                f"cancelling faster than allowed ({CANCEL_BURST} at once, then "
+                f"{CANCEL_RATE:g} a second): the cancel of request {frame.id!r} was dropped",
+            )
+            return
+        bucket.take()
+        try:
+            validate_topic(frame.topic)
+            validate_topic(frame.reply_to)
+        except InvalidTopic as exc:
+            self._error(None, INVALID_TOPIC, f"cancel of request {frame.id!r}: {exc}")
+            return
+        refusal = (
+            f"topic {frame.topic!r}: '$' topics are reserved for the broker"
+            if is_reserved(frame.topic)
+            else self.access.check_cancel(frame.topic, frame.reply_to)
+        )
+        if refusal is not None:
+            self._error(None, FORBIDDEN, f"cancel of request {frame.id!r} refused: {refusal}")
+            return
+        cancel = cancel_event(frame.topic, frame.id, frame.reply_to, source=self.limits.name)
+        self.bus.route_cancel(cancel)
+
     def heartbeat_due(self, now: float) -> float | None:
         """Ping a client silent for an interval; close it (4002) if the ping gets no answer in
         time (the protocol's :class:`~trio_realtime.protocol.Heartbeat` policy). Called by
@@ -859,6 +928,8 @@ class Session:
             await self._history(frame)  # one at a time: a client cannot pile up store reads
         elif kind is Refresh:
             await self._refresh(frame)
+        elif kind is Cancel:
+            self._cancel(frame)
         # Pong: its arrival already counts as a sign of life.
 
     async def _publish(self, frame: Publish) -> None:
@@ -936,6 +1007,9 @@ class Session:
                 "(max_event_size: the message size limit less room for the frame)",
             )
             return
+        delivered = self._delivered
+        if delivered is not None:
+            delivered.answered(event.topic)  # (a reply: its request can no longer be cancelled)
         try:
             result = await self.bus.publish_pipelined(
                 event, retain=frame.retain, publisher=self._publisher

@@ -40,11 +40,15 @@ from ._remote import Remote
 from ._replay import ReplaySink
 from ._requests import (
     DEFAULT_MAX_CONCURRENCY,
+    Answering,
     BusRequest,
     InboxSink,
     ReplyInbox,
+    cancel_event,
     check_reply,
+    deliver_cancel,
     serving,
+    with_timeout,
 )
 from ._retained import DEFAULT_MAX_RETAINED, RetainedValues
 from ._shared import commit_shared
@@ -89,6 +93,12 @@ class BusStatistics:
         retained: Retained events held now.
         stored: Events appended to the store.
         retained_evicted: Retained events evicted to stay within ``max_retained``.
+        requests_cancelled: Requests that this bus's ``serve`` blocks stopped handling (the
+            handler cancelled) or did not start, because their requester cancelled them.
+        requests_expired: The same, because their deadline passed.
+        late_replies: Replies to this bus's requests that came when no request waited for
+            them (it had been cancelled or had timed out, or had its reply already):
+            dropped.
     """
 
     subscriptions: int
@@ -98,6 +108,9 @@ class BusStatistics:
     retained: int
     stored: int
     retained_evicted: int = 0
+    requests_cancelled: int = 0
+    requests_expired: int = 0
+    late_replies: int = 0
 
 
 @attrs.define
@@ -182,6 +195,7 @@ class Bus(metaclass=NoPublicConstructor):
         self._stored = 0
         self._dropped_by_gone = 0
         self._inbox: InboxSink | None = None  # made on the first request
+        self._answering = Answering()  # what the serve blocks handle, for cancels
         self._remote: Remote | None = None  # the cluster's backplane, when one is attached
 
     # -- publishing -----------------------------------------------------------------------
@@ -796,10 +810,16 @@ class Bus(metaclass=NoPublicConstructor):
         :meth:`request` raises :exc:`~trio_realtime.RequestFailed` with its message, and
         serving goes on. Up to *max_concurrency* requests are handled at once. Events without
         ``reply_to`` are handled too; their result is discarded.
+
+        Each handler runs in a cancel scope of its own, cancelled when the requester gives up
+        (its request is cancelled, or times out) and at the request's deadline: the handler
+        sees :exc:`trio.Cancelled`, and its reply, if it returns one all the same, is not
+        sent. A request whose deadline passed before a slot was free is not started. (See
+        :ref:`tutorial-cancellation`.)
         """
         async with (
             self.subscribe(pattern, group=group) as sub,
-            serving(self._nursery, self, sub, handler, max_concurrency),
+            serving(self._nursery, self, sub, handler, max_concurrency, self._answering),
         ):
             yield
 
@@ -812,6 +832,11 @@ class Bus(metaclass=NoPublicConstructor):
         timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> Event:
         """Publish a request on *topic* and return the first reply.
+
+        The request carries its *timeout* (the header ``rttimeout``, in milliseconds). If
+        the request is cancelled, or times out, before its reply came, its responder is told
+        (its handler is cancelled), and a reply that comes later is dropped (counted in
+        :meth:`statistics`: ``late_replies``).
 
         Raises:
             NoResponders: at once, if nothing subscribes to *topic*.
@@ -827,12 +852,38 @@ class Bus(metaclass=NoPublicConstructor):
         reply_to = self._inbox.inbox.reply_to()
         with self._inbox.inbox.expect(reply_to, waiter):
             event = make_event(
-                topic, data, headers=headers, source=self.source, type=None, reply_to=reply_to
+                topic,
+                data,
+                headers=with_timeout(headers, timeout),
+                source=self.source,
+                type=None,
+                reply_to=reply_to,
             )
-            with trio.fail_after(timeout):  # the whole request, publishing it included
-                await self.publish_event(event)
-                await waiter.done.wait()
+            try:
+                with trio.fail_after(timeout):  # the whole request, publishing it included
+                    await self.publish_event(event)
+                    await waiter.done.wait()
+            finally:
+                if not waiter.done.is_set():  # given up on: tell its responder
+                    self.route_cancel(
+                        cancel_event(event.topic, event.id, reply_to, source=self.source)
+                    )
         return check_reply(topic, waiter.result())
+
+    def route_cancel(self, cancel: Event) -> int:
+        """Hand the cancel of a request (a :func:`~trio_realtime.bus._requests.cancel_event`)
+        to whoever may be handling the request: this bus's ``serve`` blocks, and the sinks
+        matching its topic that take cancels (a broker's sessions pass it on to their
+        client). Returns how many were handling it.
+
+        This is how a broker passes on a client's ``cancel`` (once it checked that the
+        request is the client's), and how a backplane would deliver one from another node.
+        With a backplane attached that has a ``forward_cancel(cancel)`` method, the cancel is
+        handed to it too, for the other nodes.
+        """
+        return deliver_cancel(
+            cancel, self._index.match(cancel.topic), self._answering, self._remote
+        )
 
     async def history(
         self,
@@ -889,6 +940,9 @@ class Bus(metaclass=NoPublicConstructor):
             retained=len(self._retained),
             stored=self._stored,
             retained_evicted=self._retained.evicted,
+            requests_cancelled=self._answering.cancelled,
+            requests_expired=self._answering.expired,
+            late_replies=self._inbox.inbox.late if self._inbox is not None else 0,
         )
 
     def _all_sinks(self) -> list[Sink]:

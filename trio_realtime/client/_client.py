@@ -44,7 +44,14 @@ from ..bus._channel import (
     check_int,
     pattern_and_type,
 )
-from ..bus._requests import DEFAULT_MAX_CONCURRENCY, ReplyInbox, check_reply, serving
+from ..bus._requests import (
+    DEFAULT_MAX_CONCURRENCY,
+    Answering,
+    ReplyInbox,
+    check_reply,
+    serving,
+    with_timeout,
+)
 from ..protocol import AUTH_EXPIRED, Publish, Welcome
 from ._link import (
     ClientCounters,
@@ -164,6 +171,7 @@ class Client(metaclass=NoPublicConstructor):
         self._subs: dict[RemoteSub, None] = {}
         self._inbox: RemoteSub | None = None
         self._replies: ReplyInbox[RequestPending] = ReplyInbox()
+        self._answering = Answering()  # what the serve blocks handle, for cancels
         self._unyielded = 0
         self._reconnects = 0
         self._published = 0
@@ -200,6 +208,9 @@ class Client(metaclass=NoPublicConstructor):
             subscriptions=sum(1 for rs in self._subs if rs.sub is not None),
             errors=self._counters.errors,
             oversized=self._oversized,
+            requests_cancelled=self._answering.cancelled,
+            requests_expired=self._answering.expired,
+            late_replies=self._replies.late,
         )
 
     async def wait_connected(self) -> None:
@@ -477,6 +488,12 @@ class Client(metaclass=NoPublicConstructor):
         survives reconnects like any other; the handlers run in the client's nursery and are
         cancelled when the block exits (or end quietly if the client closes for good).
 
+        Each handler runs in a cancel scope of its own, cancelled when the requester gives up
+        (its request is cancelled, or times out: the broker sends ``cancel``) and at the
+        request's deadline: the handler sees :exc:`trio.Cancelled`, and its reply, if it
+        returns one all the same, is not sent. A request whose deadline passed before a slot
+        was free is not started. (See :ref:`tutorial-cancellation`.)
+
         Args:
             pattern: The topics to answer (wildcards allowed).
             handler: Called with each request event; returns the reply's data.
@@ -492,7 +509,7 @@ class Client(metaclass=NoPublicConstructor):
         """
         async with (
             self.subscribe(pattern, group=group) as sub,
-            serving(self._nursery, self, sub, handler, max_concurrency),
+            serving(self._nursery, self, sub, handler, max_concurrency, self._answering),
         ):
             yield
 
@@ -509,6 +526,12 @@ class Client(metaclass=NoPublicConstructor):
         Replies come to one inbox subscription per client (``_inbox.<unique>.>``), made on
         the first request and kept across reconnects. A request whose answer from the broker
         was lost with the connection is sent again (with the same event id) after a reconnect.
+
+        The request carries the time left of its *timeout* (the header ``rttimeout``, in
+        milliseconds). If the request is cancelled, or times out, before its reply came, the
+        client sends ``cancel`` for it, and the broker passes it on to the responder, whose
+        handler is cancelled; a reply that comes later is dropped (counted in
+        :meth:`statistics`: ``late_replies``).
 
         Args:
             topic: Where to send the request (no wildcards).
@@ -528,9 +551,14 @@ class Client(metaclass=NoPublicConstructor):
         """
         reply_to = self._replies.reply_to()
         event = make_event(
-            topic, data, headers=headers, source=self._source, type=None, reply_to=reply_to
+            topic,
+            data,
+            headers=with_timeout(headers, timeout),
+            source=self._source,
+            type=None,
+            reply_to=reply_to,
         )
-        pending = RequestPending(event, self._replies)
+        pending = RequestPending(event, self._replies, trio.current_time() + timeout)
         with self._replies.expect(reply_to, pending):
             try:
                 with trio.fail_after(timeout):
@@ -538,7 +566,22 @@ class Client(metaclass=NoPublicConstructor):
                     reply: Event = await self._submit(pending)
             finally:
                 pending.abandoned = True
+                if not pending.done.is_set():
+                    self._cancel_request(pending)
         return check_reply(topic, reply)
+
+    def _cancel_request(self, pending: RequestPending) -> None:
+        """*pending* was given up on before its reply came: send its ``cancel``, if it was
+        sent on this connection (one sent on a connection since lost cannot be cancelled:
+        its ``reply_to`` is not in this connection's inbox; its deadline still ends it)."""
+        reply_to = pending.event.reply_to
+        if (
+            pending.sent
+            and self._state is ClientState.CONNECTED
+            and reply_to is not None
+            and self._replies.current(reply_to) == reply_to
+        ):
+            self._outbox.append(pending.cancel())
 
     async def _ensure_inbox(self) -> None:
         rs = self._inbox
@@ -815,6 +858,7 @@ class Client(metaclass=NoPublicConstructor):
             max_message_size=self._max_message_size,
             outbox=self._outbox,
             replies=self._replies,
+            answering=self._answering,
             counters=self._counters,
             refused=self._refused,
         )

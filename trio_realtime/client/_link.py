@@ -40,12 +40,13 @@ from .._errors import (
 from .._event import Event
 from .._util import utf8_size
 from ..bus._channel import FULL
-from ..bus._requests import ReplyInbox
+from ..bus._requests import Answering, ReplyInbox
 from ..protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_TOO_BIG,
     FORBIDDEN,
     Ack,
+    Cancel,
     ClientFrame,
     Connection,
     Error,
@@ -132,6 +133,8 @@ class LinkContext:
         outbox: What waits to be sent; the link's writer drains it, and every other path
             (pongs, pings, unsubscribes) queues there.
         replies: The client's reply inbox, which hands each reply to its request.
+        answering: The requests the client's ``serve`` blocks handle, which a ``cancel``
+            from the broker cancels.
         counters: Where the link counts.
         refused: Called when the broker refused (or ended) a subscription, with the error.
     """
@@ -140,6 +143,7 @@ class LinkContext:
     max_message_size: int
     outbox: Outbox
     replies: ReplyInbox[RequestPending]
+    answering: Answering
     counters: ClientCounters
     refused: Callable[[RemoteSub, Exception], None]
 
@@ -480,6 +484,8 @@ class Link:
                         self.catch_up(rs)  # the store has them
         elif cls is Error:
             self._refused(item)
+        elif cls is Cancel:  # the requester of a request we handle gave up on it
+            self.context.answering.cancel(item.id, item.reply_to, early=True)
         elif cls is Ping:
             self.context.outbox.append(Pong())
         elif cls is Pong:

@@ -28,6 +28,7 @@ from .._errors import (
 )
 from .._event import Event, new_event_id
 from ..bus._channel import check_since
+from ..bus._requests import with_timeout
 from ..protocol import (
     BAD_FRAME,
     CLOSE_POLICY,
@@ -37,6 +38,7 @@ from ..protocol import (
     UNKNOWN_TYPE,
     UNSUPPORTED_PROTOCOL,
     Ack,
+    Cancel,
     ClientFrame,
     Error,
     History,
@@ -147,6 +149,12 @@ class ClientStatistics:
         oversized: Messages from the broker larger than the client's ``max_message_size``:
             each closed the connection (1009) and was lost, with the events in it (see
             :func:`open_client`).
+        requests_cancelled: Requests that this client's ``serve`` blocks stopped handling
+            (the handler cancelled) or did not start, because their requester cancelled them.
+        requests_expired: The same, because their deadline passed.
+        late_replies: Replies to this client's requests that came when no request waited
+            for them (it had been cancelled or had timed out, or had its reply already):
+            dropped.
     """
 
     state: ClientState
@@ -160,6 +168,9 @@ class ClientStatistics:
     subscriptions: int
     errors: int
     oversized: int
+    requests_cancelled: int = 0
+    requests_expired: int = 0
+    late_replies: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,15 +374,19 @@ class RequestPending(Pending[Event]):
     """A request: a publish with ``reply_to``; its result is the reply event.
 
     Its ``ack`` only means the request was routed (it is then not sent again after a
-    reconnect); the reply arrives on the client's inbox subscription.
+    reconnect); the reply arrives on the client's inbox subscription. Each time it is sent,
+    it carries the time left until its *deadline* (on the Trio clock).
     """
 
-    __slots__ = ("event", "replies")
+    __slots__ = ("deadline", "event", "replies", "sent")
 
-    def __init__(self, event: Event, replies: ReplyInbox[RequestPending]) -> None:
+    def __init__(self, event: Event, replies: ReplyInbox[RequestPending], deadline: float) -> None:
         super().__init__(event.topic)
         self.event = event
         self.replies = replies
+        self.deadline = deadline
+        #: It was sent (as :attr:`event`, the last time).
+        self.sent = False
 
     def frame(self, ref: int) -> ClientFrame:
         event = self.event
@@ -381,8 +396,19 @@ class RequestPending(Pending[Event]):
             # Sent again, on a connection with another inbox: a new request (a new id), for
             # the first may have been stored and routed with its ack lost (its reply went to
             # the old inbox, and the broker would take this one for a duplicate).
-            self.event = event = attrs.evolve(event, reply_to=reply_to, id=new_event_id())
+            event = attrs.evolve(event, reply_to=reply_to, id=new_event_id())
+        headers = with_timeout(dict(event.headers), self.deadline - trio.current_time())
+        if headers is not None and headers != event.headers:  # (the time left, now)
+            event = attrs.evolve(event, headers=headers)
+        self.event = event
+        self.sent = True
         return Publish(event=event, ref=ref)
+
+    def cancel(self) -> Cancel:
+        """The frame that cancels it, as it was last sent."""
+        event = self.event
+        assert event.reply_to is not None
+        return Cancel(id=event.id, topic=event.topic, reply_to=event.reply_to)
 
     def answer(self, frame: Answer) -> None:
         pass  # routed; the reply comes as an event
@@ -495,7 +521,7 @@ class HistoryQuery(Pending[HistoryPage]):
 OutboxItem = ClientFrame | Pending[Any]
 
 #: Frames that belong to one connection (their ids mean nothing on the next one).
-_CONTROL: Final = frozenset({Subscribe, Unsubscribe, Ping, Pong})
+_CONTROL: Final = frozenset({Subscribe, Unsubscribe, Cancel, Ping, Pong})
 
 
 class Outbox:

@@ -82,6 +82,7 @@ from ._frames import UNKNOWN_TYPE as UNKNOWN_TYPE
 from ._frames import UNSUPPORTED_PROTOCOL as UNSUPPORTED_PROTOCOL
 from ._frames import USER_HEADER as USER_HEADER
 from ._frames import Ack as Ack
+from ._frames import Cancel as Cancel
 from ._frames import ClientFrame as ClientFrame
 from ._frames import Error as Error
 from ._frames import EventFrame as EventFrame
@@ -143,6 +144,7 @@ __all__ = [
     "UNSUPPORTED_PROTOCOL",
     "USER_HEADER",
     "Ack",
+    "Cancel",
     "ClientConnection",
     "ClientFrame",
     "Connection",

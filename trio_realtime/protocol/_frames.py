@@ -52,6 +52,7 @@ __all__ = [
     "UNSUPPORTED_PROTOCOL",
     "USER_HEADER",
     "Ack",
+    "Cancel",
     "ClientFrame",
     "Error",
     "EventFrame",
@@ -315,6 +316,32 @@ class Refresh:
 
 
 @attrs.frozen(kw_only=True)
+class Cancel:
+    """*Extension.* A request given up on; it travels both ways, as ``ping`` does.
+
+    From a client: it no longer waits for the reply to its request (cancelled, or timed
+    out). The broker checks that the request is the connection's own (*reply_to* lies in its
+    inbox) and passes the cancel on to the connection the request was delivered to, if it
+    is still handling it. No answer, unless it is refused (an :class:`Error` with a null
+    ``ref``: ``forbidden``, ``invalid_topic``, ``rate_limited``).
+
+    From the broker: the requester of a request this connection received gave up on it: stop
+    handling it (its reply would be dropped).
+
+    Attributes:
+        id: The request event's id.
+        topic: The request's topic.
+        reply_to: The request's ``reply_to``.
+    """
+
+    TYPE: ClassVar[str] = "cancel"
+
+    id: str
+    topic: str
+    reply_to: str
+
+
+@attrs.frozen(kw_only=True)
 class Ping:
     """Are you there? Either side may send it; the other answers :class:`Pong`."""
 
@@ -530,7 +557,9 @@ class HistoryResult:
 
 
 #: Frames a client sends.
-ClientFrame: TypeAlias = Hello | Subscribe | Unsubscribe | Publish | History | Refresh | Ping | Pong
+ClientFrame: TypeAlias = (
+    Hello | Subscribe | Unsubscribe | Publish | History | Refresh | Cancel | Ping | Pong
+)
 #: Frames a broker sends.
 ServerFrame: TypeAlias = (
     Welcome
@@ -542,6 +571,7 @@ ServerFrame: TypeAlias = (
     | Error
     | HistoryResult
     | Refreshed
+    | Cancel
     | Ping
     | Pong
 )
@@ -553,6 +583,7 @@ Frame: TypeAlias = (
     | Publish
     | History
     | Refresh
+    | Cancel
     | Ping
     | Pong
     | Welcome
