@@ -55,6 +55,8 @@ FORMAT: Final = 1
 #: characters a header cannot carry) is replaced by a digest of it.
 MAX_PLAIN_MSG_ID: Final = 128
 _DIGEST_MARK: Final = "sha256:"
+#: Seconds between two looks at the connection while answers are awaited.
+_LOST_CHECK: Final = 0.1
 
 MSG_ID: Final = "Nats-Msg-Id"
 BATCH_ID: Final = "Nats-Batch-Id"
@@ -201,6 +203,19 @@ class Exchange:
         if waiting is not None:
             waiting.add(msg)
 
+    async def _wait(self, futures: list[asyncio.Future[None]], timeout: float) -> None:
+        """Wait until *futures* are done, *timeout* seconds at most, or the connection is lost
+        (then what was sent may never be answered: the caller sends it again once NATS is
+        back, which the ``Nats-Msg-Id`` makes harmless)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = {future for future in futures if not future.done()}
+        while pending and self._nc.is_connected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            _, pending = await asyncio.wait(pending, timeout=min(remaining, _LOST_CHECK))
+
     def _reply_to(self, waiting: _Ack | Page) -> str:
         self._next += 1
         subject = f"{self._prefix}.{self._next}"
@@ -245,8 +260,7 @@ class Exchange:
                     # (a batch without its commit is abandoned by the server: not stored)
                     break
                 acks.append(ack)
-            if acks:
-                await asyncio.wait([ack.done for ack in acks], timeout=timeout)
+            await self._wait([ack.done for ack in acks], timeout)
             results: list[bytes | tuple[bytes, dict[str, str]]] = []
             for ack in acks:
                 msg = ack.reply
@@ -267,10 +281,7 @@ class Exchange:
                 await self._nc.publish(subject, request, reply=reply)
             except Exception:  # noqa: BLE001 - not sent: as no answer
                 return None
-            try:
-                await asyncio.wait_for(asyncio.shield(page.done), timeout)
-            except TimeoutError:
-                return None
-            return page
+            await self._wait([page.done], timeout)
+            return page if page.done.done() else None
         finally:
             self._waiting.pop(reply, None)
