@@ -14,7 +14,7 @@ import pytest
 import trio
 from _nats_server import running_nats_server
 
-from trio_realtime import DuplicateEventId, Event, StoreError, TooLarge
+from trio_realtime import DuplicateEventId, Event, StoreError, TooLarge, open_bus
 from trio_realtime._nats import NatsConnection, open_nats
 from trio_realtime.store import JetStreamStore, MemoryStore, approximate_size
 from trio_realtime.store._codec import Row, encode_events
@@ -397,3 +397,21 @@ def test_payloads_decode_what_was_encoded_and_refuse_the_rest() -> None:
     ):
         with pytest.raises(ValueError):
             decode_message(topic, 1, bad)
+
+
+async def test_a_bus_with_an_unshared_store_routes_what_it_appends(tmp_path: Path) -> None:
+    """With shared=False (one broker on the stream), the bus routes the events it stored
+    from its appends, no more than max_append (1,000) per append."""
+    with trio.fail_after(TIMEOUT):
+        async with (
+            running_nats_server(tmp_path) as server,
+            open_bus(store=JetStreamStore(server.url, shared=False)) as bus,
+            bus.subscribe("u.>", max_buffer_size=2000) as sub,
+        ):
+            assert bus.store is not None
+            assert not bus.store.shared
+            pending = [await bus.publish_pipelined(Event(topic="u.x", data=i)) for i in range(1500)]
+            stored = [p if isinstance(p, Event) else await p.wait() for p in pending]
+            assert [e.seq for e in stored] == list(range(1, 1501))
+            assert [(await sub.receive()).data for _ in range(1500)] == list(range(1500))
+            assert bus.store.statistics().largest_transaction <= 1000
