@@ -28,7 +28,7 @@ from test_http import get
 from test_interop import in_thread
 
 from trio_realtime import event_type
-from trio_realtime._event import registered_type, temporary_event_type
+from trio_realtime._payloads import registered_type, temporary_event_type
 from trio_realtime.integrations import ASYNCAPI_VERSION, asyncapi_document, payload_schema
 
 DATA: Final = Path(__file__).parent / "data"

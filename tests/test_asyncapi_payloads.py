@@ -46,7 +46,7 @@ from test_asyncapi import (
 from test_interop import in_thread, open_peer
 
 from trio_realtime import Bus, Client, Event, open_bus, open_client
-from trio_realtime._event import check_json, converter, registered_type, structure_payload
+from trio_realtime._payloads import check_json, converter, registered_type, structure_payload
 from trio_realtime.integrations import asyncapi_document, payload_schema
 
 #: The registered classes of the round trips.

@@ -145,7 +145,7 @@ def test_the_root_namespace_is_the_public_api() -> None:
 def test_importing_testing_registers_no_event_type() -> None:
     """Importing trio_realtime.testing leaves the event-type registry as it was."""
     code = (
-        "import trio_realtime._event as e\n"
+        "import trio_realtime._payloads as e\n"
         "before = dict(e._types_by_name)\n"
         "import trio_realtime.testing\n"
         "assert e._types_by_name == before, e._types_by_name\n"

@@ -29,13 +29,8 @@ from strategies import (
 )
 
 from trio_realtime import Event, InvalidTopic, _event, event_type
-from trio_realtime._event import (
-    check_json,
-    new_event_id,
-    parse_time,
-    registered_type,
-    type_for_name,
-)
+from trio_realtime._event import new_event_id, parse_time
+from trio_realtime._payloads import check_json, registered_type, type_for_name
 
 # ---------------------------------------------------------------------------------------------
 # Typed payloads used by several tests (registered once, at import)

@@ -19,8 +19,8 @@ from ._errors import StoreError as StoreError
 from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import TooLarge as TooLarge
 from ._event import Event as Event
-from ._event import event_type as event_type
 from ._open_channel import open_channel as open_channel
+from ._payloads import event_type as event_type
 from ._topics import topic_matches as topic_matches
 from ._topics import validate_pattern as validate_pattern
 from ._topics import validate_topic as validate_topic

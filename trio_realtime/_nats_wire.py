@@ -61,8 +61,8 @@ from ._event import (
     build_event,
     new_event_id,
     parse_time,
-    unstructure_data,
 )
+from ._payloads import unstructure_data
 from ._topics import validate_topic
 
 __all__ = [

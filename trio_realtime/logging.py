@@ -31,7 +31,7 @@ import orjson
 import trio
 
 from ._errors import ConnectionClosed, RealtimeError
-from ._event import check_json
+from ._payloads import check_json
 from ._topics import MAX_TOPIC_LENGTH
 from ._util import NoPublicConstructor, open_service_nursery
 from .bus._channel import EventChannel, check_int

@@ -20,7 +20,8 @@ import attrs
 import trio
 
 from .._errors import SlowConsumer
-from .._event import Event, parse_time, registered_type, structure_payload
+from .._event import Event, parse_time
+from .._payloads import registered_type, structure_payload
 from .._topics import validate_pattern
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .._event import registered_type, registered_types
+from .._payloads import registered_type, registered_types
 from .._topics import MAX_TOPIC_LENGTH
 from ..protocol import PROTOCOL_VERSION
 from ._schema import DATETIME_PATTERN, SchemaBuilder, _doc

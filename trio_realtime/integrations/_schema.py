@@ -29,7 +29,7 @@ from typing import Any, Final
 import attrs
 import orjson
 
-from .._event import converter
+from .._payloads import converter
 
 __all__ = ["JSON_SCHEMA_DIALECT", "SchemaBuilder", "payload_schema"]
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 import attrs
 import orjson
 
-from .._event import Event, check_json, structure_data, unstructure_data
+from .._event import Event
+from .._payloads import check_json, structure_data, unstructure_data
 from .._topics import validate_pattern, validate_topic
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ from .._errors import (
     SlowConsumer,
     StoreUnavailable,
 )
-from .._event import Event, temporary_event_type
+from .._event import Event
+from .._payloads import temporary_event_type
 from ..bus._channel import EventChannel, Overflow, Subscription
 
 __all__ = ["CheckOrder", "check_channel"]

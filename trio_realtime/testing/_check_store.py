@@ -23,7 +23,8 @@ import trio
 import trio.testing
 
 from .._errors import InvalidTopic
-from .._event import Event, event_type
+from .._event import Event
+from .._payloads import event_type
 from .._topics import topic_matches
 from ..store import Store, StoreStatistics, approximate_size
 
