@@ -136,6 +136,7 @@ def test_the_root_namespace_is_the_public_api() -> None:
         "cli",
         "integrations",
         "natschannel",
+        "cluster",
     }
     assert public == {name for name in dir(trio_realtime) if not name.startswith("_")} - (
         subpackages

@@ -118,6 +118,9 @@ class NatsStatistics:
     dropped: int
     #: Errors nats-py reported (each also logged by the user of the connection, if it wants).
     errors: int
+    #: Seconds the oldest message queued (not yet handed over) has waited: how far behind
+    #: publishing is (0 when nothing is queued).
+    pending_seconds: float = 0.0
 
 
 class NatsSubscription:
@@ -135,6 +138,13 @@ class NatsSubscription:
         #: Messages dropped because the buffer was full (or nats-py's own queue of the
         #: subscription was: a slow consumer).
         self.dropped = 0
+        #: Why NATS refused the subscription, if it did (it is then ended).
+        self.error: BaseException | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Messages received and not yet taken."""
+        return len(self._buffer)
 
     async def _deliver(self, msg: _NatsMsg) -> None:
         """The nats-py callback (runs on the asyncio loop, in this thread): buffer, wake."""
@@ -161,6 +171,18 @@ class NatsSubscription:
         self._buffer.clear()
         return batch
 
+    def unsubscribe_nowait(self) -> None:
+        """End the subscription (idempotent) without waiting: messages still buffered are
+        discarded at once, and NATS is told in order with what the connection publishes
+        (see :meth:`NatsConnection.subscribe_nowait`)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self._ready.set()
+        if not self._connection._closed:
+            self._connection._queue_operation(_Unsubscribe(self))
+
     async def unsubscribe(self) -> None:
         """End the subscription (idempotent); messages still buffered are discarded."""
         if self._closed:
@@ -174,6 +196,31 @@ class NatsSubscription:
                 await self._connection.run(sub.unsubscribe)
 
 
+@attrs.frozen(slots=True)
+class _Subscribe:
+    """Queued in the outbox: subscribe *subscription* (in order with the publishes)."""
+
+    subscription: NatsSubscription
+
+
+@attrs.frozen(slots=True)
+class _Unsubscribe:
+    """Queued in the outbox: unsubscribe *subscription*."""
+
+    subscription: NatsSubscription
+
+
+@attrs.define(slots=True)
+class _Flush:
+    """Queued in the outbox: ask the server to confirm all before it; then set *done*."""
+
+    done: trio.Event
+    error: BaseException | None = None
+
+
+_Operation = _Subscribe | _Unsubscribe | _Flush
+
+
 class NatsConnection:
     """A connection to NATS, used from Trio (from :func:`open_nats`)."""
 
@@ -184,7 +231,8 @@ class NatsConnection:
         self._errors_type = errors
         self._aio_as_trio = aio_as_trio
         self._max_pending = max_pending
-        self._outbox: list[_Outgoing] = []
+        self._outbox: list[_Outgoing | _Operation] = []
+        self._outbox_since = 0.0  # when the oldest message queued was
         self._outbox_ready = trio.Event()
         self._handed = 0  # publishes handed over, for flush()
         self._handed_event = trio.Event()
@@ -209,6 +257,11 @@ class NatsConnection:
     def connected(self) -> bool:
         """Whether NATS is reachable now."""
         return bool(self._nc.is_connected)
+
+    @property
+    def pending(self) -> int:
+        """Messages queued and not yet handed over."""
+        return len(self._outbox)
 
     @property
     def client(self) -> _NatsClient:
@@ -244,6 +297,7 @@ class NatsConnection:
             received=self._received,
             dropped=self._dropped,
             errors=self._errors,
+            pending_seconds=(trio.current_time() - self._outbox_since if self._outbox else 0.0),
         )
 
     # -- crossing into asyncio --------------------------------------------------------------
@@ -282,10 +336,22 @@ class NatsConnection:
         """
         if self._closed:
             raise trio.ClosedResourceError("the NATS connection is closed")
-        if len(self._outbox) >= self._max_pending:
+        outbox = self._outbox
+        if len(outbox) >= self._max_pending:
             self._refused += 1
             raise trio.WouldBlock
-        self._outbox.append((subject, data, headers, reply))
+        if not outbox:
+            self._outbox_since = trio.current_time()
+        outbox.append((subject, data, headers, reply))
+        self._queued += 1
+        self._outbox_ready.set()
+
+    def _queue_operation(self, operation: _Operation) -> None:
+        """Queue a subscription's (un)subscribing with the publishes (never refused: their
+        number is bounded by the subscriptions the user holds)."""
+        if not self._outbox:
+            self._outbox_since = trio.current_time()
+        self._outbox.append(operation)
         self._queued += 1
         self._outbox_ready.set()
 
@@ -295,13 +361,15 @@ class NatsConnection:
         Raises:
             ConnectionClosed: if NATS did not confirm (it is unreachable).
         """
-        target = self._queued
-        while self._handed < target:
-            await self._handed_event.wait()
-        try:
-            await self.run(self._nc.flush)
-        except (self._errors_type, OSError, TimeoutError) as exc:
-            raise ConnectionClosed(f"NATS did not confirm the flush: {exc!r}") from exc
+        if self._closed:
+            raise trio.ClosedResourceError("the NATS connection is closed")
+        # Queued behind what is queued, and done by the pump: no crossing from this task,
+        # which may run outside the block that opened the connection.
+        flush = _Flush(trio.Event())
+        self._queue_operation(flush)
+        await flush.done.wait()
+        if flush.error is not None:
+            raise ConnectionClosed(f"NATS did not confirm the flush: {flush.error!r}")
 
     async def _pump(self) -> None:
         """Hand what is queued to nats-py, one crossing per batch, while connected."""
@@ -317,12 +385,14 @@ class NatsConnection:
             self._handed_event.set()
             self._handed_event = trio.Event()
 
-    async def _publish_batch(
-        self, batch: list[tuple[str, bytes, dict[str, str] | None, str]]
-    ) -> None:
+    async def _publish_batch(self, batch: list[_Outgoing | _Operation]) -> None:
         """(asyncio side) Publish a batch; what nats-py refuses is counted as refused."""
         publish = self._nc.publish
-        for subject, data, headers, reply in batch:
+        for item in batch:
+            if not isinstance(item, tuple):
+                await self._operate(item)
+                continue
+            subject, data, headers, reply = item
             try:
                 await publish(subject, data, reply=reply, headers=headers)
             except (self._errors_type, OSError) as exc:  # its buffer limit, or closing
@@ -331,7 +401,77 @@ class NatsConnection:
             else:
                 self._published += 1
 
+    async def _operate(self, operation: _Operation) -> None:
+        """(asyncio side) Subscribe, unsubscribe or flush, in the batch's order."""
+        if isinstance(operation, _Flush):
+            try:
+                await self._nc.flush()
+            except (self._errors_type, OSError, TimeoutError) as exc:
+                operation.error = exc
+            finally:
+                operation.done.set()
+            return
+        subscription = operation.subscription
+        try:
+            if isinstance(operation, _Unsubscribe):
+                sub, subscription._sub = subscription._sub, None
+                if sub is not None:
+                    await sub.unsubscribe()
+            elif not subscription._closed:  # (not ended before its turn came)
+                subscription._sub = await self._nc.subscribe(
+                    subscription.subject,
+                    queue=subscription.queue,
+                    cb=subscription._deliver,
+                    pending_msgs_limit=subscription._max_pending,
+                )
+        except (self._errors_type, OSError) as exc:  # a subject NATS refuses, or closing
+            self._errors += 1
+            self.last_error = exc
+            if isinstance(operation, _Subscribe):
+                subscription.error = exc
+                subscription._closed = True
+                subscription._ready.set()
+
     # -- subscribing ------------------------------------------------------------------------
+
+    def subscribe_nowait(
+        self, subject: str, *, queue: str = "", max_pending: int | None = None
+    ) -> NatsSubscription:
+        """Subscribe to *subject* (in the queue group *queue*, if given) without waiting.
+
+        The subscription is queued with the publishes and handed to nats-py in their order:
+        the server has it before any message this connection publishes after this call (so a
+        reply to a request published next cannot pass it by). It is never refused for room.
+        If NATS refuses the subject, the subscription ends (:attr:`NatsSubscription.error`).
+
+        Raises:
+            trio.ClosedResourceError: if the connection is closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the NATS connection is closed")
+        subscription = NatsSubscription(
+            self, subject, queue, self._max_pending if max_pending is None else max_pending
+        )
+        self._queue_operation(_Subscribe(subscription))
+        return subscription
+
+    async def subscribe_through(
+        self,
+        subscribe: Callable[..., Awaitable[Any]],
+        subject: str,
+        *,
+        max_pending: int | None = None,
+        **options: Any,
+    ) -> NatsSubscription:
+        """Subscribe to *subject* with *subscribe*, a nats-py function that takes ``cb=``
+        (a JetStream context's ``subscribe``, for an ordered consumer of a stream), passing
+        it *options*; its messages are received as those of :meth:`subscribe`. One crossing.
+        """
+        subscription = NatsSubscription(
+            self, subject, "", self._max_pending if max_pending is None else max_pending
+        )
+        subscription._sub = await self.run(subscribe, subject, cb=subscription._deliver, **options)
+        return subscription
 
     async def subscribe(
         self, subject: str, *, queue: str = "", max_pending: int | None = None

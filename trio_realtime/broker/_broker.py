@@ -29,6 +29,7 @@ from .._transport import LOCAL_ORIGINS, ConnectionGate, bind, listen
 from .._util import only_leaf
 from ..bus._bus import Bus, open_bus
 from ..bus._channel import DEFAULT_BUFFER_SIZE, Overflow, OverflowLike
+from ..cluster import Backplane, ClusterOptions, ClusterStatistics, open_backplane
 from ..integrations import _webhooks as hooks
 from ..protocol import CLOSE_GOING_AWAY
 from ..security import Authenticator
@@ -162,6 +163,7 @@ class BrokerStatistics:
             ``max_pending_bytes`` and ``session_buffer``: events dropped, or clients
             disconnected, for reading too slowly).
         webhooks: The figures of each webhook endpoint (:meth:`Broker.webhook`), by name.
+        cluster: The figures of the cluster backplane, with a cluster (else None).
     """
 
     connections: int
@@ -178,6 +180,7 @@ class BrokerStatistics:
     errors: dict[str, int]
     limits: dict[str, int]
     webhooks: dict[str, hooks.WebhookStatistics] = attrs.field(factory=dict)
+    cluster: ClusterStatistics | None = None
 
 
 @attrs.define
@@ -259,6 +262,11 @@ class Broker:
             as clients reach them, at most 32: sent in every ``welcome`` (``nodes``), and
             added by clients to the brokers they fail over to (see :func:`open_client`). The
             same list on every node is fine (a client skips the URLs it already has).
+        cluster: Join a cluster through NATS (see :doc:`cluster`): events published here
+            reach the subscribers of the other brokers given the same NATS servers and
+            prefix, and theirs reach these. The broker is not :attr:`ready` while NATS is
+            unreachable, and its ``$sys`` events carry its node name (``node``). Needs the
+            ``nats`` extra.
     """
 
     def __init__(
@@ -286,6 +294,7 @@ class Broker:
         user_publish_rate: float | None = None,
         publish_burst: int = 100,
         advertise_urls: Sequence[str] = (),
+        cluster: ClusterOptions | None = None,
     ) -> None:
         if bus is not None and (
             store is not None or persist is not None or max_retained is not None
@@ -403,6 +412,9 @@ class Broker:
         self._serving = False
         self._shutting_down = False
         self._listening = False  # (readiness: listening, and not draining)
+        #: How the broker joins a cluster (None: it does not).
+        self.cluster: Final = cluster
+        self._backplane: Backplane | None = None
         self._sys_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
 
     @property
@@ -573,6 +585,24 @@ class Broker:
                     await listener.aclose()
 
     async def _serve(
+        self,
+        bus: Bus,
+        host: str,
+        port: int,
+        bound: list[trio.SocketListener],
+        ssl_context: ssl.SSLContext | None,
+        task_status: trio.TaskStatus[BrokerServer],
+    ) -> NoReturn:
+        if self.cluster is None:
+            await self._serve_bus(bus, host, port, bound, ssl_context, task_status)
+        async with open_backplane(bus, self.cluster) as backplane:
+            self._backplane = backplane
+            try:
+                await self._serve_bus(bus, host, port, bound, ssl_context, task_status)
+            finally:
+                self._backplane = None
+
+    async def _serve_bus(
         self,
         bus: Bus,
         host: str,
@@ -794,6 +824,8 @@ class Broker:
         task_status.started()
         async with receive:
             async for topic, data in receive:
+                if self.cluster is not None:
+                    data = {**data, "node": self.cluster.node}
                 try:
                     await bus.publish(topic, data)
                 except trio.ClosedResourceError:
@@ -828,15 +860,26 @@ class Broker:
         while True:
             await trio.sleep(interval)
             try:
-                await bus.publish("$sys.stats", attrs.asdict(self.statistics()))
+                stats = attrs.asdict(self.statistics())
+                if self.cluster is not None:
+                    stats["node"] = self.cluster.node
+                await bus.publish("$sys.stats", stats)
             except trio.ClosedResourceError:
                 return
 
     @property
     def ready(self) -> bool:
-        """Whether the broker serves: it listens (its store open) and is not draining its
-        clients to shut down. What the HTTP side port's ``/readyz`` answers."""
-        return self._listening and not self._shutting_down
+        """Whether the broker serves: it listens (its store open), is not draining its
+        clients to shut down, and (with a cluster) reaches NATS. What the HTTP side port's
+        ``/readyz`` answers."""
+        backplane = self._backplane
+        cluster_up = self.cluster is None or (backplane is not None and backplane.connected)
+        return self._listening and not self._shutting_down and cluster_up
+
+    @property
+    def backplane(self) -> Backplane | None:
+        """The broker's link to its cluster while it serves with ``cluster=`` (else None)."""
+        return self._backplane
 
     def connections_by_user(self) -> dict[str, int]:
         """Clients connected now, by the user the broker authenticated them as (empty when
@@ -907,6 +950,7 @@ class Broker:
             errors={code: n for code, n in errors.items() if n},
             limits={name: n for name, n in limits.items() if n},
             webhooks={name: hook.statistics() for name, hook in self._webhooks.items()},
+            cluster=self._backplane.statistics() if self._backplane is not None else None,
         )
 
 
@@ -947,6 +991,7 @@ class BrokerOptions(TypedDict, total=False):
     publish_burst: int
     allowed_origins: Sequence[str] | None
     advertise_urls: Sequence[str]
+    cluster: ClusterOptions | None
 
 
 async def serve_broker(

@@ -15,7 +15,7 @@ WebSocket port:
   store's statistics know, read at scrape time (nothing is counted on the hot path for it);
 * ``/healthz``: 200 while the process serves HTTP at all (liveness);
 * ``/readyz``: 200 once the broker listens (its store open), 503 before and while it drains
-  its clients at shutdown (readiness).
+  its clients at shutdown, and while a clustered broker cannot reach NATS (readiness).
 
 The HTTP server is hypercorn's Trio worker (a maintained HTTP/1.1 and HTTP/2 server that runs
 in the broker's own Trio run), and the exposition prometheus-client's: the ``http`` extra
@@ -149,6 +149,9 @@ def _families(broker: Broker) -> Iterator[Any]:
         by_user.add_metric([user], n)
     yield by_user
     yield from _webhook_families(stats.webhooks)
+    cluster = stats.cluster
+    if cluster is not None:
+        yield from _cluster_families(cluster)
     store = broker.store_statistics()
     if store is not None:
         yield gauge(f"{PREFIX}_store_events", "Events the store holds now", store.events_stored)
@@ -232,6 +235,57 @@ def _webhook_families(webhooks: dict[str, Any]) -> Iterator[Any]:
             if value is not None:
                 family.add_metric([hook], float(value))
         yield family
+
+
+def _cluster_families(cluster: Any) -> Iterator[Any]:
+    """The metric families of the cluster backplane (a
+    :class:`~trio_realtime.cluster.ClusterStatistics`)."""
+    core = _need("prometheus_client.core")
+    counter, gauge = core.CounterMetricFamily, core.GaugeMetricFamily
+    name = f"{PREFIX}_cluster"
+    node = ["node"]
+    values = [cluster.node]
+
+    def one(family: Any, value: float) -> Any:
+        family.add_metric(values, value)
+        return family
+
+    yield one(
+        gauge(f"{name}_connected", "1 when NATS is reachable", labels=node), cluster.connected
+    )
+    for metric, text, value in (
+        ("events_out", "Events published here and shared (queued for NATS)", cluster.events_out),
+        ("not_shared", "Events published here that could not be shared", cluster.not_shared),
+        ("events_in", "Events from other nodes delivered here", cluster.events_in),
+        ("skipped", "Copies of events from other nodes not delivered again", cluster.skipped),
+        (
+            "bad_messages",
+            "Messages on the cluster's subjects that were not events",
+            cluster.bad_messages,
+        ),
+        ("dropped", "Messages from NATS dropped: taken in too slowly", cluster.dropped),
+        ("batches", "Crossings to NATS that carried publishes", cluster.batches),
+        ("disconnects", "Times the connection to NATS was lost", cluster.disconnects),
+        ("no_responders", "Requests no node had a responder for", cluster.no_responders),
+        ("retained_updates", "Retained values applied from other nodes", cluster.retained_updates),
+    ):
+        yield one(counter(f"{name}_{metric}", text, labels=node), value)
+    for metric, text, value in (
+        ("pending", "Messages queued for NATS, not handed over yet", cluster.pending),
+        (
+            "pending_seconds",
+            "Seconds the oldest message queued for NATS has waited",
+            cluster.pending_seconds,
+        ),
+        ("inbound_pending", "Messages from NATS not delivered yet", cluster.inbound_pending),
+        ("interest", "NATS subscriptions held for this node's patterns", cluster.interest),
+        (
+            "retained_shared",
+            "1 when retained values are shared through JetStream",
+            bool(cluster.retained_shared),
+        ),
+    ):
+        yield one(gauge(f"{name}_{metric}", text, labels=node), value)
 
 
 class _BrokerCollector:

@@ -37,6 +37,7 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
+    from ..cluster import ClusterOptions
     from ..security import ServerConfig
     from ..store import Store
 
@@ -45,6 +46,7 @@ __all__ = [
     "SERVE_DEFAULTS",
     "add_serve_options",
     "check_exposure",
+    "cluster_options",
     "is_loopback",
     "open_store",
     "serve",
@@ -269,7 +271,68 @@ def _file_value(config: ServerConfig, action: argparse.Action, value: object) ->
 
 
 #: The ``serve`` options that name TLS files.
-_TLS_FILES: Final = ("tls_cert", "tls_key", "tls_client_ca")
+_TLS_FILES: Final = (
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "cluster_tls_ca",
+    "cluster_tls_cert",
+    "cluster_tls_key",
+)
+#: The ``serve`` options of a cluster (but ``--cluster`` itself).
+_CLUSTER_OPTIONS: Final = (
+    "node",
+    "cluster_prefix",
+    "cluster_tls_ca",
+    "cluster_tls_cert",
+    "cluster_tls_key",
+)
+
+
+def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
+    """The :class:`~trio_realtime.cluster.ClusterOptions` of ``--cluster`` and its companion
+    options (None without ``--cluster``).
+
+    Raises:
+        CommandError: for a companion option without ``--cluster``, a bad URL, node name or
+            prefix, an unusable TLS file, or without the ``nats`` extra.
+    """
+    if not args.cluster:
+        given = [name for name in _CLUSTER_OPTIONS if getattr(args, name) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise CommandError(f"{flag} is for a cluster: give the NATS URL with --cluster")
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("nats") is None or importlib.util.find_spec("trio_asyncio") is None:
+        raise CommandError("--cluster needs the nats extra: pip install 'trio-realtime[nats]'")
+    from ..cluster import DEFAULT_PREFIX, ClusterOptions
+    from ..cluster._options import default_node_name
+
+    tls = None
+    if (args.cluster_tls_cert is None) != (args.cluster_tls_key is None):
+        raise CommandError(
+            "--cluster-tls-cert and --cluster-tls-key go together: give both, or neither"
+        )
+    if args.cluster_tls_ca is not None or args.cluster_tls_cert is not None:
+        tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        try:
+            if args.cluster_tls_ca is not None:
+                tls.load_verify_locations(cafile=args.cluster_tls_ca)
+            if args.cluster_tls_cert is not None:
+                tls.load_cert_chain(args.cluster_tls_cert, args.cluster_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise CommandError(f"cannot use the cluster's TLS files: {ssl_reason(exc)}") from None
+    try:
+        return ClusterOptions(
+            servers=args.cluster,
+            node=args.node if args.node is not None else default_node_name(),
+            prefix=args.cluster_prefix if args.cluster_prefix is not None else DEFAULT_PREFIX,
+            tls=tls,
+        )
+    except (TypeError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
 
 
 def serve_settings(args: argparse.Namespace, config: ServerConfig | None) -> argparse.Namespace:
@@ -315,6 +378,7 @@ async def serve(args: argparse.Namespace) -> None:
     ssl_context = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
     if args.http_port is not None:  # (the broker binds its own port before its store)
         await _check_can_listen(args.http_host, args.http_port)
+    cluster = cluster_options(args)
     store = open_store(
         args.store,
         synchronous=args.synchronous,
@@ -341,6 +405,7 @@ async def serve(args: argparse.Namespace) -> None:
             user_publish_rate=args.user_publish_rate,
             publish_burst=args.publish_burst,
             advertise_urls=args.advertise or (),
+            cluster=cluster,
         )
     except (TypeError, ValueError) as exc:
         raise CommandError(str(exc)) from None
@@ -377,6 +442,11 @@ async def serve(args: argparse.Namespace) -> None:
         write(f"auth: {auth_line}\n")
         write(f"origins: {_describe_origins(broker.allowed_origins)}\n")
         write(f"tls: {_describe_tls(args.tls_cert, args.tls_client_ca)}\n")
+        if cluster is not None:
+            write(
+                f"cluster: node {cluster.node!r} through NATS at {cluster.shown_servers()} "
+                f"(subjects {cluster.prefix}.>)\n"
+            )
         if config is not None and config.webhooks:
             hooks = ", ".join(f"{hook.name} ({hook.origin})" for hook in config.webhooks)
             write(f"webhooks: {hooks}\n")
@@ -524,6 +594,40 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="for a new connection's WebSocket handshake, and then its hello (10)",
     )
+    cluster = serve.add_argument_group(
+        "cluster", "several brokers sharing one event space through NATS (see the cluster guide)"
+    )
+    cluster.add_argument(
+        "--cluster",
+        action="append",
+        metavar="URL",
+        help="join the cluster of the brokers that use this NATS server: nats://HOST:PORT "
+        "or tls://HOST:PORT, user:password@ or token@ before the host if it asks "
+        "(repeatable, or comma-separated; needs the nats extra)",
+    )
+    cluster.add_argument(
+        "--node",
+        help="this broker's name in the cluster, unique among its nodes (default: HOSTNAME-PID)",
+    )
+    cluster.add_argument(
+        "--cluster-prefix",
+        metavar="PREFIX",
+        help="the NATS subject prefix: events travel on PREFIX.<topic> (tr); deployments "
+        "sharing one NATS need different ones",
+    )
+    cluster.add_argument(
+        "--cluster-tls-ca",
+        metavar="FILE",
+        help="verify the NATS server's certificate with the CAs in FILE (PEM; tls:// URLs)",
+    )
+    cluster.add_argument(
+        "--cluster-tls-cert",
+        metavar="FILE",
+        help="present this client certificate to NATS (PEM; with --cluster-tls-key)",
+    )
+    cluster.add_argument(
+        "--cluster-tls-key", metavar="FILE", help="the private key of --cluster-tls-cert (PEM)"
+    )
     operations = serve.add_argument_group(
         "operations", "watching the broker (see the operations guide)"
     )
@@ -550,8 +654,8 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     security.add_argument(
         "--config",
         metavar="FILE",
-        help="a TOML file: [server] options (the flags given here override them), [[users]], "
-        "[anonymous] and [auth.jwt]",
+        help="a TOML file: [server] options (the flags given here override them), [cluster], "
+        "[[users]], [anonymous] and [auth.jwt]",
     )
     security.add_argument(
         "--allow-anonymous",

@@ -9,6 +9,10 @@ The shape::
     host = "127.0.0.1"
     port = 8765
 
+    [cluster]                         # optional: serve's --cluster, --node, --cluster-prefix…
+    servers = ["nats://127.0.0.1:4222"]
+    node = "eu-1"
+
     [[users]]                         # static users (`trio-realtime token NAME` prints these)
     name = "alice"
     token_sha256 = "…64 hex digits…"
@@ -96,9 +100,25 @@ SERVER_OPTIONS: Final[Mapping[str, OptionKind]] = {
     "http_port": "integer",
     "http_host": "string",
     "log_events": "boolean",
+    "cluster": "urls",
+    "node": "string",
+    "cluster_prefix": "string",
+    "cluster_tls_ca": "string",
+    "cluster_tls_cert": "string",
+    "cluster_tls_key": "string",
 }
 
-_TOP_LEVEL: Final = ("server", "http", "users", "anonymous", "auth", "webhooks")
+#: The keys of ``[cluster]``, each with the ``[server]`` option it sets.
+CLUSTER_KEYS: Final[Mapping[str, str]] = {
+    "servers": "cluster",
+    "node": "node",
+    "prefix": "cluster_prefix",
+    "tls_ca": "cluster_tls_ca",
+    "tls_cert": "cluster_tls_cert",
+    "tls_key": "cluster_tls_key",
+}
+
+_TOP_LEVEL: Final = ("server", "http", "users", "anonymous", "auth", "webhooks", "cluster")
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 _TOML_POSITION: Final = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
@@ -248,6 +268,21 @@ def _config(
             if option in server:
                 raise ValueError(f"http.{key}: given twice (also as server.{option})")
             server.update(_server({option: value}))
+    if "cluster" in data:  # [cluster]: the cluster's [server] options, by shorter names
+        cluster = _table(data["cluster"], "cluster")
+        _check_keys(cluster, "cluster", tuple(CLUSTER_KEYS))
+        for key, value in cluster.items():
+            option = CLUSTER_KEYS[key]
+            if option in server:
+                raise ValueError(f"cluster.{key}: given twice (also as server.{option})")
+            try:
+                server.update(
+                    _server(
+                        {option: [value] if key == "servers" and isinstance(value, str) else value}
+                    )
+                )
+            except ValueError as exc:
+                raise ValueError(str(exc).replace(f"server.{option}", f"cluster.{key}")) from None
     users = _users(data.get("users", []))
     anonymous = None
     if "anonymous" in data:
