@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from conftest import TIMEOUT
 from trio_realtime import ConnectionClosed, Event, EventChannel, StoreUnavailable, Subscription
 from trio_realtime._nats import open_nats
 from trio_realtime.natschannel import NatsChannel, open_nats_channel
-from trio_realtime.store import MemoryStore, Store, StoreStatistics
 from trio_realtime.testing import check_channel
 
 pytest.importorskip("nats")
@@ -38,60 +36,14 @@ async def test_the_nats_channel_passes_check_channel(tmp_path: Path) -> None:
             await check_channel(connect)
 
 
-class SharedStore(Store):
-    """One open store that several channels of a test share, as the channels of an event
-    space share a JetStream stream: opening and closing it are the test's, not theirs."""
-
-    def __init__(self, store: Store) -> None:
-        self.inner = store
-
-    async def open(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    @property
-    def epoch(self) -> str:
-        return self.inner.epoch
-
-    async def append(self, events: Sequence[Event]) -> list[Event]:
-        return await self.inner.append(events)
-
-    async def read(
-        self,
-        pattern: str,
-        *,
-        after: int | None = None,
-        since: datetime | None = None,
-        limit: int = 100,
-        max_bytes: int | None = None,
-    ) -> list[Event]:
-        return await self.inner.read(
-            pattern, after=after, since=since, limit=limit, max_bytes=max_bytes
-        )
-
-    async def last_seq(self) -> int:
-        return await self.inner.last_seq()
-
-    async def first_seq(self) -> int:
-        return await self.inner.first_seq()
-
-    async def apply_retention(self) -> int:
-        return await self.inner.apply_retention()
-
-    def statistics(self) -> StoreStatistics:
-        return self.inner.statistics()
-
-
-async def test_the_nats_channel_passes_check_channel_with_a_store(tmp_path: Path) -> None:
-    """With a store that every channel shares, history, since and acks with seqs work."""
+async def test_the_nats_channel_passes_check_channel_with_a_stream(tmp_path: Path) -> None:
+    """With a JetStream stream every channel shares, history, since and acks with seqs work."""
     with trio.fail_after(120):
-        async with running_nats_server(tmp_path) as server, MemoryStore() as store:
+        async with running_nats_server(tmp_path) as server:
 
             @asynccontextmanager
             async def connect() -> AsyncIterator[EventChannel]:
-                async with open_nats_channel(server.url, store=SharedStore(store)) as channel:
+                async with open_nats_channel(server.url, stream="CHECK") as channel:
                     yield channel
 
             await check_channel(connect, stored=True)
@@ -295,9 +247,8 @@ async def test_a_slow_subscriber_with_a_store_loses_nothing(tmp_path: Path) -> N
     with trio.fail_after(TIMEOUT * 3):
         async with (
             running_nats_server(tmp_path) as server,
-            MemoryStore() as store,
-            open_nats_channel(server.url, store=SharedStore(store)) as publisher,
-            open_nats_channel(server.url, store=SharedStore(store), max_pending=16) as subscriber,
+            open_nats_channel(server.url, stream="FLOW") as publisher,
+            open_nats_channel(server.url, stream="FLOW", max_pending=16) as subscriber,
             subscriber.subscribe("flow", max_buffer_size=1) as sub,
         ):
             for i in range(n):
@@ -357,18 +308,12 @@ async def test_a_subscription_with_a_store_resumes_without_loss(tmp_path: Path) 
     """The subscriber loses NATS while events are published: once it is back, it reads the
     stored ones it missed back from the store: every one, once, in order."""
     with trio.fail_after(TIMEOUT * 3):
-        async with (
-            running_nats_server(tmp_path) as server,
-            trio.open_nursery() as nursery,
-            MemoryStore() as store,
-        ):
+        async with running_nats_server(tmp_path) as server, trio.open_nursery() as nursery:
             proxy = Proxy(server.port)
             await nursery.start(proxy.serve)
             async with (
-                open_nats_channel(server.url, store=SharedStore(store)) as publisher,
-                open_nats_channel(
-                    proxy.url, store=SharedStore(store), reconnect_wait=0.05
-                ) as subscriber,
+                open_nats_channel(server.url, stream="ORDERS") as publisher,
+                open_nats_channel(proxy.url, stream="ORDERS", reconnect_wait=0.05) as subscriber,
                 subscriber.subscribe("orders.>") as sub,
             ):
                 await publisher.publish("orders.a", 0, ack=True)

@@ -61,10 +61,10 @@ async def open_channel(url: str | Sequence[str], **options: Any) -> AsyncIterato
         async with open_channel(os.environ.get("EVENTS_URL", "memory://")) as channel:
             await channel.publish("orders.created", {"id": 7})
 
-    *options* go to the function that opens it (``store=`` for a bus or a NATS channel,
-    ``token=`` for a client…). Several URLs (a list, or comma-separated) name the nodes of a
-    cluster of brokers, or NATS servers. Each ``memory://`` channel is a bus of its own:
-    share the channel, not the URL, within a process.
+    *options* go to the function that opens it (``store=`` for a bus, ``stream=`` for a
+    NATS channel, ``token=`` for a client…). Several URLs (a list, or comma-separated) name
+    the nodes of a cluster of brokers, or NATS servers. Each ``memory://`` channel is a bus
+    of its own: share the channel, not the URL, within a process.
 
     Raises:
         ValueError: if the scheme is none of these (or a ``memory://`` URL names more).

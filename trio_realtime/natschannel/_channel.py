@@ -13,10 +13,10 @@ between the loops in batches):
   answers on the request's reply subject; NATS's no-responders status is
   :exc:`~trio_realtime.NoResponders`, at once.
 * Retained values live in a JetStream stream (:mod:`._retained`).
-* With a store (``store=``), events on its topics are stored first (in batches, in order), then
-  published with their seq: ``history`` and ``subscribe(since=…)`` read the store, and
-  subscriptions read back from it what they lost. The store must be one that every
-  publisher's channel shares: a JetStream stream.
+* With a store (``stream=``, or ``store=``), events on its topics are stored first (in
+  batches, in order), then published with their seq: ``history`` and ``subscribe(since=…)``
+  read the store, and subscriptions read back from it what they lost. The store must be one
+  that every publisher's channel shares: a JetStream stream.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from ..bus._channel import (
     pattern_and_type,
 )
 from ..bus._requests import Answering, check_reply, serving, with_timeout
+from ..store import JetStreamStore
 from ._retained import RetainedStream
 from ._routes import Routes
 
@@ -418,7 +419,7 @@ class NatsChannel(metaclass=NoPublicConstructor):
         self._check_open()
         if since is not None and self.store is None:
             raise StoreUnavailable(
-                "subscribe(since=…) needs a channel with a store: open it with store=…"
+                "subscribe(since=…) needs a channel with a store: open it with stream=…"
             )
         sub = Subscription(
             pattern,
@@ -535,7 +536,7 @@ class NatsChannel(metaclass=NoPublicConstructor):
         check_int(limit, "limit", minimum=0)
         self._check_open()
         if self.store is None:
-            raise StoreUnavailable("history() needs a channel with a store: open it with store=…")
+            raise StoreUnavailable("history() needs a channel with a store: open it with stream=…")
         if isinstance(since, datetime):
             return await self.store.read(pattern, since=since, limit=limit, max_bytes=max_bytes)
         return await self.store.read(pattern, after=since, limit=limit, max_bytes=max_bytes)
@@ -630,6 +631,7 @@ async def open_nats_channel(
     *,
     prefix: str = DEFAULT_PREFIX,
     name: str | None = None,
+    stream: str | None = None,
     store: Store | None = None,
     persist: Sequence[str] | None = None,
     retained: bool = True,
@@ -665,10 +667,15 @@ async def open_nats_channel(
         name: The channel's name: the ``source`` of the events it publishes (unless
             ``publish`` is given another; ``"trio-realtime"`` without a name), and its
             connection's name in the NATS server's monitoring.
-        store: Where the events of stored topics are kept: a store every channel of the
-            event space shares (a JetStream stream). Opened on entry, closed on exit.
-            Without one, ``history`` and ``subscribe(since=…)`` raise
+        stream: Keep the events of stored topics in this JetStream stream (created when
+            missing), through the channel's own connection: a
+            :class:`~trio_realtime.store.JetStreamStore` on the subjects ``<prefix>s.<topic>``,
+            shared by every channel (and broker) given the same stream. Without a stream or a
+            store, ``history`` and ``subscribe(since=…)`` raise
             :exc:`~trio_realtime.StoreUnavailable`.
+        store: Another store for them, instead of *stream* (a ``JetStreamStore`` of your
+            own making, with its retention limits, say): one that every channel of the event
+            space shares. Opened on entry, closed on exit.
         persist: Patterns of the topics to store. By default, with a store, every topic
             except ``$…`` and inboxes.
         retained: Keep retained values in JetStream (nothing happens without JetStream but
@@ -684,7 +691,8 @@ async def open_nats_channel(
 
     Raises:
         ConnectionClosed: if NATS was not reachable within *connect_timeout*.
-        StoreError: if the store could not be opened.
+        StoreError: if the store could not be opened (no JetStream, say).
+        ValueError: if both *stream* and *store* are given.
         RuntimeError: if the ``nats`` extra is not installed.
     """
     validate_topic(prefix)
@@ -693,6 +701,8 @@ async def open_nats_channel(
     if persist is not None:
         for pattern in persist:
             validate_pattern(pattern)
+    if stream is not None and store is not None:
+        raise ValueError("give a stream or a store, not both")
     async with open_nats(
         _servers(servers),
         name=name or DEFAULT_SOURCE,
@@ -705,13 +715,15 @@ async def open_nats_channel(
         password=password,
         token=token,
     ) as connection:
+        if stream is not None:
+            store = JetStreamStore(connection, stream, subject_prefix=prefix + "s")
         if store is not None:
             await store.open()
         try:
-            stream: RetainedStream | None = None
+            values: RetainedStream | None = None
             if retained:
-                stream = RetainedStream(connection, prefix)
-                await stream.open()
+                values = RetainedStream(connection, prefix)
+                await values.open()
             async with open_service_nursery() as nursery:
                 channel = NatsChannel._create(
                     connection,
@@ -720,7 +732,7 @@ async def open_nats_channel(
                     source=name or DEFAULT_SOURCE,
                     store=store,
                     persist=persist,
-                    retained=stream,
+                    retained=values,
                     max_pending=max_pending,
                 )
                 nursery.start_soon(channel._watch)
