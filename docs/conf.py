@@ -92,7 +92,15 @@ html_theme_options = {
 # Classes users never construct: show ``class trio_realtime.Bus``, not its private __init__.
 _NO_SIGNATURE = {"trio_realtime.Bus", "trio_realtime.Client", "trio_realtime.EventChannel"}
 # The public subpackages: each is declared with ``.. module::`` and documents its ``__all__``.
-_SUBPACKAGES = ("cluster", "integrations", "protocol", "security", "store", "testing")
+_SUBPACKAGES = (
+    "cluster",
+    "integrations",
+    "natschannel",
+    "protocol",
+    "security",
+    "store",
+    "testing",
+)
 # The subpackages that only lay the code out: their public names are the root package's.
 _LAYOUT = ("bus", "broker", "client")
 # ``trio_realtime.bus._channel.Overflow`` -> ``trio_realtime.Overflow``, and
