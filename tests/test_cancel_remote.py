@@ -21,7 +21,8 @@ from conftest import TIMEOUT, running_broker
 from test_cancel import Stalled
 
 from trio_realtime import Event, open_bus, open_client
-from trio_realtime._transport import WebSocketTransport, open_transport
+from trio_realtime._transport import WebSocketTransport
+from trio_realtime._transport_client import open_transport
 from trio_realtime.broker._cancels import DeliveredRequests
 from trio_realtime.broker._limits import CANCEL_BURST
 from trio_realtime.bus._requests import TIMEOUT_HEADER

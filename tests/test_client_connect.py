@@ -23,7 +23,7 @@ from trio_realtime import (
     HandshakeError,
     open_bus,
 )
-from trio_realtime._transport import parse_url
+from trio_realtime._transport_client import parse_url
 from trio_realtime._util import open_service_nursery
 from trio_realtime.client._client import Client, ClientState, open_client
 from trio_realtime.protocol import (

@@ -38,7 +38,7 @@ from trio_realtime import (
     open_client,
 )
 from trio_realtime._nodes import MAX_NODES, MAX_URL_LENGTH, Nodes, given_urls
-from trio_realtime._transport import open_transport
+from trio_realtime._transport_client import open_transport
 from trio_realtime.cli._serve import serve_actions, serve_settings
 from trio_realtime.client._client import Client, ClientState
 from trio_realtime.protocol import AUTH_FAILED, CLOSE_POLICY, Error, Hello

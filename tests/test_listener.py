@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from trio_realtime import Broker
-from trio_realtime._transport import open_transport
+from trio_realtime._transport_client import open_transport
 
 UPGRADE = (
     "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -19,7 +19,7 @@ from typing import Final
 
 import attrs
 
-from ._transport import parse_url
+from ._transport_client import parse_url
 
 __all__ = [
     "MAX_NODES",

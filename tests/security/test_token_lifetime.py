@@ -23,7 +23,8 @@ import trio.testing
 from conftest import FAST, TIMEOUT, RunningBroker, running_broker
 
 from trio_realtime import ClientState, ConnectionClosed, Event, PermissionDenied, open_client
-from trio_realtime._transport import WebSocketTransport, open_transport
+from trio_realtime._transport import WebSocketTransport
+from trio_realtime._transport_client import open_transport
 from trio_realtime.broker._limits import (
     REFRESH_BURST,
     REFRESH_RATE,

@@ -27,12 +27,8 @@ from .._errors import ConnectionClosed, EpochChanged
 from .._event import Event, make_event
 from .._nodes import MAX_NODES, MAX_URL_LENGTH, Nodes, given_urls
 from .._topics import validate_pattern
-from .._transport import (
-    CLOSE_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    open_transport,
-)
+from .._transport import CLOSE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE
+from .._transport_client import DEFAULT_CONNECT_TIMEOUT, open_transport
 from .._util import NoPublicConstructor, open_service_nursery
 from ..bus._channel import (
     DEFAULT_BUFFER_SIZE,

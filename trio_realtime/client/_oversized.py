@@ -26,7 +26,7 @@ from .._errors import (
     ConnectionClosed,
     RemoteProtocolError,
 )
-from .._transport import open_transport
+from .._transport_client import open_transport
 from ..bus._channel import FULL
 from ..protocol import (
     Connection,
