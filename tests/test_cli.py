@@ -205,7 +205,7 @@ def test_bad_store_option(capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown --store value is refused with one line."""
     code, _, err = run(capsys, "serve", "--port", "0", "--store", "postgres:x")
     assert code == 1
-    assert "sqlite:PATH, memory or none" in err
+    assert "sqlite:PATH, memory, jetstream[:STREAM] or none" in err
 
 
 def test_serve_prints_its_limits_from_the_options(tmp_path: Path) -> None:

@@ -93,14 +93,16 @@ def open_store(
     max_events: int | None = None,
     max_age: float | None = None,
     max_bytes: int | None = None,
+    cluster: ClusterOptions | None = None,
 ) -> Store | None:
-    """The store a ``--store`` option names: ``sqlite:PATH``, ``memory`` or ``none``.
+    """The store a ``--store`` option names: ``sqlite:PATH``, ``memory``, ``none``, or
+    ``jetstream[:STREAM]`` (with *cluster*: the stream on the cluster's NATS).
 
     A ``memory`` store given no retention limit at all keeps at most
     :data:`~trio_realtime.store.DEFAULT_MEMORY_MAX_EVENTS` events and
     :data:`~trio_realtime.store.DEFAULT_MEMORY_MAX_BYTES` of them, so that a broker cannot
     fill its memory with stored events; any limit given replaces both. *max_bytes* is for a
-    ``memory`` store only.
+    ``memory`` or ``jetstream`` store only.
     """
     from ..store import (
         DEFAULT_MEMORY_MAX_BYTES,
@@ -119,16 +121,67 @@ def open_store(
     if kind == "sqlite" and sep and path:
         if max_bytes is not None:
             raise CommandError(
-                "--max-bytes limits a memory store only: bound a sqlite store with "
-                "--max-events or --max-age"
+                "--max-bytes limits a memory store only (or a jetstream one): bound a sqlite "
+                "store with --max-events or --max-age"
             )
         return SQLiteStore(path, synchronous=synchronous, max_events=max_events, max_age=max_age)
-    raise CommandError(f"--store takes sqlite:PATH, memory or none, not {spec!r}")
+    if kind == "jetstream" and (path or not sep):
+        return _jetstream_store(path, cluster, max_events, max_age, max_bytes)
+    raise CommandError(
+        f"--store takes sqlite:PATH, memory, jetstream[:STREAM] or none, not {spec!r}"
+    )
+
+
+def jetstream_stream(prefix: str) -> str:
+    """The stream ``--store jetstream`` uses on a cluster of subject prefix *prefix*:
+    ``TRIO_REALTIME``, or ``TRIO_REALTIME_<PREFIX>`` for a prefix other than the default."""
+    from ..cluster import DEFAULT_PREFIX
+    from ..store._jetstream import DEFAULT_STREAM
+
+    if prefix == DEFAULT_PREFIX:
+        return DEFAULT_STREAM
+    return f"{DEFAULT_STREAM}_{prefix.upper().replace('.', '_')}"
+
+
+def _jetstream_store(
+    stream: str,
+    cluster: ClusterOptions | None,
+    max_events: int | None,
+    max_age: float | None,
+    max_bytes: int | None,
+) -> Store:
+    """The JetStreamStore of ``--store jetstream[:STREAM]``: on the cluster's NATS (its
+    credentials and TLS too), the subjects ``<cluster prefix>s.<topic>``."""
+    if cluster is None:
+        raise CommandError(
+            "--store jetstream keeps the events in the cluster's NATS: give its URL with --cluster"
+        )
+    from ..store import JetStreamStore
+
+    try:
+        return JetStreamStore(
+            list(cluster.servers),
+            stream or jetstream_stream(cluster.prefix),
+            subject_prefix=f"{cluster.prefix}s",
+            max_events=max_events,
+            max_age=max_age,
+            max_bytes=max_bytes,
+            name=f"trio-realtime {cluster.node} store",
+            tls=cluster.tls,
+            user=cluster.user,
+            password=cluster.password,
+            token=cluster.token,
+        )
+    except ValueError as exc:
+        raise CommandError(f"--store {stream or 'jetstream'}: {exc}") from None
 
 
 def _describe_store(spec: str, store: Store | None) -> str:
     if store is None:
         return "none (events are not stored)"
+    stream = getattr(store, "stream", None)
+    if stream is not None:  # (a JetStreamStore)
+        spec = f"jetstream, stream {stream} (subjects {getattr(store, 'subject_prefix', '')}.>)"
     kept = [
         f"{value} {unit}"
         for value, unit in (
@@ -385,6 +438,7 @@ async def serve(args: argparse.Namespace) -> None:
         max_events=args.max_events,
         max_age=args.max_age,
         max_bytes=args.max_bytes,
+        cluster=cluster,
     )
     try:
         broker = Broker(
@@ -488,7 +542,8 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--store",
-        help=f"sqlite:PATH, memory or none (default: {DEFAULT_STORE}, in this directory)",
+        help=f"sqlite:PATH, memory, jetstream[:STREAM] (in the --cluster's NATS) or none "
+        f"(default: {DEFAULT_STORE}, in this directory)",
     )
     serve.add_argument(
         "--synchronous",
@@ -513,8 +568,8 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         "--max-bytes",
         type=size,
         metavar="SIZE",
-        help="keep at most this many bytes of stored events (memory store only; a memory "
-        "store given no limit keeps 100,000 events and 256M)",
+        help="keep at most this many bytes of stored events (memory or jetstream store only; a "
+        "memory store given no limit keeps 100,000 events and 256M)",
     )
     serve.add_argument("--name", help="the broker's name")
     serve.add_argument(
