@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +331,33 @@ async def test_a_subscription_with_a_store_resumes_without_loss(tmp_path: Path) 
                 assert (await sub.receive()).data == 51
                 assert subscriber.statistics().recovered == 50
             nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_request_cancels_its_handler(tmp_path: Path) -> None:
+    """A request cancelled by its requester (long before its deadline) cancels the handler
+    working on it, on the other channel, through NATS."""
+    started = trio.Event()
+    stopped = trio.Event()
+
+    async def slow(event: Event) -> None:
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            stopped.set()
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            running_nats_server(tmp_path) as server,
+            open_nats_channel(server.url) as requester,
+            open_nats_channel(server.url) as responder,
+            responder.serve("slow.rpc", slow),
+        ):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(requester.request, "slow.rpc", None, timeout=3600))
+                await started.wait()
+                nursery.cancel_scope.cancel()
+            await stopped.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            stats = responder.statistics()
+            assert (stats.requests_cancelled, stats.requests_expired) == (1, 0)

@@ -41,7 +41,7 @@ from .._nats import (
     NatsConnection,
     open_nats,
 )
-from .._nats_wire import DEFAULT_PREFIX, INBOX_SUBJECT_PREFIX, decode, encode, reply_topic
+from .._nats_wire import DEFAULT_PREFIX, INBOX_SUBJECT_PREFIX, encode
 from .._nats_wire import subject_of as _subject_of
 from .._topics import PatternIndex, is_transient, validate_pattern, validate_topic
 from .._util import NoPublicConstructor, open_service_nursery
@@ -59,6 +59,7 @@ from ..bus._channel import (
 )
 from ..bus._requests import Answering, check_reply, serving, with_timeout
 from ..store import JetStreamStore
+from ._requests import Requests, cancels
 from ._retained import RetainedStream
 from ._routes import Routes
 
@@ -104,6 +105,11 @@ class NatsChannelStatistics:
         stored: Events appended to the store.
         store_errors: Publishes without ``ack`` whose event the store failed to store.
         retained: Whether retained values are available (JetStream is).
+        requests_cancelled: Requests that this channel's ``serve`` blocks stopped handling
+            (the handler cancelled) or did not start, because their requester cancelled them.
+        requests_expired: The same, because their deadline passed.
+        late_replies: Replies to this channel's requests that came when no request waited for
+            them (given up on, or answered twice): dropped.
     """
 
     connected: bool
@@ -122,6 +128,9 @@ class NatsChannelStatistics:
     stored: int
     store_errors: int
     retained: bool
+    requests_cancelled: int
+    requests_expired: int
+    late_replies: int
 
 
 class _Commit:
@@ -188,7 +197,7 @@ class NatsChannel(metaclass=NoPublicConstructor):
         self._published = 0
         self._stored = 0
         self._store_errors = 0
-        self._requests: set[trio.CancelScope] = set()
+        self._requests = Requests(connection, nursery, prefix, source)
         # Publishes on stored topics: those waiting for the committer, and counts.
         self._commits: deque[_Commit] = deque()
         self._commits_lot = trio.lowlevel.ParkingLot()
@@ -459,6 +468,7 @@ class NatsChannel(metaclass=NoPublicConstructor):
         try:
             async with (
                 self._routes.member(sub, since=None, retained=False),
+                cancels(self._connection, self._nursery, self.prefix, pattern, self._answering),
                 serving(self._nursery, self, sub, handler, max_concurrency, self._answering),
             ):
                 yield
@@ -490,27 +500,10 @@ class NatsChannel(metaclass=NoPublicConstructor):
         )
         message_headers, body = encode(event)
         subject = _subject_of(self._prefix, event.topic)
-        scope = trio.CancelScope()
-        self._requests.add(scope)
-        try:
-            with scope, trio.fail_after(timeout):
-                reply = await self._connection.request(
-                    subject, body, headers=message_headers, timeout=timeout + 1
-                )
-        except NoResponders:
-            raise NoResponders(event.topic) from None
-        except TimeoutError:
-            raise trio.TooSlowError from None
-        finally:
-            self._requests.discard(scope)
-        if scope.cancelled_caught:
-            raise trio.ClosedResourceError("the channel closed before the reply came")
-        answer = decode(
-            reply_topic(self._prefix, reply.subject) or INBOX_SUBJECT_PREFIX + "reply",
-            reply.headers,
-            reply.data,
-        )
-        return check_reply(event.topic, answer)
+        reply = await self._requests.send(event, subject, message_headers, body, timeout)
+        if reply is None:
+            raise NoResponders(event.topic)
+        return check_reply(event.topic, reply)
 
     # -- the store ----------------------------------------------------------------------------
 
@@ -582,6 +575,9 @@ class NatsChannel(metaclass=NoPublicConstructor):
             stored=self._stored,
             store_errors=self._store_errors,
             retained=self._retained is not None and self._retained.available,
+            requests_cancelled=self._answering.cancelled,
+            requests_expired=self._answering.expired,
+            late_replies=self._requests.late,
         )
 
     # -- closing ------------------------------------------------------------------------------
@@ -606,8 +602,7 @@ class NatsChannel(metaclass=NoPublicConstructor):
         self._closed = True
         self._routes.close()
         self._fail_commits()
-        for scope in self._requests:
-            scope.cancel()
+        self._requests.close()
 
     async def _drain(self) -> None:
         """Wait (bounded) until the publishes on stored topics queued so far are stored."""

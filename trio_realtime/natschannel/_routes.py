@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from .._errors import InvalidTopic
+from .._errors import InvalidTopic, StoreError
 from .._event import Event
 from .._nats import CLOSE_TIMEOUT, NatsConnection, NatsMessage, NatsSubscription
 from .._nats_wire import decode, reply_topic
@@ -259,8 +259,12 @@ class Routes:
         """Offer *sub* the retained values of its pattern, then what came for it meanwhile
         (but their copies), and route to it from then on."""
         assert self._retained is not None
+        values: list[Event] = []
         try:
-            values = await self._retained.values(route.pattern)
+            if self._connection.connected:  # (else JetStream cannot answer)
+                values = await self._retained.values(route.pattern)
+        except StoreError as exc:
+            logger.warning("no retained values for %r: %s", route.pattern, exc)
         finally:
             held = route.holding.pop(sub, [])
         ids = {event.id for event in values}
@@ -284,7 +288,13 @@ class Routes:
         with route.scope:
             if since is not None:
                 async with route.lock:
-                    await self._replay(route, since)
+                    try:
+                        await self._replay(route, since)
+                    except Exception as exc:
+                        logger.exception("replaying %r from the store failed", route.pattern)
+                        for member in route.members:
+                            member.fail(exc)
+                        return
             while True:
                 try:
                     batch = await nats.receive_batch()
