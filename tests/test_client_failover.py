@@ -28,7 +28,7 @@ from _broker_process import BrokerProcess, open_broker_process
 from _scripted_server import Peer, scripted_server
 from conftest import FAST, TIMEOUT, running_broker, start_broker
 
-import trio_realtime.client._client as client_module
+import trio_realtime.client._connector as connector_module
 from trio_realtime import (
     Broker,
     ConnectionClosed,
@@ -231,7 +231,7 @@ async def test_rounds_go_on_from_the_next_node_and_back_off_between_rounds(
         steps.append(("wait", attempt))
         return 0.001
 
-    monkeypatch.setattr(client_module, "open_transport", dial)
+    monkeypatch.setattr(connector_module, "open_transport", dial)
     monkeypatch.setattr(Client, "_backoff", backoff)
     one, two = dead_url(), dead_url()
     with trio.fail_after(TIMEOUT):
