@@ -133,7 +133,10 @@ def test_any_cancel_object_decodes_or_is_refused(frame: dict[str, Any]) -> None:
     server.receive_text(json.dumps(frame))  # (integers of any size, as JSON allows)
     [item] = list(server.frames())
     fields = ("id", "topic", "reply_to")
-    if all(type(frame.get(name)) is str for name in fields):
+    in_range = all(
+        -(2**63) <= value < 2**64 for value in frame.values() if type(value) is int
+    )  # past i64 and u64 the whole message is refused: the docs say to send such a number as text
+    if in_range and all(type(frame.get(name)) is str for name in fields):
         assert item == Cancel(id=frame["id"], topic=frame["topic"], reply_to=frame["reply_to"])
     else:
         assert isinstance(item, FrameError)
