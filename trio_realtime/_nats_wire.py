@@ -95,6 +95,14 @@ _PLAIN_VALUE: Final = re.compile(r"[!#$&-~]*")
 _SAFE: Final = "!#$&'()*+,/:;<=>?@[\\]^`{|}"
 #: A header that may be an attribute of its own: a legal attribute name.
 _ATTRIBUTE_NAME: Final = re.compile(r"[a-z0-9]{1,20}")
+#: What a CloudEvents string may not hold (control characters, lone surrogates,
+#: noncharacters): a header value with one travels in ``ce-rtheaders``, as in the project's
+#: CloudEvents mapping.
+_NOT_IN_STRING: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
+    + "]"
+)
 #: Attribute names the mapping itself gives a meaning: a header so named goes in rtheaders.
 _MAPPED: Final = frozenset(
     {
@@ -213,6 +221,23 @@ def _is_base64(text: object) -> bool:
     return True
 
 
+def _is_seq(text: str) -> bool:
+    """Whether *text* reads as a seq (what ``ce-sequence`` holds for a stored event)."""
+    return text.isdigit() and text.isascii() and len(text) <= _SEQUENCE_DIGITS
+
+
+def _own_attribute(name: str, value: str, seq: int | None) -> bool:
+    """Whether the event header *name*: *value* travels as an attribute of its own (else in
+    ``ce-rtheaders``): the rule of the project's CloudEvents mapping."""
+    if not _ATTRIBUTE_NAME.fullmatch(name) or _NOT_IN_STRING.search(value):
+        return False
+    if name == "dataschema":
+        return bool(value)  # (the spec's attribute: non-empty when present)
+    if name == "sequence":  # only one that cannot be read back as the seq: another producer's
+        return seq is None and bool(value) and not _is_seq(value)
+    return name not in _MAPPED
+
+
 def encode(event: Event) -> tuple[dict[str, str], bytes]:
     """*event* as a NATS message: its headers and its payload (see the module docstring).
 
@@ -236,9 +261,9 @@ def encode(event: Event) -> tuple[dict[str, str], bytes]:
         for name, value in event.headers.items():
             if name == DATA_BASE64_HEADER and binary:
                 continue
-            if name == "datacontenttype":
+            if name == "datacontenttype" and value and not _NOT_IN_STRING.search(value):
                 content_type = value
-            elif _ATTRIBUTE_NAME.fullmatch(name) and name not in _MAPPED:
+            elif _own_attribute(name, value, seq):
                 headers["ce-" + name] = _encode_value(value)
             else:
                 packed.append((name, value))
@@ -323,7 +348,7 @@ def _decode_common(
         return None
     seq = None
     if sequence is not None:
-        if not (sequence.isdigit() and sequence.isascii() and len(sequence) <= _SEQUENCE_DIGITS):
+        if not _is_seq(sequence):
             return None
         seq = int(sequence)
     data = None
@@ -365,7 +390,7 @@ def _decode_binary(
             if value != _SPECVERSION:
                 raise ValueError(f"not a CloudEvents 1.0 event: ce-specversion={value!r}")
         elif attribute == "sequence":
-            if value.isdigit() and value.isascii() and len(value) <= _SEQUENCE_DIGITS:
+            if _is_seq(value):
                 seq = int(value)
             else:
                 own["sequence"] = value  # another producer's sequence, kept as it is
