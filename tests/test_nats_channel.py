@@ -17,7 +17,9 @@ from conftest import TIMEOUT
 
 from trio_realtime import ConnectionClosed, Event, EventChannel, StoreUnavailable, Subscription
 from trio_realtime._nats import open_nats
+from trio_realtime.cluster import ClusterOptions
 from trio_realtime.natschannel import NatsChannel, open_nats_channel
+from trio_realtime.natschannel._retained import retained_stream_name
 from trio_realtime.testing import check_channel
 
 pytest.importorskip("nats")
@@ -361,3 +363,10 @@ async def test_a_cancelled_request_cancels_its_handler(tmp_path: Path) -> None:
             await trio.testing.wait_all_tasks_blocked()
             stats = responder.statistics()
             assert (stats.requests_cancelled, stats.requests_expired) == (1, 0)
+
+
+def test_the_stream_of_retained_values_is_a_clusters() -> None:
+    """Channels keep retained values in the stream a cluster's brokers share theirs in."""
+    for prefix in ("tr", "app.one"):
+        options = ClusterOptions(servers="nats://127.0.0.1:4222", prefix=prefix)
+        assert retained_stream_name(prefix) == options.retained_stream

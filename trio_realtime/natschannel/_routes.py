@@ -35,6 +35,7 @@ from .._nats import CLOSE_TIMEOUT, NatsConnection, NatsMessage, NatsSubscription
 from .._nats_wire import decode, reply_topic
 from .._topics import validate_topic
 from ..bus._channel import ACCEPTED, DROPPED, FULL, Subscription
+from ..cluster._options import queue_name  # (a cluster's brokers name queue groups so too)
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -53,17 +54,6 @@ RECENT_SEQS: Final = 4096
 #: A route's task yields to the scheduler once per this many events (so that its subscribers
 #: consume while it delivers a large batch).
 DELIVER_BATCH: Final = 64
-
-
-def queue_name(group: str) -> str:
-    """The NATS queue group of the queue group *group*: itself when it is made of ``A-Z a-z
-    0-9 _ -`` only (the same as a cluster's brokers use), else ``~`` and its UTF-8 in
-    URL-safe base64."""
-    if group and all(c.isascii() and (c.isalnum() or c in "_-") for c in group):
-        return group
-    import base64
-
-    return "~" + base64.urlsafe_b64encode(group.encode()).decode().rstrip("=")
 
 
 class _Route:
