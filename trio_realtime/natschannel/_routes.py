@@ -218,10 +218,18 @@ class Routes:
             store = self._store
             if store is not None and route.group is None:
                 route.tracking = True
-                if since is None:
-                    route.floor = await store.last_seq()
-                elif isinstance(since, int):
+                if isinstance(since, int):
                     route.floor = since
+                elif since is None:
+                    try:
+                        route.floor = await store.last_seq()
+                    except StoreError as exc:  # (NATS away): live only, nothing read back
+                        route.tracking = False
+                        logger.warning(
+                            "subscription to %r will not read back what it loses: %s",
+                            route.pattern,
+                            exc,
+                        )
         except BaseException as exc:
             route.error = exc
             route.ready.set()
