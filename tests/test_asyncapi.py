@@ -564,6 +564,32 @@ def test_the_command_finds_modules_in_the_current_directory(
     monkeypatch.delitem(sys.modules, "cwd_events_for_asyncapi")
 
 
+def test_serve_app_describes_the_app_s_types_at_asyncapi_json(tmp_path: Path) -> None:
+    """``serve --app MODULE`` (or ``app = [...]`` in ``[server]``) imports the module before
+    serving, so that the side port's ``/asyncapi.json`` describes its types."""
+    from test_cli import ServeProcess
+    from test_cli_operations import http_url
+
+    (tmp_path / "serve_shop_events.py").write_text(
+        APP.replace("shop.orders.created", "serve.shop.orders"), encoding="utf-8"
+    )
+    config = tmp_path / "broker.toml"
+    config.write_text('[server]\napp = ["serve_shop_events"]\n', encoding="utf-8")
+    for options in (("--app", "serve_shop_events"), ("--config", str(config))):
+        server = ServeProcess("--store", "none", "--http-port", "0", *options, cwd=tmp_path)
+        try:
+            status, _, body = get(f"{http_url(server)}/asyncapi.json")
+            assert status == 200
+            doc = json.loads(body)
+            assert errors(doc) == []
+            assert list(doc["channels"]) == ["serve.shop.orders"]
+        finally:
+            assert server.stop()[0] == 0
+    done = run_command("serve", "--port", "0", "--app", "no_such_module", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("trio-realtime serve: error: no module named"), done.stderr
+
+
 async def test_the_http_side_port_serves_the_document() -> None:
     """``/asyncapi.json`` is the document of the process's types, with the broker's URL
     as its server; a type registered later is in the next answer."""

@@ -26,6 +26,7 @@ from ..broker._broker import (
     DEFAULT_MAX_SUBSCRIPTIONS,
 )
 from ..bus._retained import DEFAULT_MAX_RETAINED
+from ._asyncapi import import_apps
 from ._common import (
     CommandError,
     listen_port,
@@ -421,6 +422,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     config = load_config(args.config) if args.config is not None else None
     args = serve_settings(args, config)
+    import_apps(args.app or [])
     auth_line = check_exposure(args.host, config, allow_anonymous=args.allow_anonymous)
     if config is not None and config.certificate_users and args.tls_client_ca is None:
         raise CommandError(
@@ -696,6 +698,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     operations.add_argument(
         "--http-host",
         help="address of the HTTP port (127.0.0.1: it has no authentication, keep it private)",
+    )
+    operations.add_argument(
+        "--app",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE (a dotted name, such as myapp.events) before serving, so that its "
+        "event types are described at /asyncapi.json; repeatable",
     )
     operations.add_argument(
         "--log-events",

@@ -65,11 +65,14 @@ from ._permissions import Permissions
 
 __all__ = ["SERVER_OPTIONS", "ConfigError", "ServerConfig", "load_config"]
 
-OptionKind = Literal["string", "integer", "number", "size", "patterns", "urls", "boolean"]
+OptionKind = Literal[
+    "string", "integer", "number", "size", "patterns", "urls", "modules", "boolean"
+]
 
 #: The keys ``[server]`` takes, each with the TOML type of its value: every option of
 #: ``trio-realtime serve`` (a test keeps this in step with the command line). A ``size`` is an
-#: integer (bytes) or a string such as ``"16M"``; ``patterns`` and ``urls`` are lists of strings.
+#: integer (bytes) or a string such as ``"16M"``; ``patterns``, ``urls`` and ``modules`` are
+#: lists of strings.
 SERVER_OPTIONS: Final[Mapping[str, OptionKind]] = {
     "host": "string",
     "port": "integer",
@@ -100,6 +103,7 @@ SERVER_OPTIONS: Final[Mapping[str, OptionKind]] = {
     "http_port": "integer",
     "http_host": "string",
     "log_events": "boolean",
+    "app": "modules",
     "cluster": "urls",
     "node": "string",
     "cluster_prefix": "string",
@@ -332,6 +336,7 @@ def _server(value: object) -> dict[str, object]:
             "size": isinstance(item, int | str) and not isinstance(item, bool),
             "patterns": isinstance(item, list) and all(isinstance(p, str) for p in item),
             "urls": isinstance(item, list) and all(isinstance(u, str) for u in item),
+            "modules": isinstance(item, list) and all(isinstance(m, str) for m in item),
             "boolean": isinstance(item, bool),
         }[kind]
         if not fits:
@@ -342,6 +347,7 @@ def _server(value: object) -> dict[str, object]:
                 "size": 'a size (bytes, or a string such as "16M")',
                 "patterns": "an array of patterns (strings)",
                 "urls": "an array of URLs (strings)",
+                "modules": "an array of module names (strings)",
                 "boolean": "true or false",
             }[kind]
             raise ValueError(f"server.{key}: expected {wanted}, got {_kind(item)}")
