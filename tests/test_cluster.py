@@ -11,6 +11,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,7 +22,7 @@ import trio.testing
 from _nats_server import NatsServer, running_nats_server
 from conftest import RunningBroker, running_broker
 
-from trio_realtime import Event, NoResponders, Subscription, open_bus, open_client
+from trio_realtime import Event, EventChannel, NoResponders, Subscription, open_bus, open_client
 from trio_realtime._nats import open_nats
 from trio_realtime._topics import topic_matches
 from trio_realtime.cluster import Backplane, ClusterOptions, open_backplane
@@ -576,3 +577,43 @@ def test_cluster_options_are_checked() -> None:
             ClusterOptions(**kwargs)
     with pytest.raises(TypeError, match="URLs"):
         ClusterOptions(servers=[4222])  # type: ignore[list-item]
+
+
+async def test_a_cancelled_request_cancels_its_handler_on_another_node(tmp_path: Path) -> None:
+    """A request given up on one node cancels the handler working on it on another: a
+    client's (through both brokers and NATS) and a bus's; the handlers see Cancelled."""
+    with trio.fail_after(CLUSTER_TIMEOUT):
+        async with (
+            open_cluster(tmp_path, 2, jetstream=False) as (_, nodes),
+            AsyncExitStack() as stack,
+        ):
+            started = {"client": trio.Event(), "bus": trio.Event()}
+            cancelled = {"client": trio.Event(), "bus": trio.Event()}
+
+            def handler(kind: str) -> Any:
+                async def work(_: Event) -> None:
+                    started[kind].set()
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        cancelled[kind].set()  # (only a cancel ends the sleep)
+
+                return work
+
+            responder = await stack.enter_async_context(open_client(nodes[1].url))
+            await stack.enter_async_context(responder.serve("svc.slow", handler("client")))
+            await stack.enter_async_context(nodes[1].broker.bus.serve("svc.slower", handler("bus")))
+            await settle(*nodes)
+            requester = await stack.enter_async_context(open_client(nodes[0].url))
+            channels: list[tuple[str, str, EventChannel]] = [
+                ("client", "svc.slow", requester),
+                ("bus", "svc.slower", nodes[0].broker.bus),
+            ]
+            for kind, topic, channel in channels:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(channel.request, topic, timeout=600))
+                    await started[kind].wait()
+                    nursery.cancel_scope.cancel()  # the requester gives up
+                await cancelled[kind].wait()
+            assert backplane(nodes[0]).statistics().cancels_out == 2
+            assert backplane(nodes[1]).statistics().cancels_in == 2

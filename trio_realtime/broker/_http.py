@@ -267,6 +267,8 @@ def _cluster_families(cluster: Any) -> Iterator[Any]:
         ("batches", "Crossings to NATS that carried publishes", cluster.batches),
         ("disconnects", "Times the connection to NATS was lost", cluster.disconnects),
         ("no_responders", "Requests no node had a responder for", cluster.no_responders),
+        ("cancels_out", "Cancels of requests sent to the other nodes", cluster.cancels_out),
+        ("cancels_in", "Cancels of requests received from other nodes", cluster.cancels_in),
         ("retained_updates", "Retained values applied from other nodes", cluster.retained_updates),
     ):
         yield one(counter(f"{name}_{metric}", text, labels=node), value)

@@ -877,13 +877,20 @@ class Bus(metaclass=NoPublicConstructor):
         client). Returns how many were handling it.
 
         This is how a broker passes on a client's ``cancel`` (once it checked that the
-        request is the client's), and how a backplane would deliver one from another node.
-        With a backplane attached that has a ``forward_cancel(cancel)`` method, the cancel is
-        handed to it too, for the other nodes.
+        request is the client's). With a backplane attached that has a
+        ``forward_cancel(cancel)`` method, the cancel is handed to it too, for the other nodes
+        (which deliver it with :meth:`route_remote_cancel`).
         """
         return deliver_cancel(
             cancel, self._index.match(cancel.topic), self._answering, self._remote
         )
+
+    def route_remote_cancel(self, cancel: Event) -> int:
+        """:meth:`route_cancel` for a cancel that another node's backplane sent on: handed
+        to this node's ``serve`` blocks and sessions only, never forwarded again."""
+        if self._closed:
+            return 0
+        return deliver_cancel(cancel, self._index.match(cancel.topic), self._answering, None)
 
     async def history(
         self,

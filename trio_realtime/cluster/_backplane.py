@@ -19,6 +19,11 @@
   node's patterns that matches its topic only, to every local sink without a group; through a
   queue subscription, to one local member of that group, unless the publishing node's
   members served it. Events from elsewhere are never forwarded again, stored or retained.
+* **Cancels.** The cancel of a request (:func:`~trio_realtime.bus._requests.cancel_event`)
+  goes to ``<prefix>c.<topic>``, to which every node subscribes (``<prefix>c.>``, no queue
+  group: the member of a queue group that took the request may be on any node); each node
+  hands it to its own ``serve`` blocks and sessions, which act on it only if they hold that
+  request. Cancels are few and small, so every node getting each one costs little.
 * **Retained values** go through a stream (:mod:`._retained`).
 * **Outages.** Local delivery never waits for NATS. While it is unreachable, events queue
   (up to ``max_pending``; beyond, they are counted as ``not_shared``) and go out once it is
@@ -43,7 +48,7 @@ from .._event import REPLY_ERROR_HEADER, Event
 from .._nats import NatsConnection, NatsMessage, NatsSubscription, open_nats
 from .._topics import PatternIndex, is_reserved, validate_topic
 from .._util import NoPublicConstructor, open_service_nursery
-from ..bus._requests import REPLY_CODE_HEADER
+from ..bus._requests import REPLY_CODE_HEADER, read_cancel
 from ..protocol._codec import encode_event, structure_event
 from ._options import SERVED_HEADER, ClusterOptions, queue_name
 from ._retained import RetainedShare
@@ -92,6 +97,9 @@ class ClusterStatistics:
         inbound_pending: Messages received from NATS and not delivered yet (the lag in).
         interest: NATS subscriptions held for the node's patterns (and queue groups).
         no_responders: Requests sent on that no node had a responder for.
+        cancels_out: Cancels of requests sent to the other nodes.
+        cancels_not_sent: Cancels that could not be queued for NATS (the queue was full).
+        cancels_in: Cancels of requests received from the other nodes.
         retained_shared: Whether retained values are shared (False without JetStream, or
             with sharing turned off; None while not known yet).
         retained_loaded: Whether the values the stream held when it was last loaded are
@@ -118,6 +126,9 @@ class ClusterStatistics:
     inbound_pending: int
     interest: int
     no_responders: int
+    cancels_out: int
+    cancels_not_sent: int
+    cancels_in: int
     retained_shared: bool | None
     retained_loaded: bool
     retained_updates: int
@@ -157,6 +168,7 @@ class Backplane(metaclass=NoPublicConstructor):
         self.node: Final = options.node
         self._prefix = options.prefix + "."
         self._prefix_length = len(self._prefix)
+        self._cancel_prefix = options.prefix + "c."
         self._interests: dict[tuple[str, str | None], _Interest] = {}
         self._index: PatternIndex[_Interest] = PatternIndex()
         self._first: dict[tuple[str, str | None], _Interest | None] = {}
@@ -169,6 +181,9 @@ class Backplane(metaclass=NoPublicConstructor):
         self._skipped = 0
         self._bad = 0
         self._no_responders = 0
+        self._cancels_out = 0
+        self._cancels_not_sent = 0
+        self._cancels_in = 0
         self._retained = (
             RetainedShare(bus, connection, options, self._decode, _encode, self._changed)
             if options.retained
@@ -240,6 +255,17 @@ class Backplane(metaclass=NoPublicConstructor):
         if retain and self._retained is not None:
             self._retained.publish(event)
 
+    def forward_cancel(self, cancel: Event) -> None:
+        """Send the cancel of a request to the other nodes (see the module's docstring)."""
+        if self._closed:
+            return
+        try:
+            self._connection.publish_nowait(self._cancel_prefix + cancel.topic, _encode(cancel))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self._cancels_not_sent += 1  # (the request's deadline still ends the work)
+        else:
+            self._cancels_out += 1
+
     def clear_retained(self, topic: str) -> None:
         """Tell the other nodes that the retained value of *topic* is cleared."""
         if self._retained is not None:
@@ -265,6 +291,23 @@ class Backplane(metaclass=NoPublicConstructor):
                 for message in batch:
                     await self._inbound(interest, message)
                 self._changed()
+
+    async def _receive_cancels(self, subscription: NatsSubscription) -> None:
+        """Hand the cancels other nodes send on to this node's handlers of the requests."""
+        length = len(self._cancel_prefix)
+        while True:
+            try:
+                batch = await subscription.receive_batch()
+            except trio.ClosedResourceError:
+                return
+            for message in batch:
+                cancel = self._decode(message.subject[length:], message.data)
+                if cancel is None or read_cancel(cancel) is None:
+                    self._bad += 1
+                    continue
+                self._cancels_in += 1
+                self._bus.route_remote_cancel(cancel)
+            self._changed()
 
     def _first_interest(self, topic: str, group: str | None) -> _Interest | None:
         """The oldest of the node's interests (in *group*) whose pattern matches *topic*."""
@@ -424,6 +467,9 @@ class Backplane(metaclass=NoPublicConstructor):
             inbound_pending=sum(i.subscription.buffered for i in self._interests.values()),
             interest=len(self._interests),
             no_responders=self._no_responders,
+            cancels_out=self._cancels_out,
+            cancels_not_sent=self._cancels_not_sent,
+            cancels_in=self._cancels_in,
             retained_shared=retained.available if retained is not None else False,
             retained_loaded=retained.loaded if retained is not None else False,
             retained_updates=retained.updates if retained is not None else 0,
@@ -472,6 +518,10 @@ async def open_backplane(bus: Bus, options: ClusterOptions) -> AsyncIterator[Bac
     ):
         backplane = Backplane._create(bus, connection, options, nursery)
         nursery.start_soon(backplane._watch)
+        cancels = connection.subscribe_nowait(
+            backplane._cancel_prefix + ">", max_pending=MAX_INBOUND
+        )
+        nursery.start_soon(backplane._receive_cancels, cancels)
         if backplane._retained is not None:
             await nursery.start(backplane._retained.run)
         bus.attach_remote(backplane)
