@@ -337,6 +337,9 @@ class ForwardingRemote:
     def forward(self, event: Event, *, served: Sequence[str], routed: bool, retain: bool) -> None:
         pass
 
+    def share_retained(self, event: Event) -> None:
+        pass
+
     def clear_retained(self, topic: str) -> None:
         pass
 

@@ -34,6 +34,7 @@ class RecordingRemote:
         self.interest: dict[tuple[str, str | None], int] = {}
         self.forwarded: list[Forwarded] = []
         self.cleared: list[str] = []
+        self.shared_retained: list[Event] = []
 
     def interest_added(self, pattern: str, group: str | None) -> None:
         key = (pattern, group)
@@ -47,6 +48,9 @@ class RecordingRemote:
 
     def forward(self, event: Event, *, served: Sequence[str], routed: bool, retain: bool) -> None:
         self.forwarded.append(Forwarded(event.topic, list(served), routed, retain))
+
+    def share_retained(self, event: Event) -> None:
+        self.shared_retained.append(event)
 
     def clear_retained(self, topic: str) -> None:
         self.cleared.append(topic)

@@ -251,3 +251,37 @@ async def test_a_recreated_stream_is_a_new_epoch_for_clients(tmp_path: Path) -> 
                     assert changed.value.old_epoch == old_epoch
                     assert changed.value.new_epoch == client.epoch != old_epoch
                     assert (await sub.receive()).data == "new"
+
+
+async def test_a_retained_persisted_value_reaches_a_node_that_starts_later(
+    tmp_path: Path,
+) -> None:
+    """A retained publish on a persisted topic is routed on every node from the stream; a
+    node that starts afterwards (its tail begins at the stream's end) gets the value from
+    the backplane's retained values, with the publishing node's id for it."""
+    from trio_realtime.cluster import ClusterOptions, open_backplane
+
+    def options(node: str) -> ClusterOptions:
+        return ClusterOptions(servers=server.url, node=node, reconnect_wait=0.05)
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            running_nats_server(tmp_path) as server,
+            open_bus(store=_fast(server.url, "R")) as one,
+            open_backplane(one, options("one")) as link_one,
+        ):
+            while not link_one.statistics().retained_loaded:
+                await link_one.wait_changed()
+            published = await one.publish("r.config", {"v": 1}, retain=True)
+            assert published.seq == 1
+            while link_one.statistics().retained_pending or link_one.statistics().pending:
+                await link_one.wait_changed()  # (JetStream acknowledged the value)
+            async with (
+                open_bus(store=_fast(server.url, "R")) as late,
+                open_backplane(late, options("late")) as link_late,
+            ):
+                while not link_late.statistics().retained_loaded:
+                    await link_late.wait_changed()
+                [value] = late.retained("r.config")
+                assert (value.id, value.data) == (published.id, {"v": 1})
+                assert late.last_seq == 1  # (found stored when it opened: not routed again)

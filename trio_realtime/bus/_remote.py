@@ -61,5 +61,10 @@ class Remote(Protocol):
             retain: Whether it was published as its topic's retained value.
         """
 
+    def share_retained(self, event: Event) -> None:
+        """*event*, published on this node on a persisted topic of a shared store, became
+        its topic's retained value: every node routes it from the store, but a node that
+        starts later learns the value only from the backplane."""
+
     def clear_retained(self, topic: str) -> None:
         """The retained value of *topic* was cleared on this node."""

@@ -161,6 +161,10 @@ class _Shared:
         seq = event.seq
         assert seq is not None
         self.remember(event.id, p.publisher, seq)
+        if p.retain and bus._remote is not None:
+            # Every node running routes it from the tail; one that starts later learns the
+            # value from the backplane's retained values (the tail starts at the end).
+            bus._remote.share_retained(event)
         if seq <= bus._last_seq:  # the tail was first: routed already
             self.finish(p, result=event)
         else:

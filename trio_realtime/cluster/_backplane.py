@@ -266,6 +266,12 @@ class Backplane(metaclass=NoPublicConstructor):
         else:
             self._cancels_out += 1
 
+    def share_retained(self, event: Event) -> None:
+        """Keep *event* (persisted, and routed on every node from the store) as its topic's
+        retained value for the nodes that start later."""
+        if self._retained is not None:
+            self._retained.publish(event)
+
     def clear_retained(self, topic: str) -> None:
         """Tell the other nodes that the retained value of *topic* is cleared."""
         if self._retained is not None:
