@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-import trio_realtime.bus._bus as bus_module
+import trio_realtime.bus._commit as commit_module
 import trio_realtime.bus._replay as replay_module
 from trio_realtime import Event, EventChannel, StoreError, open_bus
 from trio_realtime.store import MemoryStore, SQLiteStore, Store
@@ -148,21 +148,21 @@ async def test_resent_event_id_is_a_duplicate_only_for_its_publisher(
         first = await bus.publish("d", 1)
         event = attrs.evolve(first, seq=None, data="forged")
         pending = await bus.publish_pipelined(event, publisher="someone else")
-        assert isinstance(pending, bus_module.PendingCommit)
+        assert isinstance(pending, commit_module.PendingCommit)
         with pytest.raises(ValueError, match="another publisher"):
             await pending.wait()
         mine = await bus.publish_pipelined(attrs.evolve(first, seq=None), publisher=None)
-        assert isinstance(mine, bus_module.PendingCommit)
+        assert isinstance(mine, commit_module.PendingCommit)
         assert mine.duplicate
         assert (await mine.wait()).seq == first.seq
         # In flight: the committer has not stored it yet.
         new = attrs.evolve(first, id="in-flight-id", seq=None)
         held = await bus.publish_pipelined(new, publisher="a")
-        assert isinstance(held, bus_module.PendingCommit)
+        assert isinstance(held, commit_module.PendingCommit)
         again = await bus.publish_pipelined(new, publisher="a")
         other = await bus.publish_pipelined(new, publisher="b")
         assert again is held
-        assert isinstance(other, bus_module.PendingCommit)
+        assert isinstance(other, commit_module.PendingCommit)
         with pytest.raises(ValueError, match="another publisher"):
             await other.wait()
         assert (await held.wait()).seq == first.seq + 1  # type: ignore[operator]
@@ -186,7 +186,7 @@ async def test_event_refused_by_the_store_does_not_fail_its_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An event the store refuses (a duplicate id beyond the window) fails alone."""
-    monkeypatch.setattr(bus_module, "DEDUPE_WINDOW", 0)
+    monkeypatch.setattr(commit_module, "DEDUPE_WINDOW", 0)
     async with open_bus(store=MemoryStore()) as bus:
         old = await bus.publish("d", "old")
         results: list[object] = []
@@ -366,13 +366,13 @@ async def test_the_next_batch_is_stored_while_one_is_routed() -> None:
             bus.subscribe("a", max_buffer_size=1) as sub,
         ):
             done = []
-            for i in range(2 + bus_module.MAX_STORED_UNROUTED + 2):
+            for i in range(2 + commit_module.MAX_STORED_UNROUTED + 2):
                 # One publish at a time, each its own batch.
                 done.append(await bus.publish_pipelined(Event(topic="a", data=i)))
                 await trio.testing.wait_all_tasks_blocked()
             # The first event fills the subscriber's buffer and the second blocks its batch's
             # routing: with it, MAX_STORED_UNROUTED batches are stored, and no more.
-            assert len(appended) == 1 + bus_module.MAX_STORED_UNROUTED
+            assert len(appended) == 1 + commit_module.MAX_STORED_UNROUTED
             received = [(await sub.receive()).data for _ in done]
             assert received == list(range(len(done)))
             stored = [p if isinstance(p, Event) else await p.wait() for p in done]

@@ -28,7 +28,7 @@ from .._errors import (
 )
 from .._event import parse_time
 from .._topics import is_reserved, validate_pattern, validate_topic
-from ..bus._bus import PendingCommit
+from ..bus._commit import PendingCommit
 from ..bus._requests import cancel_event
 from ..protocol import (
     BAD_FRAME,
