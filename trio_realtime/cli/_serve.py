@@ -20,10 +20,11 @@ import trio
 
 from .._errors import StoreError
 from .._util import open_service_nursery
-from ..broker._broker import (
+from ..broker._core import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_SUBSCRIPTIONS,
+    descriptor_limit,
 )
 from ..bus._retained import DEFAULT_MAX_RETAINED
 from ._asyncapi import import_apps
@@ -417,7 +418,7 @@ async def _check_can_listen(host: str, port: int) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     """Run the broker the options describe until cancelled."""
-    from ..broker._broker import Broker, descriptor_limit
+    from ..broker._broker import Broker
     from ..security import load_config
 
     config = load_config(args.config) if args.config is not None else None
