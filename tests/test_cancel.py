@@ -26,6 +26,8 @@ from trio_realtime.bus._requests import (
     MAX_EARLY_CANCELS,
     TIMEOUT_HEADER,
     Answering,
+    _Answer,
+    _slot,
     cancel_event,
     read_cancel,
     request_deadline,
@@ -424,3 +426,23 @@ def test_early_cancels_are_bounded() -> None:
     last = answering.take(Event(topic="t", id=str(MAX_EARLY_CANCELS), reply_to="_inbox.x.1"), 0.0)
     assert not first.cancelled  # forgotten for room
     assert last.cancelled
+
+
+async def test_a_cancel_that_comes_as_the_slot_is_taken_still_stops_the_request() -> None:
+    """The slot freed and the cancel in one pass of the scheduler: the waiting request gets
+    its slot back to the semaphore and is not started."""
+    semaphore = trio.Semaphore(1)
+    semaphore.acquire_nowait()  # (a handler runs)
+    record = _Answer(("id", "_inbox.x.1"), math.inf)
+    taken: list[bool] = []
+
+    async def take() -> None:
+        taken.append(await _slot(semaphore, record))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take)
+        await trio.testing.wait_all_tasks_blocked()
+        semaphore.release()  # the handler finished: the waiting request is woken ...
+        record.cancel()  # ... and its requester gives up before it runs
+    assert taken == [False]
+    assert semaphore.value == 1

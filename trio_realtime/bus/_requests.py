@@ -473,7 +473,12 @@ async def answer_requests(
                 async with trio.open_nursery() as nursery:
                     async for event in sub:
                         record = answering.take(event, trio.current_time())
-                        if not await _slot(semaphore, record):
+                        try:
+                            slot = await _slot(semaphore, record)
+                        except BaseException:  # (the serve block ends while it waits)
+                            answering.finish(record)
+                            raise
+                        if not slot:
                             answering.cut_short(record)
                             answering.finish(record)
                             continue
@@ -500,7 +505,10 @@ async def _slot(semaphore: trio.Semaphore, record: _Answer) -> bool:
             record.scope = waiting
             await semaphore.acquire()
         record.scope = None
-        if waiting.cancelled_caught:
+        if waiting.cancelled_caught or record.cancelled:
+            # (A cancel that came as the slot was taken cancelled the scope too late.)
+            if not waiting.cancelled_caught:
+                semaphore.release()
             return False
     return True
 
