@@ -505,10 +505,10 @@ async def _slot(semaphore: trio.Semaphore, record: _Answer) -> bool:
             record.scope = waiting
             await semaphore.acquire()
         record.scope = None
-        if waiting.cancelled_caught or record.cancelled:
-            # (A cancel that came as the slot was taken cancelled the scope too late.)
-            if not waiting.cancelled_caught:
-                semaphore.release()
+        if waiting.cancelled_caught:
+            return False
+        if waiting.cancel_called:  # a cancel came as the slot was taken: too late to stop it
+            semaphore.release()
             return False
     return True
 
