@@ -148,6 +148,8 @@ class NatsSubscription:
 
     async def _deliver(self, msg: _NatsMsg) -> None:
         """The nats-py callback (runs on the asyncio loop, in this thread): buffer, wake."""
+        if self._closed:
+            return  # ended here, and NATS not told yet: nobody will take it
         if len(self._buffer) >= self._max_pending:
             self.dropped += 1
             self._connection._dropped += 1
@@ -234,8 +236,6 @@ class NatsConnection:
         self._outbox: list[_Outgoing | _Operation] = []
         self._outbox_since = 0.0  # when the oldest message queued was
         self._outbox_ready = trio.Event()
-        self._handed = 0  # publishes handed over, for flush()
-        self._handed_event = trio.Event()
         self._changed = trio.Event()
         self._closed = False
         self._ever_connected = False
@@ -247,7 +247,6 @@ class NatsConnection:
         self._received = 0
         self._dropped = 0
         self._errors = 0
-        self._queued = 0
         #: The last error nats-py reported (for the user's log), or None.
         self.last_error: BaseException | None = None
 
@@ -343,7 +342,6 @@ class NatsConnection:
         if not outbox:
             self._outbox_since = trio.current_time()
         outbox.append((subject, data, headers, reply))
-        self._queued += 1
         self._outbox_ready.set()
 
     def _queue_operation(self, operation: _Operation) -> None:
@@ -352,7 +350,6 @@ class NatsConnection:
         if not self._outbox:
             self._outbox_since = trio.current_time()
         self._outbox.append(operation)
-        self._queued += 1
         self._outbox_ready.set()
 
     async def flush(self) -> None:
@@ -381,9 +378,6 @@ class NatsConnection:
             batch, self._outbox = self._outbox, []
             await self.run(self._publish_batch, batch)
             self._batches += 1
-            self._handed += len(batch)
-            self._handed_event.set()
-            self._handed_event = trio.Event()
 
     async def _publish_batch(self, batch: list[_Outgoing | _Operation]) -> None:
         """(asyncio side) Publish a batch; what nats-py refuses is counted as refused."""
@@ -464,8 +458,9 @@ class NatsConnection:
         **options: Any,
     ) -> NatsSubscription:
         """Subscribe to *subject* with *subscribe*, a nats-py function that takes ``cb=``
-        (a JetStream context's ``subscribe``, for an ordered consumer of a stream), passing
-        it *options*; its messages are received as those of :meth:`subscribe`. One crossing.
+        (a JetStream context's ``subscribe``, for an ordered consumer of a stream: the
+        cluster's retained values use it), passing it *options*; its messages are received as
+        those of :meth:`subscribe`. One crossing.
         """
         subscription = NatsSubscription(
             self, subject, "", self._max_pending if max_pending is None else max_pending
@@ -633,6 +628,10 @@ async def open_nats(
                                 pass  # what was still queued is lost with the connection
                     nursery.cancel_scope.cancel()
                     connection._closed = True
+                    for item in connection._outbox:  # (nobody may wait for ever)
+                        if isinstance(item, _Flush):
+                            item.error = trio.ClosedResourceError("the connection closed")
+                            item.done.set()
                     if connection._ever_connected:  # else nats-py has nothing to close yet
                         with trio.move_on_after(CLOSE_TIMEOUT):
                             await trio_asyncio.aio_as_trio(nc.close)()

@@ -149,6 +149,9 @@ class _Shared:
             if isinstance(exc, Refused | TypeError):
                 return [exc]
             return [DuplicateEventId(str(exc))]  # (a store refuses a ValueError for an id)
+        except StoreError as exc:  # (NATS away, say: the publishers are told, no traceback)
+            logger.warning("storing %d events failed: %s", len(batch), exc)
+            return [exc] * len(batch)
         except Exception as exc:
             logger.exception("storing %d events failed", len(batch))
             return [exc] * len(batch)

@@ -241,6 +241,9 @@ class Backplane(metaclass=NoPublicConstructor):
         topic = event.topic
         if topic[0] == "$":
             return
+        if self._closed or self._connection.pending >= self.options.max_pending:
+            self._not_shared += 1  # (not encoded only to be refused)
+            return
         data = _encode(event)
         headers = {SERVED_HEADER: ",".join(map(queue_name, served))} if served else None
         reply = self._prefix + event.reply_to if event.reply_to is not None and not routed else ""
