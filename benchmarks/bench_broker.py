@@ -287,10 +287,14 @@ def nats_server_path() -> str | None:
 
 
 @asynccontextmanager
-async def nats_server(path: str) -> AsyncIterator[str]:
-    """nats-server on 127.0.0.1 and a free port, in its own process; yield its URL."""
+async def nats_server(path: str, *options: str) -> AsyncIterator[str]:
+    """nats-server on 127.0.0.1 and a free port (with *options*, such as ``-js``), in its own
+    process; yield its URL."""
     process = await trio.lowlevel.open_process(
-        [path, "-a", "127.0.0.1", "-p", "-1"], stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        [path, "-a", "127.0.0.1", "-p", "-1", *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
     )
     assert process.stderr is not None
     try:

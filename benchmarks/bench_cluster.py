@@ -41,7 +41,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
-from bench_broker import NATS_LISTENING, child, nats_server_path, percentile, ratio_line
+from bench_broker import child, nats_server, nats_server_path, percentile, ratio_line
 
 from trio_realtime import open_bus, open_client
 
@@ -60,33 +60,8 @@ SERVE = ["-m", "trio_realtime", "--log-level", "error", "serve", "--port", "0", 
 async def nats(path: str) -> AsyncIterator[str]:
     """A nats-server on 127.0.0.1 and a free port, with JetStream in a temporary folder."""
     with tempfile.TemporaryDirectory() as folder:
-        process = await trio.lowlevel.open_process(
-            [path, "-a", "127.0.0.1", "-p", "-1", "-js", "-sd", folder],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        assert process.stderr is not None
-        try:
-            seen = b""
-            with trio.fail_after(30):
-                while (match := NATS_LISTENING.search(seen)) is None:
-                    chunk = await process.stderr.receive_some()
-                    if not chunk:
-                        raise RuntimeError(f"nats-server exited: {seen.decode()!r}")
-                    seen += chunk
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_drain, process.stderr)
-                yield f"nats://{match.group(1).decode()}"
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                process.terminate()
-                await process.wait()
-
-
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
-    while await stream.receive_some():
-        pass
+        async with nats_server(path, "-js", "-sd", folder) as url:
+            yield url
 
 
 @asynccontextmanager
