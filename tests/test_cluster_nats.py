@@ -11,7 +11,7 @@ import trio.testing
 from _nats_server import running_nats_server
 from conftest import TIMEOUT
 
-from trio_realtime._nats import open_nats
+from trio_realtime._nats import CLOSE_TIMEOUT, open_nats
 
 pytest.importorskip("nats")
 pytest.importorskip("trio_asyncio")
@@ -109,3 +109,27 @@ async def test_the_publish_queue_says_how_old_it_is(tmp_path: Path) -> None:
                 await conn.wait_connected()
                 await conn.flush()
                 assert conn.statistics().pending_seconds == 0
+
+
+async def test_closing_when_cancelled_hands_over_what_is_queued(tmp_path: Path) -> None:
+    """A connection whose block is cancelled hands over what it still had queued while it
+    closes, at once (its pump is cancelled with the block: closing does not wait for it)."""
+    with trio.fail_after(TIMEOUT):
+        async with (
+            running_nats_server(tmp_path, jetstream=False) as server,
+            open_nats(server.url, wait=True) as reader,
+        ):
+            sub = await reader.subscribe("c")
+            await reader.flush()
+            with trio.CancelScope() as scope:
+                async with open_nats(server.url, wait=True) as writer:
+                    for i in range(10):
+                        writer.publish_nowait("c", b"%d" % i)
+                    scope.cancel()
+                    start = trio.current_time()
+                    await trio.sleep_forever()
+            assert trio.current_time() - start < CLOSE_TIMEOUT  # (not the flush's timeout)
+            got: list[bytes] = []
+            while len(got) < 10:
+                got.extend(m.data for m in await sub.receive_batch())
+            assert got == [b"%d" % i for i in range(10)]

@@ -236,6 +236,8 @@ class NatsConnection:
         self._outbox: list[_Outgoing | _Operation] = []
         self._outbox_since = 0.0  # when the oldest message queued was
         self._outbox_ready = trio.Event()
+        self._handing = trio.Event()  # set once the pump's batch in flight is handed over
+        self._handing.set()
         self._changed = trio.Event()
         self._closed = False
         self._ever_connected = False
@@ -368,6 +370,15 @@ class NatsConnection:
         if flush.error is not None:
             raise ConnectionClosed(f"NATS did not confirm the flush: {flush.error!r}")
 
+    async def _flush_at_close(self) -> None:
+        """(closing, shielded) Hand over what is still queued and have the server confirm it,
+        from this task: the pump may have been cancelled with the block."""
+        await self._handing.wait()  # (after the pump's batch in flight, if any: in order)
+        batch, self._outbox = self._outbox, []
+        if batch:
+            await self.run(self._publish_batch, batch)
+        await self._flush([item for item in batch if isinstance(item, _Flush)])
+
     async def _pump(self) -> None:
         """Hand what is queued to nats-py, one crossing per batch, while connected."""
         while True:
@@ -376,8 +387,34 @@ class NatsConnection:
                 self._outbox_ready = trio.Event()
             await self.wait_connected()
             batch, self._outbox = self._outbox, []
-            await self.run(self._publish_batch, batch)
+            # Never half handed over: cancelled (the block closing), the pump finishes the
+            # batch first, which takes no waiting (nats-py only buffers what it is given), and
+            # closing flushes it.
+            self._handing = handing = trio.Event()
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.run(self._publish_batch, batch)
+                finally:
+                    handing.set()
             self._batches += 1
+            flushes = [item for item in batch if isinstance(item, _Flush)]
+            if flushes:
+                await self._flush(flushes)
+
+    async def _flush(self, flushes: list[_Flush]) -> None:
+        """Have the server confirm what was handed over; then the *flushes* are done."""
+        try:
+            await self.run(self._nc.flush)
+        except (self._errors_type, OSError, TimeoutError) as exc:
+            for flush in flushes:
+                flush.error = exc
+        except BaseException:
+            for flush in flushes:
+                flush.error = trio.ClosedResourceError("the connection closed")
+            raise
+        finally:
+            for flush in flushes:
+                flush.done.set()
 
     async def _publish_batch(self, batch: list[_Outgoing | _Operation]) -> None:
         """(asyncio side) Publish a batch; what nats-py refuses is counted as refused."""
@@ -396,14 +433,9 @@ class NatsConnection:
                 self._published += 1
 
     async def _operate(self, operation: _Operation) -> None:
-        """(asyncio side) Subscribe, unsubscribe or flush, in the batch's order."""
+        """(asyncio side) Subscribe or unsubscribe, in the batch's order (a flush is done by
+        the pump, once the batch is handed over)."""
         if isinstance(operation, _Flush):
-            try:
-                await self._nc.flush()
-            except (self._errors_type, OSError, TimeoutError) as exc:
-                operation.error = exc
-            finally:
-                operation.done.set()
             return
         subscription = operation.subscription
         try:
@@ -622,10 +654,7 @@ async def open_nats(
                 with trio.CancelScope(shield=True):
                     if connection.connected:
                         with trio.move_on_after(CLOSE_TIMEOUT):
-                            try:
-                                await connection.flush()
-                            except ConnectionClosed:
-                                pass  # what was still queued is lost with the connection
+                            await connection._flush_at_close()
                     nursery.cancel_scope.cancel()
                     connection._closed = True
                     for item in connection._outbox:  # (nobody may wait for ever)
