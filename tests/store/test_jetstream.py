@@ -262,8 +262,7 @@ async def test_appends_wait_for_nats_and_fail_after_the_timeout(tmp_path: Path) 
                 with pytest.raises(StoreError, match="read"):
                     await store.read("o")
                 await server.start()
-                while not connection.connected:  # (reconnecting is not the read's to wait for)
-                    await connection.wait_changed()
+                await connection.wait_connected()  # (reconnecting is not the read's to wait for)
                 assert [e.data for e in await store.read("o")] == [0, 1]
             async with JetStreamStore(server.url, timeout=5) as store:
                 # Appended as NATS goes (the connection may not know yet: then it is sent,
